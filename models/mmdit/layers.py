@@ -1,0 +1,182 @@
+"""MMDiT building blocks (spec §A.4). Attribute names give the official state-dict keys (spec §A.7)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import attention as attn_mod
+from .rope import apply_rope
+
+
+def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: int = 10_000, time_factor: float = 1000.0):
+    """Sinusoidal embedding of 1000*t, cos half first (spec §A.4, §H.4).
+
+    The product 1000*t is taken in t's own dtype (bf16 in training and inference), which rounds it exactly as the
+    reference does; the sinusoid itself is computed in fp32.
+    """
+    t = (t * time_factor).float()
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class MLPEmbedder(nn.Module):
+    def __init__(self, in_dim: int, hidden_dim: int):
+        super().__init__()
+        self.in_layer = nn.Linear(in_dim, hidden_dim)
+        self.out_layer = nn.Linear(hidden_dim, hidden_dim)
+
+    def forward(self, x):
+        return self.out_layer(F.silu(self.in_layer(x)))
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim, "llama" casting: normalise in fp32, cast back, then x scale."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.to(x.dtype) * self.scale.to(x.dtype)
+
+
+class QKNorm(nn.Module):
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.query_norm = RMSNorm(head_dim)
+        self.key_norm = RMSNorm(head_dim)
+
+    def forward(self, q, k, v):
+        return self.query_norm(q).to(v.dtype), self.key_norm(k).to(v.dtype)
+
+
+class Modulation(nn.Module):
+    """lin(silu(vec)) chunked into (shift, scale, gate) x (1 or 2)."""
+
+    def __init__(self, dim: int, double: bool):
+        super().__init__()
+        self.multiplier = 6 if double else 3
+        self.lin = nn.Linear(dim, self.multiplier * dim)
+
+    def forward(self, vec):
+        out = self.lin(F.silu(vec))[:, None, :].chunk(self.multiplier, dim=-1)
+        return out[:3], (out[3:] if self.multiplier == 6 else None)
+
+
+def modulate(x, shift, scale, eps: float = 1e-6):
+    return (1 + scale) * F.layer_norm(x, x.shape[-1:], eps=eps) + shift
+
+
+def _heads(x, num_heads):
+    """[B, L, H*D] -> [B, H, L, D]."""
+    b, l, _ = x.shape
+    return x.view(b, l, num_heads, -1).transpose(1, 2)
+
+
+class SelfAttention(nn.Module):
+    """The per-stream attention weights of a double block (the attention itself runs on the joint sequence)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.norm = QKNorm(dim // num_heads)
+        self.proj = nn.Linear(dim, dim)
+
+    def qkv(self, x):
+        q, k, v = (_heads(p(x), self.num_heads) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k = self.norm(q, k, v)
+        return q, k, v
+
+
+def _mlp(dim: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+
+def rope_attention(q, k, v, pe, layout: str):
+    cos, sin = pe
+    return attn_mod.attention(apply_rope(q, cos, sin, layout), apply_rope(k, cos, sin, layout), v)
+
+
+class DoubleStreamBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, qkv_bias: bool, rope_layout: str):
+        super().__init__()
+        self.rope_layout = rope_layout
+        self.img_mod = Modulation(dim, double=True)
+        self.img_attn = SelfAttention(dim, num_heads, qkv_bias)
+        self.img_mlp = _mlp(dim, mlp_hidden)
+        self.txt_mod = Modulation(dim, double=True)
+        self.txt_attn = SelfAttention(dim, num_heads, qkv_bias)
+        self.txt_mlp = _mlp(dim, mlp_hidden)
+
+    def forward(self, img, txt, vec, pe):
+        (i_shift1, i_scale1, i_gate1), (i_shift2, i_scale2, i_gate2) = self.img_mod(vec)
+        (t_shift1, t_scale1, t_gate1), (t_shift2, t_scale2, t_gate2) = self.txt_mod(vec)
+
+        img_q, img_k, img_v = self.img_attn.qkv(modulate(img, i_shift1, i_scale1))
+        txt_q, txt_k, txt_v = self.txt_attn.qkv(modulate(txt, t_shift1, t_scale1))
+        # Text first along the sequence (spec §A.4 step 3).
+        q = torch.cat((txt_q, img_q), dim=2)
+        k = torch.cat((txt_k, img_k), dim=2)
+        v = torch.cat((txt_v, img_v), dim=2)
+        o = rope_attention(q, k, v, pe, self.rope_layout)
+        n_txt = txt.shape[1]
+        txt_o, img_o = o[:, :n_txt], o[:, n_txt:]
+
+        img = img + i_gate1 * self.img_attn.proj(img_o)
+        img = img + i_gate2 * self.img_mlp(modulate(img, i_shift2, i_scale2))
+        txt = txt + t_gate1 * self.txt_attn.proj(txt_o)
+        txt = txt + t_gate2 * self.txt_mlp(modulate(txt, t_shift2, t_scale2))
+        return img, txt
+
+
+class SingleStreamBlock(nn.Module):
+    """FLUX "parallel" block: attention and MLP share the input projection and the output projection."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, rope_layout: str):
+        super().__init__()
+        self.num_heads = num_heads
+        self.dim = dim
+        self.mlp_hidden = mlp_hidden
+        self.rope_layout = rope_layout
+        # q/k always carry a bias here, independent of qkv_bias (spec §A.4).
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_mlp = nn.Linear(dim, dim + mlp_hidden)
+        self.linear2 = nn.Linear(dim + mlp_hidden, dim)
+        self.norm = QKNorm(dim // num_heads)
+        self.modulation = Modulation(dim, double=False)
+        self.mlp_act = nn.GELU(approximate="tanh")
+
+    def forward(self, x, vec, pe):
+        (shift, scale, gate), _ = self.modulation(vec)
+        a = modulate(x, shift, scale)
+        v, h = torch.split(self.v_mlp(a), [self.dim, self.mlp_hidden], dim=-1)
+        q = _heads(self.q_proj(a), self.num_heads)
+        k = _heads(self.k_proj(a), self.num_heads)
+        v = _heads(v, self.num_heads)
+        q, k = self.norm(q, k, v)
+        o = rope_attention(q, k, v, pe, self.rope_layout)
+        return x + gate * self.linear2(torch.cat((o, self.mlp_act(h)), dim=-1))
+
+
+class LastLayer(nn.Module):
+    def __init__(self, dim: int, out_channels: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x, vec):
+        shift, scale = self.adaLN_modulation(vec)[:, None, :].chunk(2, dim=-1)
+        return self.linear(modulate(x, shift, scale))
