@@ -30,6 +30,22 @@ FLASH_BACKEND, _flash_attn_func = _import_flash()
 BACKEND = "auto"
 
 
+def prefer_sdpa_backend(name: str) -> None:
+    """Enable one SDPA kernel family process-wide ("cudnn", "flash", "efficient", "math" or "all").
+
+    Global flags rather than a context manager so the choice also holds inside torch.compile'd blocks.
+    """
+    names = ("cudnn", "flash", "efficient", "math")
+    if name not in names + ("all",):
+        raise ValueError(f"unknown SDPA backend {name!r}; choose from {names + ('all',)}")
+    on = lambda n: name in (n, "all")  # noqa: E731
+    torch.backends.cuda.enable_cudnn_sdp(on("cudnn"))
+    torch.backends.cuda.enable_flash_sdp(on("flash"))
+    torch.backends.cuda.enable_mem_efficient_sdp(on("efficient"))
+    # math stays available as the fallback so an unsupported shape still runs.
+    torch.backends.cuda.enable_math_sdp(True)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """q, k, v [B, H, L, D] -> [B, L, H*D]."""
     b, h, l, d = q.shape

@@ -105,7 +105,16 @@ class MMDiT(nn.Module):
         return self.final_layer(x[:, n_txt:], vec)
 
     def compile_blocks(self, **compile_kwargs) -> "MMDiT":
-        """torch.compile each block: fuses norms, modulation, RoPE and gating around the matmuls."""
+        """torch.compile each block: fuses norms, modulation, RoPE and gating around the matmuls.
+
+        All blocks of a kind share one compiled graph (parameters are graph inputs); the cache limit is raised
+        so dynamo never falls back to eager for the later blocks.
+        """
+        import torch._dynamo as dynamo
+
+        for name in ("cache_size_limit", "recompile_limit"):
+            if hasattr(dynamo.config, name):
+                setattr(dynamo.config, name, max(getattr(dynamo.config, name), 128))
         for block in list(self.double_blocks) + list(self.single_blocks):
             block.compile(**compile_kwargs)
         return self
