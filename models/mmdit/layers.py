@@ -95,9 +95,39 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def qkv(self, x):
-        q, k, v = (_heads(p(x), self.num_heads) for p in (self.q_proj, self.k_proj, self.v_proj))
+        fused = getattr(self, "_fused", None)
+        if fused is not None:
+            q, k, v = (_heads(t, self.num_heads) for t in F.linear(x, *fused).chunk(3, dim=-1))
+        else:
+            q, k, v = (_heads(p(x), self.num_heads) for p in (self.q_proj, self.k_proj, self.v_proj))
         q, k = self.norm(q, k, v)
         return q, k, v
+
+    def fuse_projections(self) -> None:
+        _fuse_linears(self, [self.q_proj, self.k_proj, self.v_proj])
+
+    def _apply(self, fn, *args, **kwargs):
+        self._fused = None  # moving or casting the weights breaks the fused views; fuse again afterwards
+        return super()._apply(fn, *args, **kwargs)
+
+
+def _fuse_linears(owner: nn.Module, linears: list[nn.Linear]) -> None:
+    """Inference fast path: one GEMM instead of several over the same input.
+
+    The weights are copied into one contiguous tensor and each Linear's parameter becomes a view of its rows, so
+    the state dict (keys, values) is unchanged and no memory is added.
+    """
+    weight = torch.cat([m.weight.detach() for m in linears])
+    has_bias = all(m.bias is not None for m in linears)
+    bias = torch.cat([m.bias.detach() for m in linears]) if has_bias else None
+    row = 0
+    for m in linears:
+        n = m.weight.shape[0]
+        m.weight = nn.Parameter(weight[row : row + n], requires_grad=m.weight.requires_grad)
+        if has_bias:
+            m.bias = nn.Parameter(bias[row : row + n], requires_grad=m.bias.requires_grad)
+        row += n
+    owner._fused = (weight, bias)
 
 
 def _mlp(dim: int, hidden: int) -> nn.Sequential:
@@ -162,13 +192,28 @@ class SingleStreamBlock(nn.Module):
     def forward(self, x, vec, pe):
         (shift, scale, gate), _ = self.modulation(vec)
         a = modulate(x, shift, scale)
-        v, h = torch.split(self.v_mlp(a), [self.dim, self.mlp_hidden], dim=-1)
-        q = _heads(self.q_proj(a), self.num_heads)
-        k = _heads(self.k_proj(a), self.num_heads)
-        v = _heads(v, self.num_heads)
+        d = self.dim
+        fused = getattr(self, "_fused", None)
+        if fused is not None:
+            q, k, v, h = torch.split(F.linear(a, *fused), [d, d, d, self.mlp_hidden], dim=-1)
+        else:
+            q, k = self.q_proj(a), self.k_proj(a)
+            v, h = torch.split(self.v_mlp(a), [d, self.mlp_hidden], dim=-1)
+        q, k, v = (_heads(t, self.num_heads) for t in (q, k, v))
         q, k = self.norm(q, k, v)
         o = rope_attention(q, k, v, pe, self.rope_layout)
-        return x + gate * self.linear2(torch.cat((o, self.mlp_act(h)), dim=-1))
+        # linear2(cat(o, gelu(h))) as two products over the column blocks of its weight: the same sum without
+        # writing and re-reading the (dim + mlp_hidden)-wide concatenation.
+        w = self.linear2.weight
+        out = F.linear(o, w[:, :d], self.linear2.bias) + F.linear(self.mlp_act(h), w[:, d:])
+        return x + gate * out
+
+    def fuse_projections(self) -> None:
+        _fuse_linears(self, [self.q_proj, self.k_proj, self.v_mlp])
+
+    def _apply(self, fn, *args, **kwargs):
+        self._fused = None
+        return super()._apply(fn, *args, **kwargs)
 
 
 class LastLayer(nn.Module):

@@ -104,6 +104,16 @@ class MMDiT(nn.Module):
                 x = block(x, vec, pe)
         return self.final_layer(x[:, n_txt:], vec)
 
+    def fuse_projections(self) -> "MMDiT":
+        """Inference fast path: q/k/v (and the single blocks' v_mlp) as one GEMM each. Call after the model is
+        on its final device and dtype; moving it again falls back to the separate projections."""
+        for block in self.double_blocks:
+            block.img_attn.fuse_projections()
+            block.txt_attn.fuse_projections()
+        for block in self.single_blocks:
+            block.fuse_projections()
+        return self
+
     def compile_blocks(self, **compile_kwargs) -> "MMDiT":
         """torch.compile each block: fuses norms, modulation, RoPE and gating around the matmuls.
 

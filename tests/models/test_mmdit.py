@@ -356,3 +356,21 @@ def test_bad_inputs_name_the_field():
         model(**{**x, "img": torch.randn(2, 24, 15)})
     with pytest.raises(ValueError, match="latent height/width"):
         pack(torch.randn(1, 4, 1, 5, 4), 2)
+
+
+def test_fused_projections_keep_outputs_and_state_dict():
+    cfg = get_config("tiny")
+    model = _randomize(MMDiT(cfg)).eval()
+    x = _inputs(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        ref = model(**x)
+        model.fuse_projections()
+        assert model.single_blocks[0]._fused is not None
+        assert torch.allclose(model(**x), ref, atol=1e-6)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    model.to(torch.float64)  # moving drops the fused views rather than using stale weights
+    assert model.single_blocks[0]._fused is None and model.double_blocks[0].img_attn._fused is None
+    with torch.no_grad():
+        assert torch.allclose(model(**{k: v.double() for k, v in x.items()}).float(), ref, atol=1e-5)
