@@ -74,7 +74,7 @@ OPENSORA2_HC = MMDiTConfig(in_channels=128, patch_size=1, name="opensora2-hc")
 FLUX1_DEV = MMDiTConfig(guidance_embed=True, cond_embed=False, name="flux1-dev")
 # CPU tests and the local pipeline: same structure, tiny widths. context_in_dim matches the tiny T5.
 TINY = MMDiTConfig(
-    in_channels=16,  # 4 latent channels x patch 2^2
+    in_channels=64,  # 16 latent channels (the tiny HunyuanVideo VAE) x patch 2^2
     hidden_size=64,
     num_heads=4,
     depth=2,

@@ -169,7 +169,7 @@ def test_flux_layout_checkpoint_gives_the_same_model(tmp_path):
     assert torch.count_nonzero(osora.cond_in.weight) == 0
     assert "guidance_in.in_layer.weight" not in osora.state_dict()
     with torch.no_grad():
-        out = osora(**x, cond=torch.randn(2, x["img"].shape[1], 20))
+        out = osora(**x, cond=torch.randn(2, x["img"].shape[1], 68))
         flux.guidance_in = None
         flux.config = flux.config.with_overrides(guidance_embed=False)
         assert torch.allclose(out, flux(**x), atol=1e-5)
@@ -255,7 +255,7 @@ def test_forward_matches_spec_reference():
     with torch.no_grad():
         out = model(**x)
         ref = _reference_forward(model.state_dict(), cfg, **x)
-    assert out.shape == (2, 2 * 2 * 3, 16)
+    assert out.shape == (2, 2 * 2 * 3, 64)
     assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
 
 
@@ -340,7 +340,7 @@ def test_checkpoint_round_trip_and_mismatch_errors(tmp_path):
 
     hc = _randomize(MMDiT(get_config("tiny-hc")))
     save_file(hc.state_dict(), str(tmp_path / "hc.safetensors"))
-    with pytest.raises(CheckpointMismatch, match="img_in takes 8 input channels in the checkpoint, 16 in the model"):
+    with pytest.raises(CheckpointMismatch, match="img_in takes 8 input channels in the checkpoint, 64 in the model"):
         load_mmdit_checkpoint(MMDiT(cfg), tmp_path / "hc.safetensors")
     with pytest.raises(FileNotFoundError, match="weights not found: .*nope.safetensors"):
         load_mmdit_checkpoint(MMDiT(cfg), tmp_path / "nope.safetensors")
@@ -352,7 +352,7 @@ def test_bad_inputs_name_the_field():
     x = _inputs(cfg)
     with pytest.raises(ValueError, match=r"txt must be \[2, L_txt, 32\], got \(2, 5, 7\)"):
         model(**{**x, "txt": torch.randn(2, 5, 7)})
-    with pytest.raises(ValueError, match=r"img must be \[B, L, 16\] packed tokens"):
+    with pytest.raises(ValueError, match=r"img must be \[B, L, 64\] packed tokens"):
         model(**{**x, "img": torch.randn(2, 24, 15)})
     with pytest.raises(ValueError, match="latent height/width"):
         pack(torch.randn(1, 4, 1, 5, 4), 2)

@@ -1,0 +1,278 @@
+"""Generation: prompts (+ an optional reference image) -> video files, for any model preset and weights folder.
+
+Weights are read from local paths only. A weights folder laid out like Open-Sora's `ckpts/` works as is:
+
+    Open_Sora_v2.safetensors            the 11B MMDiT (HunyuanVideo VAE latents)
+    Open_Sora_v2_Video_DC_AE.safetensors the high-compression MMDiT (Video DC-AE latents)
+    hunyuan_vae.safetensors             HunyuanVideo VAE
+    F32T4C128_AE.safetensors            Video DC-AE
+    google/t5-v1_1-xxl/                 T5 encoder + tokenizer
+    openai/clip-vit-large-patch14/      CLIP text model + tokenizer
+
+Each path can also be given on its own. `random_init` builds the preset with random weights (timing and the
+tiny local pipeline), with tiny text encoders written once to a cache folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from components.video_io import to_uint8_frames, write_video
+from models.aspect import inference_size
+from models.flow.sampler import inference_latent_shape, sample
+from models.mmdit import get_config
+from models.mmdit.checkpoint import build_mmdit
+from models.text import TextConditioner, inference_caption, make_tiny_text_encoders
+
+
+@dataclass(frozen=True)
+class PipelinePreset:
+    dit_config: str
+    autoencoder: str  # "hunyuan" | "dcae"
+    tiny: bool
+    dit_file: str
+    ae_file: str
+    t5_dir: str = "google/t5-v1_1-xxl"
+    clip_dir: str = "openai/clip-vit-large-patch14"
+
+
+PIPELINES = {
+    "opensora2": PipelinePreset("opensora2-11b", "hunyuan", False, "Open_Sora_v2.safetensors", "hunyuan_vae.safetensors"),
+    "opensora2-hc": PipelinePreset(
+        "opensora2-hc", "dcae", False, "Open_Sora_v2_Video_DC_AE.safetensors", "F32T4C128_AE.safetensors"
+    ),
+    "tiny": PipelinePreset("tiny", "hunyuan", True, "dit.safetensors", "vae.safetensors"),
+    "tiny-hc": PipelinePreset("tiny-hc", "dcae", True, "dit.safetensors", "vae.safetensors"),
+}
+
+
+@dataclass
+class GenerateOptions:
+    prompts: list[str]
+    model: str = "opensora2"
+    weights_dir: str | None = None
+    dit: str | None = None
+    ae: str | None = None
+    t5: str | None = None
+    clip: str | None = None
+    random_init: bool = False
+    num_frames: int = 129
+    resolution: str = "256px"
+    aspect_ratio: str = "16:9"
+    height: int | None = None
+    width: int | None = None
+    steps: int = 50
+    guidance_text: float = 7.5
+    guidance_image: float = 3.0
+    seed: int = 42
+    fps: int = 24
+    motion_score: int | None = 4
+    cond_type: str = "t2v"
+    ref_image: str | None = None
+    negative_prompt: str = ""
+    device: str | None = None
+    dtype: str | None = None  # bf16 on CUDA, fp32 on CPU by default
+    out: str | None = None  # a file (one prompt) ...
+    out_dir: str = "samples"  # ... or a folder: "{prompt}-{index}.mp4" (VBench naming)
+    fast: bool = True  # fused projections + compiled blocks on CUDA
+    offload: bool = False  # keep text encoders / AE on the CPU while the DiT runs
+    progress: bool = True
+
+
+@dataclass
+class GenerateResult:
+    paths: list[Path]
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_memory_gb: float | None = None
+    height: int = 0
+    width: int = 0
+    num_frames: int = 0
+
+
+@dataclass
+class Pipeline:
+    preset: PipelinePreset
+    dit: torch.nn.Module
+    ae: torch.nn.Module
+    text: TextConditioner
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("SORAFLOW_CACHE", Path.home() / ".cache" / "soraflow")).expanduser()
+
+
+def tiny_text_encoder_dirs() -> tuple[Path, Path]:
+    """The tiny random T5/CLIP (deterministic), written once into the cache folder."""
+    root = _cache_dir() / "tiny-text-encoders"
+    t5_dir, clip_dir = root / "t5", root / "clip"
+    if not ((t5_dir / "config.json").exists() and (clip_dir / "config.json").exists()):
+        make_tiny_text_encoders(root)
+    return t5_dir, clip_dir
+
+
+def _resolve(explicit: str | None, weights_dir: str | None, name: str, what: str) -> Path:
+    if explicit:
+        path = Path(explicit)
+    elif weights_dir:
+        path = Path(weights_dir) / name
+    else:
+        raise ValueError(f"no {what} weights: pass --weights-dir (expects {name} inside) or the {what} path itself")
+    if not path.exists():
+        raise FileNotFoundError(f"{what} weights not found: {path} (expected {name})")
+    return path
+
+
+def _build_ae(kind: str, tiny: bool, path: Path | None, device, dtype):
+    """The preset's autoencoder: loaded strictly from `path`, or random (tiny or full size)."""
+    if kind == "hunyuan":
+        from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
+
+        config = HunyuanVAEConfig.tiny() if tiny else HunyuanVAEConfig.full()
+        ae = HunyuanVideoVAE.from_pretrained(path, config=config) if path else HunyuanVideoVAE(config)
+    else:
+        from models.dc_ae import DCAEConfig, VideoDCAE
+
+        config = DCAEConfig.tiny() if tiny else DCAEConfig()
+        ae = VideoDCAE.from_pretrained(path, config=config) if path else VideoDCAE(config)
+    return ae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def build_pipeline(opts: GenerateOptions, device: torch.device, dtype: torch.dtype) -> Pipeline:
+    if opts.model not in PIPELINES:
+        raise ValueError(f"unknown model preset {opts.model!r}; known: {sorted(PIPELINES)}")
+    preset = PIPELINES[opts.model]
+    torch.manual_seed(opts.seed)  # random-init weights are reproducible for a seed
+    if opts.random_init:
+        if opts.t5 and opts.clip:
+            t5_dir, clip_dir = Path(opts.t5), Path(opts.clip)
+        elif preset.tiny:
+            t5_dir, clip_dir = tiny_text_encoder_dirs()
+        else:
+            raise ValueError(
+                f"--random-init makes random DiT/AE weights, but preset {opts.model!r} still needs real-size T5 "
+                "and CLIP folders: pass --t5 and --clip, or use a tiny preset"
+            )
+        dit = build_mmdit(get_config(preset.dit_config), None, device=device, dtype=dtype)
+        ae = _build_ae(preset.autoencoder, preset.tiny, None, device, dtype)
+    else:
+        dit_path = _resolve(opts.dit, opts.weights_dir, preset.dit_file, "DiT")
+        ae_path = _resolve(opts.ae, opts.weights_dir, preset.ae_file, "autoencoder")
+        t5_dir = _resolve(opts.t5, opts.weights_dir, preset.t5_dir, "T5")
+        clip_dir = _resolve(opts.clip, opts.weights_dir, preset.clip_dir, "CLIP")
+        dit = build_mmdit(get_config(preset.dit_config), dit_path, device=device, dtype=dtype)
+        ae = _build_ae(preset.autoencoder, preset.tiny, ae_path, device, dtype)
+    text_device = "cpu" if opts.offload else device
+    text = TextConditioner.from_pretrained(
+        t5_dir, clip_dir, dtype=dtype, device=text_device, cache_dir=_cache_dir() / "text-embeddings"
+    )
+    dit = dit.eval().requires_grad_(False)
+    return Pipeline(preset, dit, ae, text)
+
+
+def _load_reference(path: str, height: int, width: int) -> torch.Tensor:
+    """Image -> [1, 3, 1, H, W] in [-1, 1], scaled to cover the target then centre-cropped (spec §D.5)."""
+    from PIL import Image
+
+    try:
+        img = Image.open(path).convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"reference image {path}: cannot be read ({exc})") from exc
+    scale = max(height / img.height, width / img.width)
+    img = img.resize((max(width, round(img.width * scale)), max(height, round(img.height * scale))), Image.BICUBIC)
+    left, top = (img.width - width) // 2, (img.height - height) // 2
+    arr = np.asarray(img.crop((left, top, left + width, top + height)), dtype=np.float32) / 127.5 - 1
+    return torch.from_numpy(arr).permute(2, 0, 1)[None, :, None]
+
+
+def _file_name(prompt: str, index: int) -> str:
+    safe = re.sub(r"[/\\\0]", " ", prompt).strip()[:180] or "empty"
+    return f"{safe}-{index}.mp4"
+
+
+def generate(opts: GenerateOptions, pipeline: Pipeline | None = None) -> GenerateResult:
+    if not opts.prompts:
+        raise ValueError("no prompts given")
+    if opts.cond_type != "t2v" and not opts.ref_image:
+        raise ValueError(f"cond_type {opts.cond_type!r} needs a reference image (--ref)")
+    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, None: None}[opts.dtype]
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    timings: dict[str, float] = {}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    t0 = time.perf_counter()
+    pipe = pipeline or build_pipeline(opts, device, dtype)
+    ae = pipe.ae
+    divisor = ae.spatial_compression * pipe.dit.config.patch_size
+    if opts.height and opts.width:
+        height, width = opts.height, opts.width
+    else:
+        height, width = inference_size(opts.resolution, opts.aspect_ratio, divisor)
+    ae.latent_frames(opts.num_frames)  # validates the frame count against the autoencoder's rule
+    latent_shape = inference_latent_shape(
+        1, opts.num_frames, height, width, latent_channels=ae.latent_channels, time_compression=ae.time_compression,
+        spatial_compression=ae.spatial_compression, is_causal=ae.is_causal, patch_size=pipe.dit.config.patch_size,
+    )
+    if opts.fast and device.type == "cuda" and not getattr(pipe.dit, "_soraflow_fast", False):
+        pipe.dit.fuse_projections().compile_blocks()
+        pipe.dit._soraflow_fast = True
+    sync()
+    timings["load"] = time.perf_counter() - t0
+
+    ref_latent = None
+    if opts.ref_image:
+        t0 = time.perf_counter()
+        # The reference is encoded at the padded size of the noise (latent size x spatial compression).
+        ref = _load_reference(opts.ref_image, latent_shape[3] * ae.spatial_compression,
+                              latent_shape[4] * ae.spatial_compression)
+        with torch.no_grad():
+            ref_latent = ae.encode(ref.to(device=device, dtype=dtype), generator=torch.Generator(device).manual_seed(opts.seed))
+        sync()
+        timings["reference_encode"] = time.perf_counter() - t0
+
+    paths: list[Path] = []
+    out_dir = Path(opts.out_dir)
+    for index, prompt in enumerate(opts.prompts):
+        t0 = time.perf_counter()
+        caption = inference_caption(prompt, fps=opts.fps, motion_score=opts.motion_score) if opts.motion_score is not None else prompt
+        with torch.no_grad():
+            text = pipe.text.encode([caption])
+            null = pipe.text.encode([opts.negative_prompt]) if opts.negative_prompt else pipe.text.null()
+        text = {k: v.to(device=device, dtype=dtype) for k, v in text.items()}
+        null = {k: v.to(device=device, dtype=dtype) for k, v in null.items()}
+        sync()
+        timings["text"] = timings.get("text", 0.0) + time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            latent = sample(
+                pipe.dit, text=text, null_text=null, latent_shape=latent_shape, cond_type=opts.cond_type,
+                ref_latent=ref_latent, steps=opts.steps, guidance_text=opts.guidance_text,
+                guidance_image=opts.guidance_image, seed=opts.seed, device=device, dtype=dtype,
+                progress=opts.progress, is_causal=ae.is_causal, time_compression=ae.time_compression,
+            )
+        sync()
+        timings["dit"] = timings.get("dit", 0.0) + time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            video = ae.decode(latent.to(dtype))[0, :, : opts.num_frames, :height, :width]
+        sync()
+        timings["vae_decode"] = timings.get("vae_decode", 0.0) + time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        path = Path(opts.out) if (opts.out and len(opts.prompts) == 1) else out_dir / _file_name(prompt, index)
+        paths.append(write_video(path, to_uint8_frames(video), fps=opts.fps))
+        timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
+
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return GenerateResult(paths, timings, peak, height, width, opts.num_frames)

@@ -1,0 +1,148 @@
+"""The one home of video I/O in soraflow: probe, decode and encode, through PyAV.
+
+Every step (ingest, filter, training data, generate, eval) reads and writes video through these functions.
+Writes go to a temporary name in the target folder and are renamed into place, so a crash never leaves a
+half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+class VideoReadError(ValueError):
+    """A file that is not a readable video; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+    duration: float
+    codec: str
+    profile: str | None
+    pix_fmt: str | None
+    bit_rate: int | None
+
+
+def probe_video(path: str | Path, count_frames: bool = False) -> VideoInfo:
+    """Stream metadata of the first video stream. `count_frames` decodes packets when the header has no count."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise VideoReadError(f"{path}: file does not exist")
+    if os.path.getsize(path) == 0:
+        raise VideoReadError(f"{path}: file is empty (0 bytes)")
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoReadError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            fps = float(rate) if rate else 0.0
+            duration = (
+                float(stream.duration * stream.time_base)
+                if stream.duration is not None and stream.time_base is not None
+                else (container.duration / av.time_base if container.duration else 0.0)
+            )
+            n = stream.frames
+            if (not n or count_frames) and count_frames:
+                n = sum(1 for _ in container.demux(stream) if _.size)
+            if not n:
+                n = int(round(duration * fps))
+            return VideoInfo(
+                path=path,
+                num_frames=int(n),
+                fps=fps,
+                height=int(ctx.height),
+                width=int(ctx.width),
+                duration=duration,
+                codec=ctx.name,
+                profile=getattr(ctx, "profile", None),
+                pix_fmt=getattr(ctx, "pix_fmt", None) or (ctx.format.name if ctx.format else None),
+                bit_rate=int(stream.bit_rate or container.bit_rate or 0) or None,
+            )
+    except VideoReadError:
+        raise
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise VideoReadError(f"{path}: not a readable video ({exc})") from exc
+
+
+def read_video(path: str | Path, start: int = 0, num_frames: int | None = None, step: int = 1) -> tuple[np.ndarray, float]:
+    """Decode frames [start, start + num_frames*step) every `step` as uint8 RGB [T, H, W, 3]; returns (frames, fps)."""
+    path = str(path)
+    frames = []
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            rate = stream.average_rate or stream.guessed_rate
+            fps = float(rate) if rate else 0.0
+            for i, frame in enumerate(container.decode(stream)):
+                if i < start or (i - start) % step:
+                    continue
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if num_frames is not None and len(frames) >= num_frames:
+                    break
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise VideoReadError(f"{path}: decoding failed ({exc})") from exc
+    if not frames:
+        raise VideoReadError(f"{path}: no frames decoded (start={start}, step={step})")
+    return np.stack(frames), fps
+
+
+def to_uint8_frames(video) -> np.ndarray:
+    """A [3, T, H, W] tensor/array in [-1, 1] -> uint8 [T, H, W, 3]."""
+    arr = video.detach().float().cpu().numpy() if hasattr(video, "detach") else np.asarray(video, dtype=np.float32)
+    if arr.ndim != 4 or arr.shape[0] != 3:
+        raise ValueError(f"expected a [3, T, H, W] video in [-1, 1], got shape {arr.shape}")
+    arr = ((arr.clip(-1, 1) + 1) * 127.5).round().astype(np.uint8)
+    return np.ascontiguousarray(arr.transpose(1, 2, 3, 0))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18, codec: str = "libx264") -> Path:
+    """Encode uint8 RGB frames [T, H, W, 3] as H.264 (yuv420p, even sizes) and rename into place."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"write_video expects uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"H.264 yuv420p needs even height and width, got {h}x{w}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".mp4", dir=path.parent)
+    os.close(fd)
+    try:
+        with av.open(tmp, mode="w") as container:
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            if codec == "libx264":
+                stream.options = {"crf": str(crf), "preset": "medium"}
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
