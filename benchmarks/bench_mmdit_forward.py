@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
 from models.mmdit.attention import prefer_sdpa_backend  # noqa: E402
+from models.mmdit.layers import SingleStreamBlock  # noqa: E402
 from models.packing import image_position_ids, text_position_ids  # noqa: E402
 
 
@@ -61,6 +62,20 @@ def make_inputs(cfg, batch, t_lat=33, h_lat=32, w_lat=32, n_txt=512):
     )
 
 
+def capture_graph(model, inputs):
+    """Warm up, capture one forward in a CUDA graph, return its replay (static shapes, as in sampling)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            model(**inputs)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        model(**inputs)
+    return graph.replay
+
+
 def kernel_split(model, inputs):
     from torch.profiler import ProfilerActivity, profile
 
@@ -85,8 +100,10 @@ def kernel_split(model, inputs):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
-    # mode-backend[-fused]: mode eager | compiled (per block) | whole (the whole model in one graph)
-    ap.add_argument("--variants", default="eager-cudnn,compiled-flash,compiled-cudnn,compiled-cudnn-fused,whole-cudnn-fused")
+    # mode-backend[-fused][-split][-graph]: mode eager | compiled (per block) | whole (one graph for the model);
+    # fused = one GEMM for q/k/v; split = linear2 as two GEMMs; graph = replay a captured CUDA graph
+    ap.add_argument("--variants", default="eager-cudnn,compiled-cudnn,compiled-cudnn-fused,"
+                    "compiled-cudnn-fused-split,compiled-cudnn-fused-graph")
     ap.add_argument("--batches", default="1,3")
     args = ap.parse_args()
 
@@ -111,6 +128,7 @@ def main():
         model = model.to(torch.bfloat16).eval().requires_grad_(False)
         if "fused" in extra:
             model.fuse_projections()
+        SingleStreamBlock.split_linear2 = "split" in extra
         if mode == "compiled":
             model.compile_blocks()
         elif mode == "whole":
@@ -122,7 +140,11 @@ def main():
             flops = mmdit_forward_flops(cfg, n_img, n_txt, b)
             t_first = time.time()
             with torch.no_grad():
-                med, all_t = cuda_time(lambda: model(**inputs))
+                if "graph" in extra:
+                    fn = capture_graph(model, inputs)
+                else:
+                    fn = lambda: model(**inputs)  # noqa: E731
+                med, all_t = cuda_time(fn)
             row = dict(variant=variant, batch=b, tokens=n_img + n_txt, seconds=med, min=min(all_t),
                        max=max(all_t), tflops=flops / med / 1e12, first_call_and_timing_s=time.time() - t_first,
                        peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30)

@@ -174,6 +174,8 @@ class DoubleStreamBlock(nn.Module):
 class SingleStreamBlock(nn.Module):
     """FLUX "parallel" block: attention and MLP share the input projection and the output projection."""
 
+    split_linear2 = False  # benchmark switch: two GEMMs over linear2's column blocks instead of cat + one GEMM
+
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, rope_layout: str):
         super().__init__()
         self.num_heads = num_heads
@@ -202,10 +204,12 @@ class SingleStreamBlock(nn.Module):
         q, k, v = (_heads(t, self.num_heads) for t in (q, k, v))
         q, k = self.norm(q, k, v)
         o = rope_attention(q, k, v, pe, self.rope_layout)
-        # linear2(cat(o, gelu(h))) as two products over the column blocks of its weight: the same sum without
-        # writing and re-reading the (dim + mlp_hidden)-wide concatenation.
-        w = self.linear2.weight
-        out = F.linear(o, w[:, :d], self.linear2.bias) + F.linear(self.mlp_act(h), w[:, d:])
+        if self.split_linear2:
+            # linear2(cat(o, gelu(h))) as two products over the column blocks of its weight: no concatenation.
+            w = self.linear2.weight
+            out = F.linear(o, w[:, :d], self.linear2.bias) + F.linear(self.mlp_act(h), w[:, d:])
+        else:
+            out = self.linear2(torch.cat((o, self.mlp_act(h)), dim=-1))
         return x + gate * out
 
     def fuse_projections(self) -> None:
