@@ -83,17 +83,21 @@ def kernel_split(model, inputs):
         model(**inputs)
         torch.cuda.synchronize()
     split = {"attention": 0.0, "matmul": 0.0, "other": 0.0}
+    top = []
     for ev in prof.key_averages():
         us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
         if ev.key.startswith(("aten::", "cuda", "Memcpy", "Memset", "Torch-Compiled", "CompiledFunction")):
             continue  # CPU-side op rows and wrappers double count their kernels
         name = ev.key.lower()
+        top.append((us / 1e3, ev.count, ev.key[:90]))
         if any(s in name for s in ("flash", "fmha", "cudnn", "attention", "sdpa")):
             split["attention"] += us
         elif any(s in name for s in ("gemm", "sm90_xmma", "cutlass", "nvjet", "matmul", "wgmma")):
             split["matmul"] += us
         else:
             split["other"] += us
+    for ms, count, key in sorted(top, reverse=True)[:25]:
+        print(f"  {ms:8.2f} ms  x{count:4d}  {key}")
     return {k: v / 1e6 for k, v in split.items()}
 
 
@@ -130,7 +134,7 @@ def main():
             model.fuse_projections()
         SingleStreamBlock.split_linear2 = "split" in extra
         if mode == "compiled":
-            model.compile_blocks()
+            model.compile_blocks(**({"mode": "max-autotune-no-cudagraphs"} if "autotune" in extra else {}))
         elif mode == "whole":
             model.compile()
         torch.cuda.reset_peak_memory_stats()
