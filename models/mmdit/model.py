@@ -110,6 +110,7 @@ class MMDiT(nn.Module):
         for block in self.double_blocks:
             block.img_attn.fuse_projections()
             block.txt_attn.fuse_projections()
+            block.gelu_epilogue = True
         for block in self.single_blocks:
             block.fuse_projections()
         return self

@@ -367,7 +367,9 @@ def test_fused_projections_keep_outputs_and_state_dict():
         ref = model(**x)
         model.fuse_projections()
         assert model.single_blocks[0]._fused is not None
-        assert torch.allclose(model(**x), ref, atol=1e-6)
+        assert torch.allclose(model(**x), ref, atol=1e-5)  # fast path: GELU epilogue op, linear2 in two parts
+    with torch.enable_grad():
+        assert torch.allclose(model(**x), ref, atol=1e-5)  # with grad: the plain modules on the fused views
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     model.to(torch.float64)  # moving drops the fused views rather than using stale weights
