@@ -96,9 +96,9 @@ def modulate(x, shift, scale, eps: float = 1e-6):
 
 
 def _heads(x, num_heads):
-    """[B, L, H*D] -> [B, H, L, D]."""
-    b, l, _ = x.shape
-    return x.view(b, l, num_heads, -1).transpose(1, 2)
+    """[B, L, H*D] -> [B, H, L, D]. Head dim spelled out so an empty stream (L = 0, sequence parallel) works."""
+    b, l, hd = x.shape
+    return x.view(b, l, num_heads, hd // num_heads).transpose(1, 2)
 
 
 class SelfAttention(nn.Module):
@@ -159,9 +159,12 @@ def _mlp(dim: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
 
 
-def rope_attention(q, k, v, pe, layout: str):
+def rope_attention(q, k, v, pe, layout: str, attn_fn=None):
+    """RoPE on q, k then attention. `attn_fn` (same contract as `attention.attention`) replaces the default one,
+    e.g. a sequence-parallel attention; it is a call argument, so checkpoint recomputation sees it too."""
     cos, sin = pe
-    return attn_mod.attention(apply_rope(q, cos, sin, layout), apply_rope(k, cos, sin, layout), v)
+    fn = attn_mod.attention if attn_fn is None else attn_fn
+    return fn(apply_rope(q, cos, sin, layout), apply_rope(k, cos, sin, layout), v)
 
 
 class DoubleStreamBlock(nn.Module):
@@ -176,7 +179,7 @@ class DoubleStreamBlock(nn.Module):
         self.txt_attn = SelfAttention(dim, num_heads, qkv_bias)
         self.txt_mlp = _mlp(dim, mlp_hidden)
 
-    def forward(self, img, txt, vec, pe):
+    def forward(self, img, txt, vec, pe, attn_fn=None):
         (i_shift1, i_scale1, i_gate1), (i_shift2, i_scale2, i_gate2) = self.img_mod(vec)
         (t_shift1, t_scale1, t_gate1), (t_shift2, t_scale2, t_gate2) = self.txt_mod(vec)
 
@@ -186,7 +189,7 @@ class DoubleStreamBlock(nn.Module):
         q = torch.cat((txt_q, img_q), dim=2)
         k = torch.cat((txt_k, img_k), dim=2)
         v = torch.cat((txt_v, img_v), dim=2)
-        o = rope_attention(q, k, v, pe, self.rope_layout)
+        o = rope_attention(q, k, v, pe, self.rope_layout, attn_fn)
         n_txt = txt.shape[1]
         txt_o, img_o = o[:, :n_txt], o[:, n_txt:]
 
@@ -215,7 +218,7 @@ class SingleStreamBlock(nn.Module):
         self.modulation = Modulation(dim, double=False)
         self.mlp_act = nn.GELU(approximate="tanh")
 
-    def forward(self, x, vec, pe):
+    def forward(self, x, vec, pe, attn_fn=None):
         (shift, scale, gate), _ = self.modulation(vec)
         a = modulate(x, shift, scale)
         d = self.dim
@@ -232,7 +235,7 @@ class SingleStreamBlock(nn.Module):
             h_act = self.mlp_act(h)
         q, k, v = (_heads(t, self.num_heads) for t in (q, k, v))
         q, k = self.norm(q, k, v)
-        o = rope_attention(q, k, v, pe, self.rope_layout)
+        o = rope_attention(q, k, v, pe, self.rope_layout, attn_fn)
         if fast:
             # linear2(cat(o, h_act)) as two products over its weight's column blocks: no concatenation pass.
             w2 = self.linear2.weight

@@ -30,6 +30,9 @@ class MMDiT(nn.Module):
         )
         self.final_layer = LastLayer(d, c.out_channels)
         self.grad_ckpt_settings = c.grad_ckpt_settings
+        # Optional fn(model, img, txt, vec, pe) -> output, run after embedding instead of the local blocks
+        # (set by training/parallel/sequence.py; None = single-process forward).
+        self.sequence_parallel_forward = None
         self.zero_init_cond()
 
     @classmethod
@@ -88,21 +91,30 @@ class MMDiT(nn.Module):
     def forward(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None, guidance=None):
         """Packed noisy latent -> packed velocity [B, L_img, out_channels]."""
         img, txt, vec, pe = self.prepare_block_inputs(img, img_ids, txt, txt_ids, timesteps, y_vec, cond, guidance)
+        if self.sequence_parallel_forward is not None:
+            # Installed by training/parallel/sequence.py: shards the joint sequence, runs forward_blocks with a
+            # distributed attention and the final layer, gathers the image tokens.
+            return self.sequence_parallel_forward(self, img, txt, vec, pe)
+        x = self.forward_blocks(img, txt, vec, pe)
+        return self.final_layer(x[:, txt.shape[1] :], vec)
+
+    def forward_blocks(self, img, txt, vec, pe, attn_fn=None):
+        """Double then single blocks (spec §A.3 steps 8-9); returns the joint sequence [B, L_txt + L_img, d], text
+        first. `attn_fn` replaces `attention.attention` in every block (sequence parallelism)."""
         n_double, n_single = self.grad_ckpt_settings or (0, 0)
         ckpt = self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.double_blocks):
             if ckpt and i < n_double:
-                img, txt = checkpoint(block, img, txt, vec, pe, use_reentrant=False)
+                img, txt = checkpoint(block, img, txt, vec, pe, attn_fn=attn_fn, use_reentrant=False)
             else:
-                img, txt = block(img, txt, vec, pe)
-        n_txt = txt.shape[1]
+                img, txt = block(img, txt, vec, pe, attn_fn=attn_fn)
         x = torch.cat((txt, img), dim=1)
         for i, block in enumerate(self.single_blocks):
             if ckpt and i < n_single:
-                x = checkpoint(block, x, vec, pe, use_reentrant=False)
+                x = checkpoint(block, x, vec, pe, attn_fn=attn_fn, use_reentrant=False)
             else:
-                x = block(x, vec, pe)
-        return self.final_layer(x[:, n_txt:], vec)
+                x = block(x, vec, pe, attn_fn=attn_fn)
+        return x
 
     def fuse_projections(self) -> "MMDiT":
         """Inference fast path: q/k/v (and the single blocks' v_mlp) as one GEMM each. Call after the model is

@@ -1,0 +1,371 @@
+"""Sequence (context) parallelism for the MMDiT's joint [text; image] sequence (spec §F.2).
+
+Every rank of an SP group gets the *same* full inputs. After embedding, the joint sequence is cut into sp equal
+contiguous chunks; each rank runs the blocks on its chunk with a distributed attention and the final layer on its
+chunk, and the outputs are all-gathered, so `model(**inputs)` returns the full output on every rank.
+
+Gradient convention (the one of ColossalAI's split/gather functions, which Open-Sora uses): every rank computes
+the same loss from the full output; `gather_from_sp` backward keeps the local chunk of the gradient scaled by sp,
+`split_for_sp` backward all-gathers and scales by 1/sp. Per-rank parameter gradients are then partial, and their
+**mean over the SP group equals the single-process gradient** - which is what a mean all-reduce over the world
+(DDP / FSDP / ZeRO with the SP ranks treated as data-parallel ranks holding the same batch) computes anyway.
+
+Attention modes:
+* "ulysses": one all-to-all turns q, k, v [B, H, L/sp, D] into [B, H/sp, L, D]; the ordinary attention kernel
+  (`models.mmdit.attention.attention`) runs on the full length over a head slice; one all-to-all turns it back.
+  Needs num_heads % sp == 0.
+* "ring": K/V blocks travel around the ring (isend/irecv, the next block in flight while the current one is
+  computed); per-block outputs are merged with log-sum-exp rescaling in fp32. The backward is a custom
+  autograd.Function that recomputes each block's probabilities from the saved LSE and sends dK/dV (fp32
+  accumulators) around the ring along with K/V. The per-block kernel here is plain fp32 matmul/softmax
+  (portable, CPU-testable); on GPU it is the place to call a flash kernel that returns the LSE.
+
+Padding: if L_txt + L_img is not a multiple of sp, zero tokens are appended at the *end* of the joint sequence
+(after the image tokens, identity RoPE) and excluded from attention as keys (`kv_len`), so the real tokens'
+outputs and all gradients are exactly those of the unpadded single-process model. (Open-Sora instead makes the
+trainer pad the T5 ids so the pad tokens are real, attended inputs; a trainer doing that gets no padding here.)
+
+Double blocks: a rank's chunk may hold text tokens, image tokens, both, or only one kind (text comes first, so
+at most one rank straddles the boundary). The chunk is cut at the text/image boundary and each part goes through
+its own stream's weights; an empty part is a [B, 0, d] tensor, which every op in the blocks handles. So, unlike
+Open-Sora, SP is never switched off for a forward - a rank without image tokens just has an empty image stream.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import weakref
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from models.mmdit import attention as attn_mod
+
+MODES = ("ulysses", "ring")
+
+
+def _size(group) -> int:
+    return dist.get_world_size(group)
+
+
+def _rank(group) -> int:
+    return dist.get_rank(group)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# split / gather / all-to-all autograd functions
+
+
+class _SplitForSP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group, dim):
+        sp = _size(group)
+        if x.shape[dim] % sp:
+            raise ValueError(f"split_for_sp: size {x.shape[dim]} of dim {dim} is not divisible by sp={sp}")
+        ctx.group, ctx.dim = group, dim
+        return x.chunk(sp, dim)[_rank(group)].contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        sp = _size(ctx.group)
+        parts = [torch.empty_like(grad) for _ in range(sp)]
+        dist.all_gather(parts, grad.contiguous(), group=ctx.group)
+        return torch.cat(parts, ctx.dim) / sp, None, None
+
+
+class _GatherFromSP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group, dim):
+        sp = _size(group)
+        ctx.group, ctx.dim = group, dim
+        parts = [torch.empty_like(x) for _ in range(sp)]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.cat(parts, dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        sp = _size(ctx.group)
+        return grad.chunk(sp, ctx.dim)[_rank(ctx.group)] * sp, None, None
+
+
+def split_for_sp(x: torch.Tensor, group=None, dim: int = 1) -> torch.Tensor:
+    """This rank's contiguous 1/sp chunk of `x` (same on every rank) along `dim`.
+
+    Backward: all-gather of the chunk gradients, scaled by 1/sp (ColossalAI grad_scale="down")."""
+    if _size(group) == 1:
+        return x
+    return _SplitForSP.apply(x, group, dim)
+
+
+def gather_from_sp(x: torch.Tensor, group=None, dim: int = 1) -> torch.Tensor:
+    """Concatenation of every rank's equal-size chunk along `dim`.
+
+    Backward: this rank's chunk of the gradient scaled by sp (ColossalAI grad_scale="up"). Assumes every rank
+    differentiates the same loss of the gathered tensor (then this equals a reduce-scatter of the gradients)."""
+    if _size(group) == 1:
+        return x
+    return _GatherFromSP.apply(x, group, dim)
+
+
+class _AllToAll(torch.autograd.Function):
+    """x [sp, ...]: slice j goes to rank j; out [sp, ...]: slice i came from rank i. Its own adjoint."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        dist.all_to_all_single(out, x, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        out = torch.empty_like(grad)
+        dist.all_to_all_single(out, grad, group=ctx.group)
+        return out, None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ulysses
+
+
+def ulysses_attention(q, k, v, group=None, kv_len: int | None = None, attn_fn=None) -> torch.Tensor:
+    """Sequence-sharded attention by head all-to-all.
+
+    q, k, v: [B, H, L/sp, D], this rank's contiguous chunk of the global sequence. Returns [B, L/sp, H*D] (the
+    contract of `models.mmdit.attention.attention`). Keys at global positions >= kv_len (padding at the end of
+    the global sequence) are ignored. `attn_fn` is the local kernel (default `attention.attention`).
+    """
+    attn_fn = attn_mod.attention if attn_fn is None else attn_fn
+    sp = _size(group)
+    b, h, lc, d = q.shape
+    if h % sp:
+        raise ValueError(f"Ulysses sequence parallelism needs num_heads ({h}) divisible by the SP size ({sp})")
+    if sp == 1:
+        n = lc if kv_len is None else kv_len
+        return attn_fn(q, k[:, :, :n], v[:, :, :n])
+    hs = h // sp
+    # One all-to-all for q, k and v: [3, B, H, Lc, D] -> [sp (head group), 3, B, Hs, Lc, D].
+    x = torch.stack((q, k, v)).view(3, b, sp, hs, lc, d).permute(2, 0, 1, 3, 4, 5)
+    x = _AllToAll.apply(x, group)  # [sp (sequence chunk), 3, B, Hs, Lc, D]
+    x = x.permute(1, 2, 3, 0, 4, 5).reshape(3, b, hs, sp * lc, d)
+    qf, kf, vf = x.unbind(0)
+    if kv_len is not None:
+        kf, vf = kf[:, :, :kv_len], vf[:, :, :kv_len]
+    o = attn_fn(qf, kf, vf)  # [B, L, Hs*D]
+    o = o.view(b, sp, lc, hs, d).permute(1, 0, 3, 2, 4)  # [sp (sequence chunk), B, Hs, Lc, D]
+    o = _AllToAll.apply(o, group)  # [sp (head group), B, Hs, Lc, D]
+    return o.permute(1, 3, 0, 2, 4).reshape(b, lc, h * d)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ring
+
+
+def _ring_exchange(t: torch.Tensor, group, tag: int = 0):
+    """Start sending `t` to the next rank of the ring and receiving the previous rank's; returns (buf, reqs).
+    K/V and dK/dV messages are in flight together in the backward: distinct tags keep them apart."""
+    sp, r = _size(group), _rank(group)
+    send = t.contiguous()
+    recv = torch.empty_like(send)
+    nxt = dist.get_global_rank(group, (r + 1) % sp) if group is not None else (r + 1) % sp
+    prv = dist.get_global_rank(group, (r - 1) % sp) if group is not None else (r - 1) % sp
+    ops = [dist.P2POp(dist.isend, send, nxt, group, tag), dist.P2POp(dist.irecv, recv, prv, group, tag)]
+    return recv, dist.batch_isend_irecv(ops)
+
+
+def _wait(reqs) -> None:
+    for req in reqs:
+        req.wait()
+
+
+def _block_valid(kv_len: int | None, src: int, chunk: int) -> int:
+    """Number of real keys in the chunk that rank `src` owns."""
+    if kv_len is None:
+        return chunk
+    return max(0, min(chunk, kv_len - src * chunk))
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: fp32, or the input's own if wider (fp64 in tests)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _block_forward(q, k, v, scale):
+    """Attention of q over one K/V block in the accumulation dtype: (out [B,H,Lq,D], lse [B,H,Lq])."""
+    acc = _acc_dtype(q.dtype)
+    s = torch.matmul(q.to(acc), k.to(acc).transpose(-2, -1)) * scale
+    lse = torch.logsumexp(s, dim=-1)
+    out = torch.matmul(torch.exp(s - lse.unsqueeze(-1)), v.to(acc))
+    return out, lse
+
+
+class _RingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, group, kv_len):
+        sp, rank = _size(group), _rank(group)
+        b, h, lc, d = q.shape
+        scale = 1.0 / math.sqrt(d)
+        acc = _acc_dtype(q.dtype)
+        out = torch.zeros(b, h, lc, d, dtype=acc, device=q.device)
+        lse = torch.full((b, h, lc), -math.inf, dtype=acc, device=q.device)
+        kv = torch.stack((k, v))
+        for step in range(sp):
+            if step + 1 < sp:
+                nxt, reqs = _ring_exchange(kv, group)  # next block in flight during this block's compute
+            n = _block_valid(kv_len, (rank - step) % sp, lc)
+            if n > 0:
+                o_s, lse_s = _block_forward(q, kv[0, :, :, :n], kv[1, :, :, :n], scale)
+                new = torch.logaddexp(lse, lse_s)
+                out = out * torch.exp(lse - new).unsqueeze(-1) + o_s * torch.exp(lse_s - new).unsqueeze(-1)
+                lse = new
+            if step + 1 < sp:
+                _wait(reqs)
+                kv = nxt
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.group, ctx.kv_len = group, kv_len
+        return out.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        group, kv_len = ctx.group, ctx.kv_len
+        sp, rank = _size(group), _rank(group)
+        lc, d = q.shape[2], q.shape[3]
+        scale = 1.0 / math.sqrt(d)
+        acc = _acc_dtype(q.dtype)
+        qf, do = q.to(acc), dout.to(acc)
+        delta = (do * out).sum(-1, keepdim=True)  # rowsum(dO * O) [B, H, Lc, 1]
+        dq = torch.zeros_like(qf)
+        kv = torch.stack((k, v))
+        # dK/dV accumulator of the block currently held; it travels around the ring with the K/V block.
+        dkv = torch.zeros(kv.shape, dtype=acc, device=kv.device)
+        for step in range(sp):
+            if step + 1 < sp:
+                nxt, reqs = _ring_exchange(kv, group)
+            n = _block_valid(kv_len, (rank - step) % sp, lc)
+            if n > 0:
+                kb, vb = kv[0, :, :, :n].to(acc), kv[1, :, :, :n].to(acc)
+                p = torch.exp(torch.matmul(qf, kb.transpose(-2, -1)) * scale - lse.unsqueeze(-1))
+                dkv[1, :, :, :n] += torch.matmul(p.transpose(-2, -1), do)
+                ds = p * (torch.matmul(do, vb.transpose(-2, -1)) - delta)
+                dq += torch.matmul(ds, kb) * scale
+                dkv[0, :, :, :n] += torch.matmul(ds.transpose(-2, -1), qf) * scale
+            # Pass the accumulator on; after sp hops each rank holds its own block's complete dK/dV.
+            dkv, dreqs = _ring_exchange(dkv, group, tag=1)
+            _wait(dreqs)
+            if step + 1 < sp:
+                _wait(reqs)
+                kv = nxt
+        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None
+
+
+def ring_attention(q, k, v, group=None, kv_len: int | None = None) -> torch.Tensor:
+    """Sequence-sharded attention by K/V rotation (non-causal, no mask, scale 1/sqrt(D)).
+
+    q, k, v: [B, H, L/sp, D], this rank's contiguous chunk. Returns [B, L/sp, H*D]. Keys at global positions
+    >= kv_len are ignored (padding at the end of the global sequence).
+    """
+    b, h, lc, d = q.shape
+    if _size(group) == 1:
+        n = lc if kv_len is None else kv_len
+        return attn_mod.attention(q, k[:, :, :n], v[:, :, :n])
+    out = _RingAttention.apply(q, k, v, group, kv_len)
+    return out.transpose(1, 2).reshape(b, lc, h * d)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The MMDiT under SP
+
+
+def _unwrap(model):
+    """The MMDiT inside DDP / torch.compile wrappers."""
+    for _ in range(4):
+        if hasattr(model, "sequence_parallel_forward"):
+            return model
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if model is None:
+            break
+    raise TypeError("sequence_parallel needs an MMDiT (a model with `sequence_parallel_forward` and `forward_blocks`)")
+
+
+class SequenceParallel:
+    """Installed on an MMDiT as its `sequence_parallel_forward`; see `sequence_parallel`."""
+
+    def __init__(self, model, group=None, mode: str = "ring"):
+        if mode not in MODES:
+            raise ValueError(f"unknown sequence-parallel mode {mode!r}; choose from {MODES}")
+        if not dist.is_initialized():
+            raise RuntimeError("sequence parallelism needs torch.distributed to be initialised")
+        model = _unwrap(model)
+        self.group, self.mode = group, mode
+        self.sp = _size(group)
+        heads = model.config.num_heads
+        if mode == "ulysses" and heads % self.sp:
+            raise ValueError(
+                f"Ulysses sequence parallelism needs num_heads ({heads}) divisible by the SP size ({self.sp})"
+            )
+        self._model = weakref.ref(model)
+        self._previous = model.sequence_parallel_forward
+        model.sequence_parallel_forward = self
+
+    def remove(self) -> None:
+        model = self._model()
+        if model is not None and model.sequence_parallel_forward is self:
+            model.sequence_parallel_forward = self._previous
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+    def __deepcopy__(self, memo):  # a deep-copied model (e.g. EMA) shares the group, not a copy of it
+        return self
+
+    def attention_fn(self, kv_len: int | None):
+        fn = ulysses_attention if self.mode == "ulysses" else ring_attention
+        return functools.partial(fn, group=self.group, kv_len=kv_len)
+
+    def __call__(self, model, img, txt, vec, pe):
+        """Embedded (img [B,Li,d], txt [B,Lt,d], vec, pe over [txt; img]) -> full output [B, Li, C_out]."""
+        sp, rank = self.sp, _rank(self.group)
+        if sp == 1:
+            x = model.forward_blocks(img, txt, vec, pe)
+            return model.final_layer(x[:, txt.shape[1] :], vec)
+        n_txt, n_img = txt.shape[1], img.shape[1]
+        n = n_txt + n_img
+        pad = -n % sp
+        chunk = (n + pad) // sp
+        x = torch.cat((txt, img), dim=1)
+        cos, sin = pe
+        if pad:
+            x = F.pad(x, (0, 0, 0, pad))
+            cos = F.pad(cos, (0, 0, 0, pad), value=1.0)  # identity rotation for the pad tokens
+            sin = F.pad(sin, (0, 0, 0, pad), value=0.0)
+        x = split_for_sp(x, self.group, dim=1)
+        start = rank * chunk
+        pe_local = (cos[:, :, start : start + chunk], sin[:, :, start : start + chunk])
+        t_local = max(0, min(chunk, n_txt - start))  # this rank's text tokens come first in its chunk
+        h = model.forward_blocks(
+            x[:, t_local:], x[:, :t_local], vec, pe_local, attn_fn=self.attention_fn(n if pad else None)
+        )
+        # The final layer is token-wise: apply it to the whole chunk so every rank gathers an equal-size piece.
+        out = gather_from_sp(model.final_layer(h, vec), self.group, dim=1)
+        return out[:, n_txt:n]
+
+
+def sequence_parallel(model, group=None, mode: str = "ring") -> SequenceParallel:
+    """Run `model` (an MMDiT, possibly inside DDP / torch.compile) sequence-parallel over `group`.
+
+    Installs the SP forward and returns its handle: `model(**inputs)` on every rank of the group, given the same
+    full inputs, then returns the same full output as the single-process model. Use the handle as a context
+    manager (`with sequence_parallel(model, group, "ulysses"): ...`) or call `.remove()` to switch back. The
+    distributed attention is passed to the blocks as an argument, so backward (and activation-checkpoint
+    recomputation) after leaving the context is still correct. Parameter gradients: see the module docstring
+    (mean over the SP group = single-process gradient).
+    """
+    return SequenceParallel(model, group, mode)
