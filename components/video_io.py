@@ -101,6 +101,50 @@ def read_video(path: str | Path, start: int = 0, num_frames: int | None = None, 
     return np.stack(frames), fps
 
 
+def read_video_frames(path: str | Path, indices) -> tuple[np.ndarray, float]:
+    """Decode only the frames at `indices` (0-based decode order, any order, repeats allowed) as uint8 RGB
+    [len(indices), H, W, 3]; returns (frames, fps). Decoding stops after the largest index and only the wanted
+    frames are converted to RGB. Asking for a frame past the end raises `VideoReadError`, whose `num_frames`
+    attribute holds the number of frames the file really has."""
+    path = str(path)
+    wanted = [int(i) for i in np.asarray(indices).reshape(-1)]
+    if not wanted:
+        raise ValueError("read_video_frames needs at least one frame index")
+    if min(wanted) < 0:
+        raise ValueError(f"frame indices must be >= 0, got {min(wanted)}")
+    if not os.path.exists(path):
+        raise VideoReadError(f"{path}: file does not exist")
+    if os.path.getsize(path) == 0:
+        raise VideoReadError(f"{path}: file is empty (0 bytes)")
+    need = set(wanted)
+    last = max(wanted)
+    got: dict[int, np.ndarray] = {}
+    count = 0
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoReadError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            rate = stream.average_rate or stream.guessed_rate
+            fps = float(rate) if rate else 0.0
+            for i, frame in enumerate(container.decode(stream)):
+                count = i + 1
+                if i in need:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    break
+    except VideoReadError:
+        raise
+    except (av.error.FFmpegError, IndexError, UnicodeDecodeError, ValueError) as exc:
+        raise VideoReadError(f"{path}: decoding failed ({exc})") from exc
+    if len(got) < len(need):
+        err = VideoReadError(f"{path}: asked for frame {last} but the file has {count} decodable frames")
+        err.num_frames = count
+        raise err
+    return np.stack([got[i] for i in wanted]), fps
+
+
 def to_uint8_frames(video) -> np.ndarray:
     """A [3, T, H, W] tensor/array in [-1, 1] -> uint8 [T, H, W, 3]."""
     arr = video.detach().float().cpu().numpy() if hasattr(video, "detach") else np.asarray(video, dtype=np.float32)
