@@ -72,10 +72,43 @@ def _run_generate(args) -> int:
     return 0
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a stage from a recipe (torchx local_cwd, or print the k8s job)",
+                       description="Launch a training recipe through torchx with torchrun's elastic agent.")
+    p.add_argument("--recipe", required=True, help="e.g. tiny-cpu-stage1, stage1-256px-h200x8")
+    p.add_argument("--run-dir", default="runs/train")
+    p.add_argument("--nproc", type=int, default=1, help="processes per node")
+    p.add_argument("--nnodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--max-restarts", type=int, default=3)
+    p.add_argument("--override", action="append", default=[], help="dotted.key=json-value, repeatable")
+    p.add_argument("--scheduler", choices=["local_cwd", "kubernetes-dryrun"], default="local_cwd")
+    p.add_argument("--image", default=None, help="container image (kubernetes)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from training.launch import DEFAULT_IMAGE, LaunchSpec, kubernetes_dryrun, run_local
+    from training.recipes import get_recipe
+    from training.train import parse_overrides
+
+    get_recipe(args.recipe)  # unknown names fail here, before any process starts
+    spec = LaunchSpec(recipe=args.recipe, run_dir=args.run_dir, nnodes=args.nnodes, nproc_per_node=args.nproc,
+                      gpus_per_node=args.gpus_per_node, max_restarts=args.max_restarts,
+                      overrides=parse_overrides(args.override), image=args.image or DEFAULT_IMAGE)
+    if args.scheduler == "kubernetes-dryrun":
+        print(json.dumps(kubernetes_dryrun(spec), indent=2, default=str))
+        return 0
+    status = run_local(spec, log_dir=f"{args.run_dir}/torchx-logs")
+    print(f"training {args.recipe}: {status.state if status else 'unknown'}; run dir {args.run_dir}")
+    return 0 if status is not None and str(status.state).endswith("SUCCEEDED") else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soraflow", description="Open-Sora 2.0 training system")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_train(sub)
     return parser
 
 
@@ -84,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"soraflow {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

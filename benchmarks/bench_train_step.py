@@ -1,0 +1,144 @@
+"""Training step of a 6-block slice of the 11B MMDiT (2 double + 4 single blocks, width 3072), 8448 + 512 tokens,
+batch 1, bf16 compute, FSDP2 on one GPU; then the async checkpoint of that model and how long it stalls training.
+
+Usage (CUDA): python benchmarks/bench_train_step.py --out train_step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
+from models.mmdit.attention import prefer_sdpa_backend  # noqa: E402
+from models.packing import image_position_ids, text_position_ids  # noqa: E402
+from training.strategies import FSDP2Strategy, OptimConfig  # noqa: E402
+
+
+def inputs(cfg, b=1, t=33, h=32, w=32, n_txt=512):
+    dev, dt = "cuda", torch.bfloat16
+    n = t * (h // 2) * (w // 2)
+    return dict(img=torch.randn(b, n, cfg.in_channels, device=dev, dtype=dt),
+                img_ids=image_position_ids(b, t, h, w, 2, device=dev, dtype=dt),
+                txt=torch.randn(b, n_txt, cfg.context_in_dim, device=dev, dtype=dt),
+                txt_ids=text_position_ids(b, n_txt, device=dev, dtype=dt),
+                timesteps=torch.full((b,), 0.5, device=dev, dtype=dt),
+                y_vec=torch.randn(b, cfg.vec_in_dim, device=dev, dtype=dt),
+                cond=torch.randn(b, n, cfg.cond_channels, device=dev, dtype=dt))
+
+
+def time_steps(fn, warmup=3, iters=10):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(iters):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        out.append(s.elapsed_time(e) / 1e3)
+    return statistics.median(out), out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out")
+    ap.add_argument("--variants", default="eager,compiled")
+    ap.add_argument("--skip-checkpoint", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29512")
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    torch.cuda.set_device(0)
+    prefer_sdpa_backend("cudnn")
+    cfg = get_config("opensora2-11b", depth=2, depth_single_blocks=4)
+    x = inputs(cfg)
+    flops = 3 * mmdit_forward_flops(cfg, x["img"].shape[1], x["txt"].shape[1])
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "fwd_bwd_flops": flops, "rows": []}
+    model = opt = None
+    for variant in args.variants.split(","):
+        del model, opt
+        torch.cuda.empty_cache()
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        strategy = FSDP2Strategy("bf16", "fp32", reshard_after_forward=False)
+        model, opt = strategy.prepare(MMDiT(cfg), torch.device("cuda"), OptimConfig(lr=1e-5))
+        if variant == "compiled":
+            for block in list(model.double_blocks) + list(model.single_blocks):
+                block.compile()
+        target = torch.randn_like(x["img"], dtype=torch.float32)
+
+        def fwd_bwd():
+            out = model(**x)
+            torch.nn.functional.mse_loss(out.float(), target).backward()
+
+        def full_step():
+            fwd_bwd()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        torch.cuda.reset_peak_memory_stats()
+        med, all_t = time_steps(fwd_bwd)
+        med_step, _ = time_steps(full_step, warmup=1, iters=5)
+        row = dict(variant=variant, fwd_bwd_s=med, min=min(all_t), max=max(all_t), tflops=flops / med / 1e12,
+                   step_with_adamw_s=med_step, peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30)
+        res["rows"].append(row)
+        print(f"{variant:9s} fwd+bwd {med:.4f}s ({min(all_t):.4f}-{max(all_t):.4f}) {row['tflops']:.0f} TFLOP/s; "
+              f"with AdamW step {med_step:.4f}s; peak {row['peak_mem_gb']:.1f} GiB", flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=2))
+
+    if not args.skip_checkpoint:
+        from training.checkpoint import CheckpointManager
+
+        class Wrapped:
+            def state_dict(self_inner):
+                return strategy.state_dict(model, opt)
+
+            def load_state_dict(self_inner, sd):
+                strategy.load_state_dict(model, opt, sd)
+
+        root = tempfile.mkdtemp(prefix="ckpt-bench-")
+        mgr = CheckpointManager(root, keep_n_latest=2, async_save=True)
+        full_step()
+        torch.cuda.synchronize()
+        base, _ = time_steps(full_step, warmup=1, iters=5)
+        stalls = []
+        for k in range(3):
+            t0 = time.perf_counter()
+            mgr.save(k + 1, {"train": Wrapped()}, metadata={"dp_size": 1, "data_revision": "bench"})
+            blocking = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            for _ in range(5):  # training continues while the write finishes
+                full_step()
+            torch.cuda.synchronize()
+            during = (time.perf_counter() - t1) / 5
+            t2 = time.perf_counter()
+            mgr.wait()
+            tail = time.perf_counter() - t2
+            stalls.append(dict(blocking_s=blocking, step_during_save_s=during, wait_after_5_steps_s=tail))
+            print(f"async save {k + 1}: blocking {blocking:.3f}s; steps during save {during:.4f}s "
+                  f"(baseline {base:.4f}s); remaining wait {tail:.3f}s", flush=True)
+        size = sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file())
+        res["checkpoint"] = dict(baseline_step_s=base, saves=stalls, bytes_on_disk=size)
+        print(f"checkpoint bytes on disk (2 kept): {size / 2**30:.1f} GiB", flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=2))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

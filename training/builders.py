@@ -1,0 +1,75 @@
+"""Build the frozen parts (autoencoder, text encoders) and the trainable DiT from a TrainConfig."""
+
+from __future__ import annotations
+
+import torch
+
+from models.mmdit import MMDiT, get_config, load_flux_checkpoint, load_mmdit_checkpoint
+from training.config import AESpec, ModelSpec, TextSpec
+
+
+def build_dit(spec: ModelSpec, seed: int) -> MMDiT:
+    """fp32 on the CPU (the strategy moves/shards it); initialised from the previous stage or FLUX if given."""
+    torch.manual_seed(seed)  # identical random init on every rank
+    model = MMDiT(get_config(spec.config, **spec.overrides))
+    if spec.from_pretrained and spec.from_flux:
+        raise ValueError("give one of model.from_pretrained (Open-Sora layout) or model.from_flux, not both")
+    if spec.from_pretrained:
+        load_mmdit_checkpoint(model, spec.from_pretrained)
+    elif spec.from_flux:
+        load_flux_checkpoint(model, spec.from_flux)
+    model.set_grad_checkpointing(spec.grad_ckpt_settings)
+    return model
+
+
+def build_autoencoder(spec: AESpec, device, dtype, seed: int):
+    """The frozen autoencoder used for the full encode (encoder, quant conv, posterior sample, scale)."""
+    torch.manual_seed(seed + 1)
+    if spec.kind == "hunyuan":
+        from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
+
+        config = HunyuanVAEConfig.tiny() if spec.tiny else HunyuanVAEConfig.full()
+        ae = HunyuanVideoVAE.from_pretrained(spec.path, config=config) if spec.path else HunyuanVideoVAE(config)
+    elif spec.kind == "dcae":
+        from models.dc_ae import DCAEConfig, VideoDCAE
+
+        config = DCAEConfig.tiny() if spec.tiny else DCAEConfig()
+        ae = VideoDCAE.from_pretrained(spec.path, config=config) if spec.path else VideoDCAE(config)
+    else:
+        raise ValueError(f"ae.kind must be 'hunyuan' or 'dcae', got {spec.kind!r}")
+    if spec.path is None and not spec.tiny:
+        raise ValueError("a full-size autoencoder needs ae.path (pretrained weights); random full-size AEs are "
+                         "for benchmarks only")
+    return ae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def build_text_conditioner(spec: TextSpec, device, dtype, cache_dir=None):
+    from models.text import TextConditioner
+
+    if spec.t5 and spec.clip:
+        t5, clip = spec.t5, spec.clip
+    elif spec.tiny:
+        from components.generate.generate import tiny_text_encoder_dirs
+
+        t5, clip = tiny_text_encoder_dirs()
+    else:
+        raise ValueError("text.t5 and text.clip must name local folders (or set text.tiny for the tiny encoders)")
+    return TextConditioner.from_pretrained(t5, clip, dtype=dtype, device=device, cache_dir=cache_dir)
+
+
+def check_compatible(dit: MMDiT, ae, text) -> None:
+    """Stop early, naming the mismatch, when the DiT cannot take this AE's latents or these text features."""
+    c = dit.config
+    problems = []
+    if ae.latent_channels * c.patch_size**2 != c.in_channels:
+        problems.append(
+            f"the DiT config {c.name!r} takes {c.in_channels} input channels = latent x patch^2 "
+            f"({c.latent_channels} x {c.patch_size}^2), but the {type(ae).__name__} gives {ae.latent_channels} "
+            "latent channels"
+        )
+    if text.txt_dim != c.context_in_dim:
+        problems.append(f"T5 features are {text.txt_dim} wide, the DiT's txt_in expects {c.context_in_dim}")
+    if text.vec_dim != c.vec_in_dim:
+        problems.append(f"CLIP pooled vectors are {text.vec_dim} wide, the DiT's vector_in expects {c.vec_in_dim}")
+    if problems:
+        raise ValueError("incompatible training inputs: " + "; ".join(problems))

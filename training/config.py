@@ -1,0 +1,115 @@
+"""The training configuration tree. Field names keep Open-Sora's (`bucket_config`, `grad_ckpt_settings`,
+`sp_size`, `ckpt_every`, `keep_n_latest`, `lr`, ...) so any value can be traced to the upstream config."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+from training.strategies import OptimConfig
+
+
+@dataclass
+class ModelSpec:
+    config: str = "tiny"  # a name from models.mmdit.CONFIGS
+    overrides: dict = field(default_factory=dict)
+    from_pretrained: str | None = None  # an Open-Sora-layout checkpoint (previous stage's output)
+    from_flux: str | None = None  # a FLUX-layout checkpoint (stage 1 init)
+    grad_ckpt_settings: tuple[int, int] | None = None
+
+
+@dataclass
+class AESpec:
+    kind: str = "hunyuan"  # "hunyuan" | "dcae"
+    path: str | None = None  # weights; None with tiny=True builds a seeded random tiny AE
+    tiny: bool = True
+
+
+@dataclass
+class TextSpec:
+    t5: str | None = None  # local folders; None with tiny=True uses the generated tiny encoders
+    clip: str | None = None
+    tiny: bool = True
+    dropout_ratio: float = math.sqrt(0.1)  # T5 and CLIP each dropped with this p (both ~10%), spec §C.3
+
+
+@dataclass
+class DataSpec:
+    table: str = ""
+    bucket_config: dict = field(default_factory=dict)
+    num_workers: int = 0
+    prefetch_factor: int = 2
+    pin_memory: bool = True
+
+
+@dataclass
+class ParallelSpec:
+    strategy: str = "fsdp2"  # fsdp2 | ddp | single | colossalai
+    param_dtype: str = "bf16"
+    sp_size: int = 1
+    sp_mode: str = "ring"  # ring | ulysses
+
+
+@dataclass
+class CheckpointSpec:
+    dir: str = "runs/checkpoints"
+    ckpt_every: int = 100
+    keep_n_latest: int = 20
+    async_save: bool = True
+    reset_data_state: bool = False  # allow resuming with another DP size / data revision
+
+
+@dataclass
+class RecoverySpec:
+    spike_factor: float = 10.0  # loss > factor x running median -> roll back and skip the batch
+    spike_window: int = 50
+    spike_warmup: int = 20
+    hang_timeout_s: float = 1800.0
+    max_rollbacks: int = 3
+
+
+@dataclass
+class TrainConfig:
+    name: str = "custom"
+    stage: str = "dit_stage1"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    ae: AESpec = field(default_factory=AESpec)
+    text: TextSpec = field(default_factory=TextSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelSpec = field(default_factory=ParallelSpec)
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+    recovery: RecoverySpec = field(default_factory=RecoverySpec)
+    # condition mix for I2V-capable stages, e.g. {"t2v": 1, "i2v_head": 5, "i2v_loop": 1, "i2v_tail": 1}
+    condition_config: dict | None = None
+    max_steps: int = 100
+    seed: int = 42
+    log_every: int = 1
+    run_dir: str = "runs/run"
+    run_id: str = "local"
+    metrics_port: int | None = None  # rank-0 Prometheus endpoint
+    peak_flops_per_device: float | None = None  # for MFU; None = the device's bf16 dense peak if known
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict) -> TrainConfig:
+    """Dotted-key overrides, e.g. {"optim.lr": 1e-5, "max_steps": 10}; unknown keys are an error."""
+    for key, value in overrides.items():
+        target = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if not hasattr(target, p):
+                raise KeyError(f"unknown config field {key!r} (no {p!r} in {type(target).__name__})")
+            target = getattr(target, p)
+        if not hasattr(target, parts[-1]):
+            raise KeyError(f"unknown config field {key!r} (no {parts[-1]!r} in {type(target).__name__})")
+        setattr(target, parts[-1], value)
+    return cfg

@@ -1,0 +1,205 @@
+"""Data-parallel strategies behind one interface: FSDP2 (default), DDP, and ColossalAI (optional extra).
+
+A strategy wraps the model, builds the optimizer, clips gradients and exposes model/optimizer state for
+`torch.distributed.checkpoint`. The trainer never branches on which one is in use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-15
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[name]
+
+
+class Strategy:
+    name = "base"
+
+    def __init__(self, param_dtype: str = "bf16", reduce_dtype: str = "fp32"):
+        self.param_dtype = _dtype(param_dtype)
+        self.reduce_dtype = _dtype(reduce_dtype)
+
+    # -- set-up ---------------------------------------------------------------------------------------------
+    def prepare(self, model: nn.Module, device: torch.device, optim: OptimConfig):
+        """Wrap the model for this strategy and build its optimizer: returns (model, optimizer)."""
+        model = self.wrap(model, device)
+        return model, self.build_optimizer(model, optim)
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        return model.to(device=device, dtype=self.param_dtype)
+
+    def build_optimizer(self, model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                 foreach=True)
+
+    # -- step -----------------------------------------------------------------------------------------------
+    def backward(self, loss: torch.Tensor, optimizer) -> None:
+        loss.backward()
+
+    def forward_context(self):
+        return torch.autocast("cuda", dtype=self.param_dtype, enabled=False)
+
+    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        params = [p for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf, foreach=True)
+        # FSDP2 returns a DTensor norm; make it a plain tensor for logging and the loss guard.
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    # -- state ----------------------------------------------------------------------------------------------
+    def state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        return {"model": model_sd, "optimizer": optim_sd}
+
+    def load_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+
+class SingleDevice(Strategy):
+    """One process, no collective: the reference the distributed strategies are tested against."""
+
+    name = "single"
+
+
+class DDPStrategy(Strategy):
+    """Replicated parameters, gradients all-reduced. Parameters stay in their dtype (use fp32 master + autocast
+    on GPU for bf16 compute)."""
+
+    name = "ddp"
+
+    def wrap(self, model, device):
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = model.to(device=device)
+        ids = [device.index] if device.type == "cuda" else None
+        # Different ranks may run different bucket shapes; parameters are the same, so no unused-param search.
+        return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
+
+    def forward_context(self):
+        return torch.autocast("cuda", dtype=self.param_dtype, enabled=self.param_dtype != torch.float32)
+
+    def unwrap(self, model):
+        return model.module
+
+
+class FSDP2Strategy(Strategy):
+    """`fully_shard` per transformer block then the root: parameters, gradients and optimizer state sharded
+    across the data-parallel group; compute in `param_dtype` with fp32 master weights and fp32 reductions."""
+
+    name = "fsdp2"
+
+    def __init__(self, param_dtype="bf16", reduce_dtype="fp32", reshard_after_forward: bool = True):
+        super().__init__(param_dtype, reduce_dtype)
+        self.reshard_after_forward = reshard_after_forward
+
+    def wrap(self, model, device):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        model = model.to(device=device, dtype=torch.float32)  # fp32 master weights
+        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+        mp = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype)
+        blocks = list(getattr(model, "double_blocks", [])) + list(getattr(model, "single_blocks", []))
+        for block in blocks:
+            fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=self.reshard_after_forward)
+        fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=self.reshard_after_forward)
+        return model
+
+
+class ColossalAIStrategy(Strategy):
+    """ColossalAI Booster with LowLevelZero (ZeRO-2) or HybridParallel (for SP); optional extra, GPU only.
+
+    Imported only when chosen: colossalai 0.5 pins torch<=2.5.1 and exact transformers/diffusers versions, so it
+    lives in the GPU training image (`pip install soraflow[colossalai]`), never on CPU machines.
+    """
+
+    name = "colossalai"
+
+    def __init__(self, param_dtype="bf16", reduce_dtype="fp32", plugin: str = "zero2", sp_size: int = 1,
+                 reduce_bucket_size_in_m: int = 128):
+        super().__init__(param_dtype, reduce_dtype)
+        try:
+            import colossalai  # noqa: F401
+        except ImportError as exc:
+            raise RuntimeError(
+                "strategy 'colossalai' needs the optional extra: pip install 'soraflow[colossalai]' "
+                "(GPU image only; colossalai 0.5 pins torch<=2.5.1)"
+            ) from exc
+        self.plugin_name, self.sp_size, self.bucket_m = plugin, sp_size, reduce_bucket_size_in_m
+        self.max_norm = 1.0
+        self.booster = None
+
+    def _plugin(self):
+        from colossalai.booster.plugin import HybridParallelPlugin, LowLevelZeroPlugin
+
+        precision = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[self.param_dtype]
+        if self.plugin_name in ("zero1", "zero2"):
+            return LowLevelZeroPlugin(stage=int(self.plugin_name[-1]), precision=precision,
+                                      reduce_bucket_size_in_m=self.bucket_m, overlap_allgather=False,
+                                      max_norm=self.max_norm)
+        return HybridParallelPlugin(tp_size=1, pp_size=1, sp_size=self.sp_size, zero_stage=2, precision=precision,
+                                    enable_sequence_parallelism=self.sp_size > 1,
+                                    sequence_parallelism_mode="ring_attn" if self.sp_size > 1 else None)
+
+    def prepare(self, model, device, optim):
+        from colossalai.booster import Booster
+        from colossalai.nn.optimizer import HybridAdam
+
+        model = model.to(device)
+        opt = HybridAdam(model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps,
+                         weight_decay=optim.weight_decay, adamw_mode=True)
+        self.booster = Booster(plugin=self._plugin())
+        model, opt, *_ = self.booster.boost(model, opt)
+        return model, opt
+
+    def backward(self, loss, optimizer):
+        self.booster.backward(loss, optimizer)
+
+    def clip_grad_norm(self, model, max_norm):
+        # The ZeRO optimizer clips inside step() (max_norm is given to the plugin); report no separate norm.
+        return torch.tensor(float("nan"))
+
+    def state_dict(self, model, optimizer):
+        # Gathered (unsharded) model weights and the ZeRO optimizer's own state dict; DCP writes them as is.
+        return {"model": model.unwrap().state_dict(), "optimizer": optimizer.state_dict()}
+
+    def load_state_dict(self, model, optimizer, state):
+        model.unwrap().load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+
+    def unwrap(self, model):
+        return model.unwrap()
+
+
+STRATEGIES = {"single": SingleDevice, "ddp": DDPStrategy, "fsdp2": FSDP2Strategy, "colossalai": ColossalAIStrategy}
+
+
+def build_strategy(name: str, **kwargs) -> Strategy:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose from {sorted(STRATEGIES)}")
+    if name != "single" and not dist.is_initialized():
+        raise RuntimeError(f"strategy {name!r} needs torch.distributed initialised (launch with torchrun/torchx)")
+    return STRATEGIES[name](**kwargs)

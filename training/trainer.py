@@ -1,0 +1,314 @@
+"""The DiT trainer: one loop for dit_stage1/2/3 and distill, on any strategy, with checkpoints, recovery and
+goodput accounting.
+
+Launched by torchrun (through torchx, `training/launch.py`); a single process works too. On restart the
+trainer resumes from the newest complete checkpoint: model, optimizer, data position, RNG state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from training.config import TrainConfig
+
+log = logging.getLogger("soraflow.train")
+
+
+# ---- process group ----------------------------------------------------------------------------------------------
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device) from torchrun's environment; a single process needs none of it."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def all_mean(value: float, device) -> float:
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[name]
+
+
+# ---- state that goes into a checkpoint -----------------------------------------------------------------------
+
+class TrainState:
+    """Everything a resumed run needs: model + optimizer (through the strategy), data position, RNG, step."""
+
+    def __init__(self, trainer: "Trainer"):
+        self.t = trainer
+
+    def state_dict(self) -> dict:
+        t = self.t
+        out = t.strategy.state_dict(t.model, t.optimizer)
+        out["progress"] = {"step": t.step, "epoch": t.loader.epoch}
+        out[f"data_rank{t.rank}"] = t.loader.state_dict()
+        out[f"rng_rank{t.rank}"] = {"generator": t.generator.get_state(), "torch": torch.get_rng_state()}
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        t = self.t
+        t.strategy.load_state_dict(t.model, t.optimizer, {"model": state["model"], "optimizer": state["optimizer"]})
+        t.step = int(state["progress"]["step"])
+        data = state.get(f"data_rank{t.rank}")
+        if data is not None:
+            t.loader.load_state_dict(data)
+        rng = state.get(f"rng_rank{t.rank}")
+        if rng is not None:
+            t.generator.set_state(rng["generator"])
+            torch.set_rng_state(rng["torch"])
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        from models.mmdit import mmdit_forward_flops  # noqa: F401 (import check early)
+        from training.builders import build_autoencoder, build_dit, build_text_conditioner, check_compatible
+        from training.checkpoint import CheckpointManager
+        from training.data.loader import build_dataloader
+        from training.goodput import GoodputTracker
+        from training.objective import DiTObjective
+        from training.recovery import HangWatchdog, LossGuard
+        from training.strategies import build_strategy
+
+        self.cfg = cfg
+        self.rank, self.world, self.device = init_distributed()
+        sp = max(1, cfg.parallel.sp_size)
+        if self.world % sp:
+            raise ValueError(f"world size {self.world} is not a multiple of parallel.sp_size {sp}")
+        # Ranks [k*sp, (k+1)*sp) form SP group k and read the same micro-batch (data-parallel rank k).
+        self.sp_size, self.dp_rank, self.dp_world = sp, self.rank // sp, self.world // sp
+        self.run_dir = Path(cfg.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.goodput = GoodputTracker(self.run_dir, run_id=cfg.run_id, stage=cfg.stage, recipe=cfg.name,
+                                      rank=self.rank)
+        with self.goodput.badput("init"):
+            dtype = _dtype(cfg.parallel.param_dtype)
+            self.dtype = dtype
+            self.ae = build_autoencoder(cfg.ae, self.device, dtype, cfg.seed)
+            self.text = build_text_conditioner(cfg.text, self.device, dtype,
+                                               cache_dir=self.run_dir / "text-cache" if self.rank == 0 else None)
+            dit = build_dit(cfg.model, cfg.seed)
+            check_compatible(dit, self.ae, self.text)
+            self.dit_config = dit.config
+            strategy = cfg.parallel.strategy
+            if strategy in ("fsdp2", "ddp") and self.world == 1 and not dist.is_initialized():
+                strategy = "single"  # one process: no collective to wrap
+            self.strategy = build_strategy(strategy, param_dtype=cfg.parallel.param_dtype)
+            self.model, self.optimizer = self.strategy.prepare(dit, self.device, cfg.optim)
+            self.sp_handle = self._setup_sequence_parallel()
+            self.objective = DiTObjective(
+                self.ae, self.text, patch_size=dit.config.patch_size, cond_embed=dit.config.cond_embed,
+                condition_config=cfg.condition_config, dropout_ratio=cfg.text.dropout_ratio, dtype=dtype,
+                seq_align=max(1, cfg.parallel.sp_size),
+            )
+            self.loader = build_dataloader(
+                cfg.data.table, cfg.data.bucket_config, rank=self.dp_rank, world_size=self.dp_world, seed=cfg.seed,
+                num_workers=cfg.data.num_workers, prefetch_factor=cfg.data.prefetch_factor,
+                pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
+                divisor=self.ae.spatial_compression * dit.config.patch_size,
+            )
+            # Ranks of one SP group share a batch, so they share the noise/timestep/condition draws too.
+            self.generator = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.dp_rank)
+            self.ckpt = CheckpointManager(cfg.checkpoint.dir, keep_n_latest=cfg.checkpoint.keep_n_latest,
+                                          async_save=cfg.checkpoint.async_save,
+                                          on_commit=self.goodput.record_checkpoint_committed)
+            self.metrics = None
+            if self.rank == 0:
+                from monitoring.metrics import TrainingMetrics, start_exporter
+
+                self.metrics = TrainingMetrics(cfg.run_id, cfg.stage, cfg.name)
+                if cfg.metrics_port is not None:
+                    start_exporter(cfg.metrics_port, self.metrics.registry, addr="127.0.0.1", rank=self.rank)
+            self.guard = LossGuard(cfg.recovery.spike_factor, cfg.recovery.spike_window, cfg.recovery.spike_warmup)
+            self.watchdog = HangWatchdog(cfg.recovery.hang_timeout_s, on_hang=self._on_hang)
+            self.step = 0
+            self.state = TrainState(self)
+            self.resumed_from = self._resume()
+        self._write_resolved_config()
+
+    def _setup_sequence_parallel(self):
+        if self.sp_size == 1:
+            return None
+        from training.parallel import sequence_parallel
+
+        groups = [dist.new_group(list(range(k * self.sp_size, (k + 1) * self.sp_size)))
+                  for k in range(self.dp_world)]  # every rank must create every group
+        return sequence_parallel(self.model, groups[self.dp_rank], mode=self.cfg.parallel.sp_mode)
+
+    # -- resume / rollback ----------------------------------------------------------------------------------------
+    def _metadata(self) -> dict:
+        return {"dp_size": self.dp_world, "sp_size": self.sp_size, "data_revision": self.loader.sampler.revision,
+                "recipe": self.cfg.name,
+                "config": self.dit_config.name}
+
+    def _resume(self) -> int | None:
+        step = self.ckpt.latest_complete()
+        if step is None:
+            return None
+        self.ckpt.check_resume(step, self._metadata(), reset_data_state=self.cfg.checkpoint.reset_data_state)
+        with self.goodput.badput("checkpoint_restore"):
+            self.ckpt.load(step, {"train": self.state},
+                           reset_data_state=self.cfg.checkpoint.reset_data_state)
+        self.goodput.resumed(step)
+        if self.rank == 0:
+            log.warning("resumed from %s at step %d", self.cfg.checkpoint.dir, step)
+        return step
+
+    def _rollback(self, reason: str) -> None:
+        """A non-finite or spiking loss: restore the last checkpoint's model and optimizer, keep the data
+        position (so the offending batches are skipped), and count it."""
+        step = self.ckpt.latest_complete()
+        bad_step = self.step
+        if step is None:
+            raise RuntimeError(f"loss guard tripped ({reason}) at step {bad_step} and no checkpoint exists")
+        data_state = self.loader.state_dict()
+        with self.goodput.badput("checkpoint_restore"):
+            self.ckpt.load(step, {"train": self.state})
+        self.loader.load_state_dict(data_state)
+        self.goodput.rollback(reason, from_step=bad_step, to_step=step)
+        log.warning("rank %d: %s at step %d, rolled back to step %d", self.rank, reason, bad_step, step)
+
+    def _on_hang(self, seconds: float) -> None:
+        self.goodput.hang(seconds)
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+    def train(self) -> dict:
+        from models.mmdit import mmdit_forward_flops
+
+        cfg = self.cfg
+        rollbacks = 0
+        last_batch = None
+        self.loader.set_epoch(self.loader.epoch)
+        it = iter(self.loader)
+        self.watchdog.start()
+        self.model.train()
+        while self.step < cfg.max_steps:
+            with self.goodput.badput("data_loading"):
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    self.loader.set_epoch(self.loader.epoch + 1)
+                    it = iter(self.loader)
+                    batch = next(it)
+            weight = 1.0
+            if not batch.get("num_samples"):
+                # Every clip of this micro-batch was unreadable (counted by the loader). The step still runs so
+                # all ranks stay in lockstep for the collectives: on the last good batch, with zero weight.
+                if last_batch is None:
+                    raise RuntimeError("the first micro-batch of this rank had no readable clip; check the table")
+                batch, weight = last_batch, 0.0
+            last_batch = batch
+            t0 = time.perf_counter()
+            inputs = self.objective.prepare(batch["video"].to(self.device, non_blocking=True), list(batch["text"]),
+                                            self.generator)
+            with self.strategy.forward_context():
+                loss = self.objective.loss(self.model, inputs) * weight
+            loss_value = all_mean(float(loss.detach()), self.device)
+            verdict = self.guard.check(loss_value)
+            if verdict != "ok":
+                self.optimizer.zero_grad(set_to_none=True)
+                rollbacks += 1
+                if rollbacks > cfg.recovery.max_rollbacks:
+                    raise RuntimeError(f"loss guard tripped {rollbacks} times ({verdict}); stopping")
+                self._rollback(verdict)
+                continue
+            self.strategy.backward(loss, self.optimizer)
+            grad_norm = self.strategy.clip_grad_norm(self.model, cfg.optim.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            self.step += 1
+            n_img = inputs.kwargs["img"].shape[1]
+            n_txt = inputs.kwargs["txt"].shape[1]
+            flops = 3 * mmdit_forward_flops(self.dit_config, n_img, n_txt, inputs.kwargs["img"].shape[0])
+            self.goodput.step(self.step, seconds, tokens=inputs.tokens, flops=flops, loss=loss_value,
+                              grad_norm=float(grad_norm), peak_flops=cfg.peak_flops_per_device,
+                              peak_memory=torch.cuda.max_memory_allocated() if self.device.type == "cuda" else None)
+            self.watchdog.heartbeat()
+            self._chaos_kill()
+            if self.metrics is not None and self.step % cfg.log_every == 0:
+                from monitoring.metrics import update_training_metrics
+
+                update_training_metrics(self.metrics, self.goodput.summary())
+            if self.rank == 0 and self.step % cfg.log_every == 0:
+                log.warning("step %d loss %.5f grad_norm %.3f %.3fs", self.step, loss_value, float(grad_norm),
+                            seconds)
+            if self.step % cfg.checkpoint.ckpt_every == 0 or self.step == cfg.max_steps:
+                self.save_checkpoint()
+        self.ckpt.wait()
+        self.watchdog.stop()
+        self.export_model()
+        summary = self.goodput.summary()
+        if self.rank == 0:
+            self.goodput.write_metrics()
+        self.goodput.close()  # a clean end: the next attempt must not count a failure
+        return summary
+
+    def _chaos_kill(self) -> None:
+        """Fault injection for recovery tests: SORAFLOW_CHAOS_KILL="rank:step" SIGKILLs that rank once, right
+        after that step, when no marker says it already happened (the marker lives in the run folder)."""
+        spec = os.environ.get("SORAFLOW_CHAOS_KILL")
+        if not spec:
+            return
+        rank, step = (int(x) for x in spec.split(":"))
+        marker = self.run_dir / f".chaos-killed-rank{rank}-step{step}"
+        if self.rank == rank and self.step == step and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), 9)
+
+    def save_checkpoint(self) -> None:
+        with self.goodput.badput("checkpoint_save") as timer:
+            result = self.ckpt.save(self.step, {"train": self.state}, metadata=self._metadata())
+            timer.note(result)
+
+    def export_model(self) -> Path:
+        """Full (unsharded) weights in the official layout, for the next stage's `from_pretrained`."""
+        from safetensors.torch import save_file
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        path = self.run_dir / "model.safetensors"
+        if self.rank == 0:
+            tmp = path.with_suffix(".tmp")
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+                      metadata={"config": self.dit_config.name, "step": str(self.step), "recipe": self.cfg.name})
+            os.replace(tmp, path)
+        if dist.is_initialized():
+            dist.barrier()
+        return path
+
+    def _write_resolved_config(self) -> None:
+        if self.rank == 0:
+            path = self.run_dir / "config.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**self.cfg.to_dict(), "fingerprint": self.cfg.fingerprint()}, indent=2,
+                                      default=str))
+            os.replace(tmp, path)
+
+    def close(self) -> None:
+        self.watchdog.stop()
+        self.ckpt.wait()
+        if dist.is_initialized():
+            dist.destroy_process_group()
