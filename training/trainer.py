@@ -234,6 +234,9 @@ class Trainer:
                 continue
             self.strategy.backward(loss, self.optimizer)
             grad_norm = self.strategy.clip_grad_norm(self.model, cfg.optim.grad_clip)
+            staging = self.ckpt.wait_staging()  # the last checkpoint's copy must finish before weights change
+            if staging > 0:
+                self.goodput.record_badput("checkpoint_save", staging)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.device.type == "cuda":
