@@ -69,14 +69,15 @@ def main():
     flops = 3 * mmdit_forward_flops(cfg, x["img"].shape[1], x["txt"].shape[1])
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "fwd_bwd_flops": flops, "rows": []}
     model = opt = mgr = None
-    for variant in args.variants.split(","):
+    for variant in args.variants.split(","):  # eager | compiled, optionally "-flash" for the SDPA flash kernels
+        prefer_sdpa_backend("flash" if variant.endswith("-flash") else "cudnn")
         del model, opt
         torch.cuda.empty_cache()
         torch._dynamo.reset()
         torch.manual_seed(0)
         strategy = FSDP2Strategy("bf16", "fp32", reshard_after_forward=False)
         model, opt = strategy.prepare(MMDiT(cfg), torch.device("cuda"), OptimConfig(lr=1e-5))
-        if variant == "compiled":
+        if variant.startswith("compiled"):
             for block in list(model.double_blocks) + list(model.single_blocks):
                 block.compile()
         target = torch.randn_like(x["img"], dtype=torch.float32)
