@@ -64,7 +64,7 @@ def inference_caption(prompt: str, fps: int | None = 24, motion_score: int | str
     (``motion_score="dynamic"`` needs an external LLM in the reference and is not supported here.)
     """
     if motion_score == "dynamic":
-        raise NotImplementedError("motion_score='dynamic' asks an external LLM; pass an integer score")
+        raise ValueError("motion_score='dynamic' needs an external LLM (GPT-4o upstream), which soraflow does not call; pass an integer score")
     text = prompt
     if fps is not None:
         text = ensure_sentence_ends_with_period(text)

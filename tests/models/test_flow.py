@@ -476,7 +476,7 @@ class FakeAE:
         return torch.cat(groups, dim=2) + 0.01 * f
 
     def decode(self, latent):
-        raise NotImplementedError
+        raise AssertionError("the training-condition code must never decode")
 
 
 def test_prepare_train_condition_causal():

@@ -425,7 +425,7 @@ def test_inference_caption():
     assert inference_caption("  A cat sleeps.  ", 16, "7") == "A cat sleeps. 16 FPS. 7 motion score."
     assert inference_caption("A cat. 24 FPS.", 24, 4) == "A cat. 24 FPS. 4 motion score."  # fps not doubled
     assert inference_caption("A cat", fps=None, motion_score=None) == "A cat"
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError):
         inference_caption("A cat", 24, "dynamic")
 
 
