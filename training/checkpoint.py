@@ -181,25 +181,13 @@ class CheckpointManager:
         self.root = str(root)
         self.keep_n_latest = int(keep_n_latest)
         self.async_save = bool(async_save)
-        # On CUDA, stage into reused pinned host buffers on a side stream (DCP's DefaultStager): save() returns
-        # at once and the device-to-host copy overlaps the next forward/backward; the trainer calls
-        # wait_staging() before the optimizer changes the parameters. Pageable staging stalled training for
-        # ~22 s on a 1.25 B-parameter model + AdamW (benchmarks/README.md).
-        self._stager = None
+        # On CUDA, one long-lived FileSystemWriter with cache_staged_state_dict=True stages into pinned host
+        # buffers allocated on the first save and reused after (a D2H copy at ~20 GB/s); save() blocks for that
+        # copy only. A fresh writer per save stages into new pageable memory, which blocked ~22 s for a
+        # 1.25 B-parameter model + AdamW (benchmarks/README.md). DCP's DefaultStager pinned path fails on
+        # torch 2.11 DTensor state, so it is not used.
+        self._pinned_writer = None  # created below, once the root is resolved
         self._staging = None
-        if self.async_save and torch.cuda.is_available():
-            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-
-            stager = DefaultStager(StagingOptions(use_pinned_memory=True, use_shared_memory=False,
-                                                  use_async_staging=True, use_non_blocking_copy=True))
-            # torch <= 2.11's stager lacks a `type` entry in its copy table and fails on the second save of
-            # DTensor state (seen on the H100 image); torch 2.13 has the fix. Use it only where it is fixed.
-            table = getattr(getattr(stager, "_state_dict_stager", None), "_deepcopy_dispatch", None)
-            if isinstance(table, dict) and type in table:
-                self._stager = stager
-            else:
-                stager.close()
-                log.warning("pinned async checkpoint staging needs torch >= 2.13; staging through pageable memory")
         self.data_state_keys = tuple(data_state_keys)
         self.on_commit = on_commit
         self.storage_options = dict(storage_options or {})
@@ -210,6 +198,8 @@ class CheckpointManager:
             self.fs, self._root_path = url_to_fs(self.root, **self.storage_options)
         else:
             self.fs, self._root_path = None, os.path.abspath(self.root)
+        if self.async_save and torch.cuda.is_available() and not self.is_url:
+            self._pinned_writer = dcp.FileSystemWriter(self._root_path, cache_staged_state_dict=True)
         if _dist_on():
             self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
             # A dedicated CPU group: async save needs a CPU backend, and a background thread must not
@@ -355,7 +345,7 @@ class CheckpointManager:
             self._makedirs(fs_dir)
         self._barrier()
 
-        writer = self._storage_writer(path)
+        writer = self._pinned_writer if self._pinned_writer is not None else self._storage_writer(path)
         kwargs: dict[str, Any] = dict(storage_writer=writer, checkpoint_id=path)
         if self.pg is not None:
             kwargs["process_group"] = self.pg
@@ -363,8 +353,6 @@ class CheckpointManager:
             kwargs["no_dist"] = True
         try:
             if self.async_save:
-                if self._stager is not None:
-                    kwargs["async_stager"] = self._stager
                 resp = dcp.async_save(state, **kwargs)
                 self._staging = getattr(resp, "staging_completion", None)
                 fut = getattr(resp, "upload_completion", resp)  # AsyncSaveResponse or Future
