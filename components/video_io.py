@@ -190,3 +190,106 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18,
             os.unlink(tmp)
         raise
     return path
+
+
+# --- ffmpeg-based analysis and transcoding (Debian ffmpeg: scdet, cropdetect, libx264) ---------------------------
+
+@dataclass(frozen=True)
+class FrameScan:
+    """One decoded frame's analysis: index in decode order, time, scene score (scdet, 0-100) and the bounding box
+    of non-black content found by cropdetect (inclusive pixel coordinates)."""
+
+    index: int
+    pts_time: float
+    scene_score: float
+    x1: int
+    x2: int
+    y1: int
+    y2: int
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    frames: list
+    returncode: int
+    errors: str
+
+
+def scan_video(path: str | Path, crop_limit: int = 24, timeout: float = 600.0) -> ScanResult:
+    """Decode the whole file once with ffmpeg and return per-frame scene scores (`scdet`) and content boxes
+    (`cropdetect`, reset every frame). Errors from the decoder are returned, not raised."""
+    import subprocess
+
+    path = str(path)
+    cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-i", path, "-map", "0:v:0", "-an",
+           "-vf", f"scdet=threshold=100:sc_pass=0,cropdetect=limit={crop_limit}:round=2:reset=1:skip=0,"
+                  "metadata=mode=print:file=-", "-f", "null", "-"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise VideoReadError(f"{path}: ffmpeg scan timed out after {timeout:.0f} s") from exc
+    frames, cur = [], None
+
+    def flush():
+        if cur is not None:
+            frames.append(FrameScan(cur["n"], cur["t"], cur.get("lavfi.scd.score", 0.0),
+                                    int(cur.get("lavfi.cropdetect.x1", 0)), int(cur.get("lavfi.cropdetect.x2", -1)),
+                                    int(cur.get("lavfi.cropdetect.y1", 0)), int(cur.get("lavfi.cropdetect.y2", -1))))
+
+    for line in proc.stdout.splitlines():
+        if line.startswith("frame:"):
+            flush()
+            parts = dict(p.split(":", 1) for p in line.split() if ":" in p)
+            try:
+                t = float(parts.get("pts_time", "nan"))
+            except ValueError:
+                t = float("nan")
+            cur = {"n": int(parts["frame"]), "t": t}
+        elif "=" in line and cur is not None:
+            k, v = line.split("=", 1)
+            try:
+                cur[k.strip()] = float(v)
+            except ValueError:
+                pass
+    flush()
+    return ScanResult(frames=frames, returncode=proc.returncode, errors=proc.stderr.strip()[-2000:])
+
+
+def transcode_clip(src: str | Path, dst: str | Path, start_time: float, end_time: float, *,
+                   crop: tuple[int, int, int, int] | None = None, fps: float | None = None,
+                   max_long_side: int = 1080, crf: int = 18, preset: str = "veryfast",
+                   timeout: float = 600.0) -> Path:
+    """Cut [start_time, end_time) of `src`, crop (w, h, x, y), resample to constant `fps`, scale so the long side
+    is at most `max_long_side` (even sizes), encode H.264 yuv420p without audio; temp name, then rename."""
+    import subprocess
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix or ".mp4", dir=dst.parent)
+    os.close(fd)
+    filters = []
+    if crop is not None:
+        w, h, x, y = crop
+        filters.append(f"crop={w}:{h}:{x}:{y}")
+    if fps:
+        filters.append(f"fps={Fraction(fps).limit_denominator(1001)}")
+    m = int(max_long_side) // 2 * 2
+    filters.append(f"scale='if(gt(iw,ih),min({m},iw),-2)':'if(gt(iw,ih),-2,min({m},ih))'")
+    filters.append("scale=trunc(iw/2)*2:trunc(ih/2)*2,setsar=1")
+    cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y",
+           "-ss", f"{start_time:.6f}", "-i", str(src), "-t", f"{end_time - start_time:.6f}",
+           "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", ",".join(filters),
+           "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p", "-profile:v", "high",
+           "-movflags", "+faststart", "-f", "mp4", tmp]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0 or os.path.getsize(tmp) == 0:
+            raise VideoReadError(f"{src}: re-encoding [{start_time:.3f}, {end_time:.3f}) s failed "
+                                 f"({proc.stderr.strip()[-500:]})")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return dst

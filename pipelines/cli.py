@@ -104,11 +104,106 @@ def _run_train(args) -> int:
     return 0 if status is not None and str(status.state).endswith("SUCCEEDED") else 1
 
 
+def _add_ingest(sub) -> None:
+    p = sub.add_parser("ingest", help="raw videos -> 2-8 s H.264 clips + clip table",
+                       description="Probe, rule-check, shot-split, crop and re-encode raw videos (spec D.1, D.2).")
+    p.add_argument("inputs", help="a folder of videos or a manifest (.csv/.parquet/.jsonl with path[,text])")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--min-duration", type=float, default=2.0)
+    p.add_argument("--min-bpp", type=float, default=0.02)
+    p.add_argument("--min-fps", type=float, default=16)
+    p.add_argument("--clip-min", type=float, default=2.0)
+    p.add_argument("--clip-max", type=float, default=8.0)
+    p.add_argument("--max-fps", type=float, default=30)
+    p.add_argument("--max-long-side", type=int, default=1080)
+    p.add_argument("--scene-threshold", type=float, default=15.0, help="ffmpeg scdet score (0-100) for a cut")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_ingest)
+
+
+def _run_ingest(args) -> int:
+    from components.ingest import ingest
+
+    r = ingest(args.inputs, args.out_dir, workers=args.workers, min_duration=args.min_duration,
+               min_bpp=args.min_bpp, min_fps=args.min_fps, clip_min=args.clip_min, clip_max=args.clip_max,
+               max_fps=args.max_fps, max_long_side=args.max_long_side, scene_threshold=args.scene_threshold,
+               progress=not args.no_progress)
+    print(r.clips_path)
+    print(json.dumps({"clips": len(r.clips), "rejected": r.counts, "processed": r.processed, "skipped": r.skipped,
+                      "seconds": round(r.seconds, 3)}), file=sys.stderr)
+    return 0
+
+
+def _add_sample_data(sub) -> None:
+    p = sub.add_parser("sample-data", help="write the generated sample video set with ground truth")
+    p.add_argument("--out-dir", default="data/sample")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_sample_data)
+
+
+def _run_sample_data(args) -> int:
+    from components.sample_data import make_sample_videos
+
+    print(make_sample_videos(args.out_dir, seed=args.seed))
+    return 0
+
+
+def _add_filter(sub) -> None:
+    p = sub.add_parser("filter", help="score clips and build the 256px/768px data pyramid",
+                       description="Score a clip table (motion, blur, jitter, dedup, aesthetic, OCR), write the "
+                                   "256px and 768px sets plus the full table with rejection reasons, validate, "
+                                   "and optionally version the result with DVC.")
+    p.add_argument("--table", required=True, help="clip table (.parquet or .csv) from the ingest step")
+    p.add_argument("--out-dir", required=True, help="dataset folder (replaced only after validation passes)")
+    p.add_argument("--aesthetic-weights", help="local LAION aesthetic predictor folder (else: not run)")
+    p.add_argument("--ocr-weights", help="local PaddleOCR detector folder (else: not run)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--set-256", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a 256px threshold, e.g. motion_min=0.5 (repeatable)")
+    p.add_argument("--set-768", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a 768px threshold (repeatable)")
+    p.add_argument("--dvc-repo", help="track --out-dir with DVC in this repo (init if needed) and push")
+    p.add_argument("--dvc-remote", help="DVC remote (default: a local folder next to the repo)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_filter)
+
+
+def _run_filter(args) -> int:
+    import dataclasses
+
+    from components.filter import THRESHOLDS_256, THRESHOLDS_768, run_filter
+
+    def thresholds(base, items):
+        kw = {}
+        for item in items:
+            key, _, raw = item.partition("=")
+            if key not in {f.name for f in dataclasses.fields(base)}:
+                raise ValueError(f"unknown threshold {key!r}")
+            kw[key] = None if raw.lower() in ("none", "") else json.loads(raw)
+        return dataclasses.replace(base, **kw)
+
+    result = run_filter(args.table, args.out_dir, thresholds_256=thresholds(THRESHOLDS_256, args.set_256),
+                        thresholds_768=thresholds(THRESHOLDS_768, args.set_768),
+                        aesthetic_weights=args.aesthetic_weights, ocr_weights=args.ocr_weights,
+                        num_workers=args.workers, progress=not args.no_progress)
+    summary = {"out_dir": str(result.out_dir), "counts": result.counts, "files": result.files}
+    if args.dvc_repo:
+        from components.filter.versioning import version_dataset
+
+        summary["dvc"] = version_dataset(args.dvc_repo, args.out_dir, input_path=args.table, remote=args.dvc_remote)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soraflow", description="Open-Sora 2.0 training system")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_train(sub)
+    _add_ingest(sub)
+    _add_sample_data(sub)
+    _add_filter(sub)
     return parser
 
 

@@ -1,0 +1,415 @@
+"""Ingest: raw videos -> probed, rule-checked, shot-split, cropped, re-encoded 2–8 s clips + a clip table (spec D.1, D.2).
+
+Input is a folder of videos, a list of paths, or a manifest (CSV / Parquet / JSONL) with a `path` column (local path,
+or an http(s)/s3/gs URL opened through fsspec) and an optional `text` (or `caption`) column.
+
+Per source (in parallel, one failure never stops the batch):
+
+1. fetch (URLs) and hash (sha256) the file; probe it with PyAV;
+2. preprocessing rules (D.2): duration ≥ `min_duration`, bits-per-pixel ≥ `min_bpp`, fps ≥ `min_fps`,
+   aspect ratio (height/width) in `ar_range`, not H.264 Constrained Baseline, not broken (every frame decodes);
+3. one ffmpeg pass: `scdet` scene scores (a cut is a frame whose score ≥ `scene_threshold`) and per-frame
+   `cropdetect` boxes (black borders: the union of content boxes over a shot);
+4. shots > `clip_max` split into `clip_max` pieces, pieces < `clip_min` dropped; each clip re-encoded H.264,
+   fps kept when ≤ `max_fps` (else divided down), long side ≤ `max_long_side`, borders cropped.
+
+Outputs in `out_dir`: `clips/*.mp4`, `clips.parquet` (columns `path,text,num_frames,height,width,aspect_ratio,
+resolution,fps` + provenance), `rejected.parquet` (`source,row,reason,detail`). Every file is written to a temp
+name and renamed. A source is finished when its done-marker `.done/<key>.json` exists (written last, atomically);
+the key covers the source's path, size, mtime and the ingest parameters, so a re-run skips finished sources and a
+crash loses nothing already finished. Rejection reasons: `missing`, `bad_row`, `download`, `broken`, `duration`,
+`bpp`, `fps`, `aspect_ratio`, `constrained_baseline`, `no_clips`, `error`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import pandas as pd
+
+from components.video_io import VideoReadError, probe_video, scan_video, transcode_clip
+
+VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
+REQUIRED_COLUMNS = ["path", "text", "num_frames", "height", "width", "aspect_ratio", "resolution", "fps"]
+PROVENANCE_COLUMNS = ["source", "source_row", "source_sha256", "shot", "start_frame", "end_frame", "start_time",
+                      "end_time", "crop"]
+REJECTED_COLUMNS = ["source", "row", "reason", "detail"]
+_STANDARD_FPS = [Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30),
+                 Fraction(50), Fraction(60000, 1001), Fraction(60), Fraction(12), Fraction(15), Fraction(16),
+                 Fraction(20)]
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    min_duration: float = 2.0
+    min_bpp: float = 0.02
+    min_fps: float = 16.0
+    ar_range: tuple = (1 / 3, 3.0)
+    clip_min: float = 2.0
+    clip_max: float = 8.0
+    max_fps: float = 30.0
+    max_long_side: int = 1080
+    scene_threshold: float = 15.0
+    crop_limit: int = 24
+    crf: int = 18
+
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass
+class IngestResult:
+    clips_path: Path
+    rejected_path: Path
+    clips: pd.DataFrame
+    rejected: pd.DataFrame
+    processed: int = 0  # sources worked on in this run
+    skipped: int = 0  # sources already done by an earlier run
+    counts: dict = field(default_factory=dict)  # rejections by reason
+    seconds: float = 0.0
+
+
+# --- inputs ---------------------------------------------------------------------------------------------------------
+
+def _is_url(p: str) -> bool:
+    return "://" in p and p.split("://", 1)[0].lower() in {"http", "https", "s3", "gs", "gcs", "file", "memory"}
+
+
+def read_inputs(inputs) -> list[dict]:
+    """Normalise `inputs` to rows `{row, source, text, error}`; a manifest without a `path` column is a ValueError
+    naming the file; a bad row becomes a row with `error` set (rejected later, naming the row)."""
+    if isinstance(inputs, (list, tuple)):
+        return [{"row": i, "source": str(p), "text": "", "error": None} for i, p in enumerate(inputs)]
+    p = Path(inputs)
+    if not p.exists():
+        raise FileNotFoundError(f"ingest input {p} does not exist")
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTS)
+        return [{"row": i, "source": str(f.resolve()), "text": "", "error": None} for i, f in enumerate(files)]
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".csv":
+            df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        elif suffix in (".parquet", ".pq"):
+            df = pd.read_parquet(p)
+        elif suffix in (".jsonl", ".json", ".ndjson"):
+            df = pd.read_json(p, lines=suffix != ".json", dtype=False)
+        else:
+            raise ValueError(f"{p}: unknown manifest type {suffix!r} (use .csv, .parquet or .jsonl, or a folder)")
+    except ValueError:
+        raise
+    except Exception as exc:  # pandas/pyarrow parse errors
+        raise ValueError(f"{p}: cannot read manifest ({exc})") from exc
+    if "path" not in df.columns:
+        raise ValueError(f"{p}: manifest has no 'path' column (columns: {', '.join(map(str, df.columns))})")
+    text_col = "text" if "text" in df.columns else ("caption" if "caption" in df.columns else None)
+    rows = []
+    for i, rec in enumerate(df.to_dict("records")):
+        raw = rec.get("path")
+        text = rec.get(text_col) if text_col else ""
+        text = "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text)
+        if raw is None or (isinstance(raw, float) and math.isnan(raw)) or not str(raw).strip():
+            rows.append({"row": i, "source": "", "text": text, "error": f"{p}: row {i}: empty 'path'"})
+            continue
+        src = str(raw).strip()
+        if not _is_url(src) and not os.path.isabs(src):
+            src = str((p.parent / src).resolve())
+        rows.append({"row": i, "source": src, "text": text, "error": None})
+    return rows
+
+
+def _source_key(source: str, params: IngestParams) -> str | None:
+    if _is_url(source):
+        ident = source
+    else:
+        try:
+            st = os.stat(source)
+        except OSError:
+            return None
+        ident = f"{os.path.abspath(source)}|{st.st_size}|{st.st_mtime_ns}"
+    return hashlib.sha1(f"{ident}|{params.key()}".encode()).hexdigest()
+
+
+# --- small helpers --------------------------------------------------------------------------------------------------
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".parquet", dir=path.parent)
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fetch(url: str, cache: Path) -> str:
+    import fsspec
+
+    ext = os.path.splitext(url.split("?", 1)[0])[1] or ".mp4"
+    dst = cache / (hashlib.sha1(url.encode()).hexdigest()[:20] + ext)
+    if dst.exists():
+        return str(dst)
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=cache)
+    try:
+        with os.fdopen(fd, "wb") as out, fsspec.open(url, "rb") as src:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                out.write(block)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return str(dst)
+
+
+def _output_fps(fps: float, max_fps: float) -> Fraction:
+    f = Fraction(fps).limit_denominator(1001)
+    near = min(_STANDARD_FPS, key=lambda s: abs(float(s) - fps))
+    if abs(float(near) - fps) / float(near) < 0.01:  # VFR averages and rounding noise snap to a standard rate
+        f = near
+    if float(f) > max_fps:
+        f = f / math.ceil(float(f) / max_fps)
+    return f
+
+
+def rule_violation(info, p: IngestParams) -> tuple[str, str] | None:
+    """The first preprocessing rule (spec D.2) that `info` (a `VideoInfo`) breaks, as (reason, detail)."""
+    if info.duration < p.min_duration:
+        return "duration", f"duration {info.duration:.3f} s < {p.min_duration} s"
+    if info.fps < p.min_fps:
+        return "fps", f"fps {info.fps:.3f} < {p.min_fps}"
+    ar = info.height / info.width if info.width else 0.0
+    if not (p.ar_range[0] - 1e-9 <= ar <= p.ar_range[1] + 1e-9):
+        return "aspect_ratio", f"aspect ratio (h/w) {ar:.3f} outside [{p.ar_range[0]:.3f}, {p.ar_range[1]:.3f}]"
+    if info.codec == "h264" and (info.profile or "").lower() == "constrained baseline":
+        return "constrained_baseline", "H.264 Constrained Baseline profile"
+    bit_rate = info.bit_rate
+    if not bit_rate and info.duration > 0:
+        bit_rate = os.path.getsize(info.path) * 8 / info.duration
+    bpp = (bit_rate or 0) / max(info.fps * info.width * info.height, 1)
+    if bpp < p.min_bpp:
+        return "bpp", f"bits per pixel {bpp:.4f} < {p.min_bpp}"
+    return None
+
+
+def _shot_crop(frames, width: int, height: int):
+    boxes = [f for f in frames if f.x2 >= f.x1 and f.y2 >= f.y1]
+    if not boxes:
+        return None
+    x1, x2 = min(f.x1 for f in boxes), max(f.x2 for f in boxes)
+    y1, y2 = min(f.y1 for f in boxes), max(f.y2 for f in boxes)
+    x1, y1 = x1 + (x1 % 2), y1 + (y1 % 2)  # even offsets, stay inside the content
+    w, h = (x2 - x1 + 1) // 2 * 2, (y2 - y1 + 1) // 2 * 2
+    if w <= 0 or h <= 0:
+        return None
+    return (w, h, x1, y1)
+
+
+def plan_clips(scan_frames, fps: float, p: IngestParams) -> list[dict]:
+    """Shots from scene scores, split into clips of at most `clip_max` s, clips shorter than `clip_min` dropped.
+    Returns `{shot, start_frame, end_frame, start_time, end_time}` (end exclusive)."""
+    n = len(scan_frames)
+    if n == 0:
+        return []
+    times = [f.pts_time for f in scan_frames]
+    step = 1.0 / fps if fps > 0 else (times[-1] - times[0]) / max(n - 1, 1)
+    times.append(times[-1] + step)  # end of the last frame
+    cuts = [i for i in range(1, n) if scan_frames[i].scene_score >= p.scene_threshold]
+    bounds = [0] + cuts + [n]
+    clips = []
+    for s_idx, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        start = a
+        while start < b:
+            end = start
+            while end < b and times[end + 1] - times[start] <= p.clip_max + 1e-6:
+                end += 1
+            end = max(end, start + 1)
+            if times[end] - times[start] >= p.clip_min - 1e-6:
+                clips.append({"shot": s_idx, "start_frame": start, "end_frame": end, "start_time": times[start],
+                              "end_time": times[end]})
+            start = end
+    return clips
+
+
+# --- one source -----------------------------------------------------------------------------------------------------
+
+def _reject(job, reason: str, detail: str) -> dict:
+    return {"status": "rejected", "source": job["source"], "row": job["row"], "reason": reason, "detail": detail,
+            "clips": []}
+
+
+def process_source(job: dict, out_dir: str, p: IngestParams) -> dict:
+    """Everything for one source; never raises (any failure is a rejection with its reason)."""
+    out = Path(out_dir)
+    src = job["source"]
+    try:
+        local = src
+        if _is_url(src):
+            try:
+                local = _fetch(src, out / "downloads")
+            except Exception as exc:
+                return _reject(job, "download", f"row {job['row']}: {src}: download failed ({exc})")
+        try:
+            info = probe_video(local)
+        except VideoReadError as exc:
+            return _reject(job, "broken", str(exc))
+        if not info.width or not info.height:
+            return _reject(job, "broken", f"{src}: no frame size in the header")
+        bad = rule_violation(info, p)
+        if bad:
+            return _reject(job, bad[0], f"{src}: {bad[1]}")
+        scan = scan_video(local, crop_limit=p.crop_limit)
+        n = len(scan.frames)
+        expected = info.num_frames or 0
+        if n == 0 or (scan.returncode != 0 and n < 0.98 * expected) or n < 0.9 * expected:
+            why = scan.errors.splitlines()[-1] if scan.errors else "decode stopped early"
+            return _reject(job, "broken", f"{src}: {n} of {expected} frames decodable ({why})")
+        sha = _sha256(local)
+        plan = plan_clips(scan.frames, info.fps, p)
+        if not plan:
+            return _reject(job, "no_clips", f"{src}: no shot of at least {p.clip_min} s")
+        out_fps = _output_fps(info.fps, p.max_fps)
+        half = 0.1 / float(out_fps)  # seek a little before the first frame: no rounding ties in the fps filter
+        clips = []
+        for k, c in enumerate(plan):
+            crop = _shot_crop(scan.frames[c["start_frame"]:c["end_frame"]], info.width, info.height)
+            if crop is None:
+                continue  # an all-black shot
+            if crop == (info.width // 2 * 2, info.height // 2 * 2, 0, 0):
+                crop_arg = None
+            else:
+                crop_arg = crop
+            dst = out / "clips" / f"{sha[:16]}_{k:03d}.mp4"
+            start = max(c["start_time"] - half, 0.0)
+            transcode_clip(local, dst, start, start + c["end_time"] - c["start_time"], crop=crop_arg, fps=out_fps,
+                           max_long_side=p.max_long_side, crf=p.crf)
+            ci = probe_video(dst, count_frames=True)
+            clips.append({"path": str(dst.resolve()), "num_frames": ci.num_frames, "height": ci.height,
+                          "width": ci.width, "aspect_ratio": ci.height / ci.width, "resolution": ci.height * ci.width,
+                          "fps": round(ci.fps, 3), "source": src, "source_row": job["row"], "source_sha256": sha,
+                          "shot": c["shot"], "start_frame": c["start_frame"], "end_frame": c["end_frame"],
+                          "start_time": c["start_time"], "end_time": c["end_time"],
+                          "crop": "" if crop_arg is None else "{}:{}:{}:{}".format(*crop_arg)})
+        if not clips:
+            return _reject(job, "no_clips", f"{src}: every shot is black")
+        return {"status": "ok", "source": src, "row": job["row"], "reason": "", "detail": "", "clips": clips,
+                "cuts": [c["start_frame"] for c in plan if c["start_frame"] > 0]}
+    except Exception as exc:  # never let one source stop the batch
+        return _reject(job, "error", f"{src}: {type(exc).__name__}: {exc}")
+
+
+# --- the batch ------------------------------------------------------------------------------------------------------
+
+def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_bpp: float = 0.02,
+           min_fps: float = 16, ar_range=(1 / 3, 3), clip_min: float = 2.0, clip_max: float = 8.0,
+           max_fps: float = 30, max_long_side: int = 1080, scene_threshold: float = 15.0, crop_limit: int = 24,
+           progress: bool = True) -> IngestResult:
+    """Ingest a folder / list / manifest of videos into `out_dir` (see the module docstring)."""
+    t0 = time.perf_counter()
+    params = IngestParams(min_duration=min_duration, min_bpp=min_bpp, min_fps=float(min_fps),
+                          ar_range=tuple(float(x) for x in ar_range), clip_min=clip_min, clip_max=clip_max,
+                          max_fps=float(max_fps), max_long_side=int(max_long_side),
+                          scene_threshold=float(scene_threshold), crop_limit=int(crop_limit))
+    out = Path(out_dir)
+    (out / ".done").mkdir(parents=True, exist_ok=True)
+    jobs = read_inputs(inputs)
+    results: dict[int, dict] = {}
+    todo = []
+    skipped = 0
+    for job in jobs:
+        if job["error"]:
+            results[job["row"]] = _reject(job, "bad_row", job["error"])
+            continue
+        if not _is_url(job["source"]) and not os.path.exists(job["source"]):
+            results[job["row"]] = _reject(job, "missing", f"row {job['row']}: {job['source']}: file does not exist")
+            continue
+        key = _source_key(job["source"], params)
+        marker = out / ".done" / f"{key}.json"
+        if marker.exists():
+            try:
+                results[job["row"]] = json.loads(marker.read_text(encoding="utf-8"))
+                skipped += 1
+                continue
+            except (OSError, ValueError):
+                pass  # a damaged marker: redo the source
+        todo.append((job, marker))
+
+    def run_one(job, marker):
+        res = process_source(job, str(out), params)
+        if res["reason"] != "download":  # a failed download may work next time
+            _atomic_write_bytes(marker, json.dumps(res).encode())
+        return job, res
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc="ingest", unit="video", disable=not progress or not todo)
+    if workers <= 1 or len(todo) <= 1:
+        for job, marker in todo:
+            results[job["row"]] = run_one(job, marker)[1]
+            bar.update(1)
+    else:
+        # The heavy work runs in ffmpeg subprocesses and PyAV (both release the GIL): threads use all the cores.
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futs = [pool.submit(run_one, job, marker) for job, marker in todo]
+            for fut in as_completed(futs):
+                job, res = fut.result()
+                results[job["row"]] = res
+                bar.update(1)
+    bar.close()
+
+    clip_rows, rej_rows = [], []
+    for job in jobs:
+        res = results[job["row"]]
+        if res["status"] == "ok":
+            for c in res["clips"]:
+                clip_rows.append({**c, "text": job["text"], "source_row": job["row"]})
+        else:
+            rej_rows.append({"source": job["source"], "row": job["row"], "reason": res["reason"],
+                             "detail": res["detail"]})
+    clips = pd.DataFrame(clip_rows, columns=REQUIRED_COLUMNS + PROVENANCE_COLUMNS)
+    clips = clips.astype({"path": str, "text": str, "num_frames": "int64", "height": "int64", "width": "int64",
+                          "aspect_ratio": "float64", "resolution": "int64", "fps": "float64", "source": str,
+                          "source_row": "int64", "source_sha256": str, "shot": "int64", "start_frame": "int64",
+                          "end_frame": "int64", "start_time": "float64", "end_time": "float64", "crop": str})
+    rejected = pd.DataFrame(rej_rows, columns=REJECTED_COLUMNS).astype(
+        {"source": str, "row": "int64", "reason": str, "detail": str})
+    clips_path, rejected_path = out / "clips.parquet", out / "rejected.parquet"
+    _atomic_parquet(clips, clips_path)
+    _atomic_parquet(rejected, rejected_path)
+    return IngestResult(clips_path=clips_path, rejected_path=rejected_path, clips=clips, rejected=rejected,
+                        processed=len(todo), skipped=skipped,
+                        counts=rejected["reason"].value_counts().to_dict(), seconds=time.perf_counter() - t0)

@@ -1,0 +1,171 @@
+"""Ingest on the generated sample set: cuts, borders, rules, broken files, clip lengths, table, idempotency."""
+
+import json
+import shutil
+import time
+
+import pandas as pd
+import pytest
+
+from components.ingest import ingest, read_inputs
+from components.ingest.ingest import REQUIRED_COLUMNS
+from components.sample_data import load_ground_truth, make_sample_videos
+from components.video_io import probe_video, read_video_frames
+from pipelines.cli import main
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sample")
+    manifest = make_sample_videos(root / "videos", seed=0)
+    out = root / "ingest"
+    t0 = time.perf_counter()
+    result = ingest(manifest, out, workers=2, progress=False)
+    return {"manifest": manifest, "truth": load_ground_truth(root / "videos"), "out": out, "result": result,
+            "seconds": time.perf_counter() - t0, "root": root}
+
+
+def _clips_of(sample, name):
+    c = sample["result"].clips
+    return c[c.source == sample["truth"][name]["path"]].sort_values("start_frame")
+
+
+def test_sample_set_is_small_and_described(sample):
+    truth = sample["truth"]
+    assert len(truth) >= 20
+    m = pd.read_csv(sample["manifest"])
+    assert {"path", "text", "expected", "expected_reason"} <= set(m.columns)
+    for name in ("pan_astronaut", "cuts_three_shots", "letterbox_coffee", "vfr_astronaut"):
+        info = probe_video(truth[name]["path"])
+        assert (info.height, info.width) == (truth[name]["height"], truth[name]["width"])
+    assert truth["cuts_three_shots"]["cut_frames"] == [72, 156]
+    # a pan at 2 px/frame: frame 10's column 20 is frame 0's column 40
+    f, _ = read_video_frames(truth["pan_astronaut"]["path"], [0, 10])
+    diff = abs(f[1, :, 20:200].astype(int) - f[0, :, 40:220].astype(int)).mean()
+    assert diff < 4, diff
+
+
+def test_cut_positions_within_two_frames(sample):
+    clips = _clips_of(sample, "cuts_three_shots")
+    assert len(clips) == 3
+    found = [s for s in clips.start_frame if s > 0]
+    for cut, got in zip(sample["truth"]["cuts_three_shots"]["cut_frames"], found):
+        assert abs(cut - got) <= 2, (cut, got)
+    # the clips are exactly the shots
+    assert list(clips.num_frames) == pytest.approx(sample["truth"]["cuts_three_shots"]["shot_frames"], abs=2)
+    # no false cuts in single-shot clips, shaky and zoom included
+    for name in ("pan_astronaut", "zoom_chelsea", "shaky_astronaut", "static_rocket", "vfr_astronaut"):
+        assert set(_clips_of(sample, name).shot) == {0}, name
+
+
+def test_black_borders_cropped_to_known_size(sample):
+    t = sample["truth"]["letterbox_coffee"]
+    top, bottom, left, right = t["border"]
+    (clip,) = _clips_of(sample, "letterbox_coffee").itertuples()
+    assert abs(clip.height - (t["height"] - top - bottom)) <= 2
+    assert abs(clip.width - (t["width"] - left - right)) <= 2
+    w, h, x, y = map(int, clip.crop.split(":"))
+    assert abs(x - left) <= 2 and abs(y - top) <= 2
+    # nothing black left at the edges of the re-encoded clip
+    f, _ = read_video_frames(clip.path, [10])
+    assert f[0, :2].mean() > 30 and f[0, -2:].mean() > 30 and f[0, :, :2].mean() > 30 and f[0, :, -2:].mean() > 30
+    # clips without borders are not cropped
+    assert (_clips_of(sample, "pan_coffee").crop == "").all()
+
+
+def test_every_bad_file_rejected_with_its_reason(sample):
+    rej = sample["result"].rejected.set_index("source")
+    for name, t in sample["truth"].items():
+        if t["expected"] == "reject":
+            assert t["path"] in rej.index, name
+            assert rej.loc[t["path"], "reason"] == t["expected_reason"], (name, rej.loc[t["path"], "detail"])
+            assert t["path"] in rej.loc[t["path"], "detail"]  # the message names the file
+        else:
+            assert t["path"] not in rej.index, (name, rej.loc[t["path"], "detail"] if t["path"] in rej.index else "")
+            assert len(_clips_of(sample, name)) == t["expected_clips"], name
+    assert sample["result"].counts["broken"] == 3
+
+
+def test_clip_lengths_and_table_types(sample):
+    c = sample["result"].clips
+    assert list(c.columns[: len(REQUIRED_COLUMNS)]) == REQUIRED_COLUMNS
+    table = pd.read_parquet(sample["out"] / "clips.parquet")
+    assert len(table) == len(c) == 16
+    for col in ("num_frames", "height", "width", "resolution"):
+        assert pd.api.types.is_integer_dtype(table[col]), col
+    for col in ("aspect_ratio", "fps"):
+        assert pd.api.types.is_float_dtype(table[col]), col
+    assert (table.aspect_ratio == table.height / table.width).all()
+    assert (table.resolution == table.height * table.width).all()
+    assert (table.fps == table.fps.round(3)).all()
+    dur = table.num_frames / table.fps
+    assert (dur >= 2.0 - 1.5 / table.fps).all() and (dur <= 8.0 + 1e-6).all(), dur.tolist()
+    assert table.text.str.len().gt(0).all()
+    for row in table.itertuples():
+        info = probe_video(row.path, count_frames=True)
+        assert info.codec == "h264" and info.pix_fmt == "yuv420p"
+        assert (info.num_frames, info.height, info.width) == (row.num_frames, row.height, row.width)
+    assert set(pd.read_parquet(sample["out"] / "rejected.parquet").columns) == {"source", "row", "reason", "detail"}
+
+
+def test_second_run_does_no_work(sample):
+    before = pd.read_parquet(sample["out"] / "clips.parquet")
+    t0 = time.perf_counter()
+    r = ingest(sample["manifest"], sample["out"], workers=2, progress=False)
+    assert r.processed == 0 and r.skipped == len(sample["truth"])
+    assert time.perf_counter() - t0 < max(1.0, 0.25 * sample["seconds"])
+    pd.testing.assert_frame_equal(before, pd.read_parquet(sample["out"] / "clips.parquet"))
+    pd.testing.assert_frame_equal(sample["result"].rejected, r.rejected)
+
+
+def test_lost_marker_redoes_only_that_source(sample, tmp_path):
+    out = tmp_path / "ing"
+    t = sample["truth"]
+    srcs = [t["pan_coffee"]["path"], t["too_short"]["path"]]
+    first = ingest(srcs, out, workers=1, progress=False)
+    assert first.processed == 2 and len(first.clips) == 1
+    markers = sorted((out / ".done").glob("*.json"))
+    assert len(markers) == 2
+    for m in markers:  # "crash" before one source's marker was written
+        if json.loads(m.read_text())["status"] == "ok":
+            m.unlink()
+    again = ingest(srcs, out, workers=1, progress=False)
+    assert (again.processed, again.skipped) == (1, 1)
+    pd.testing.assert_frame_equal(first.clips, again.clips)
+    assert not list(out.rglob(".*.mp4")) and not list(out.glob(".*.parquet"))  # no temp files left
+
+
+def test_bad_manifests(sample, tmp_path):
+    t = sample["truth"]
+    no_path = tmp_path / "no_path.csv"
+    pd.DataFrame({"file": [t["pan_coffee"]["path"]], "text": ["x"]}).to_csv(no_path, index=False)
+    with pytest.raises(ValueError, match=r"no_path\.csv.*'path'"):
+        ingest(no_path, tmp_path / "o1", progress=False)
+    rows = tmp_path / "rows.jsonl"
+    shutil.copy(t["pan_coffee"]["path"], tmp_path / "local.mp4")
+    recs = [{"path": "local.mp4", "caption": "relative path"}, {"path": str(tmp_path / "nope.mp4"), "caption": "gone"},
+            {"path": "", "caption": "empty"}, {"path": "file://" + t["zoom_chelsea"]["path"], "caption": "via fsspec"}]
+    rows.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert [r["row"] for r in read_inputs(rows)] == [0, 1, 2, 3]
+    r = ingest(rows, tmp_path / "o2", workers=2, progress=False)
+    assert sorted(r.clips.text) == ["relative path", "via fsspec"]
+    rej = r.rejected.set_index("row")
+    assert rej.loc[1, "reason"] == "missing" and "row 1" in rej.loc[1, "detail"] and "nope.mp4" in rej.loc[1, "detail"]
+    assert rej.loc[2, "reason"] == "bad_row" and "row 2" in rej.loc[2, "detail"]
+    with pytest.raises(FileNotFoundError):
+        ingest(tmp_path / "absent.csv", tmp_path / "o3", progress=False)
+
+
+def test_cli_sample_data_and_ingest(tmp_path, capsys):
+    vids = tmp_path / "v"
+    vids.mkdir()
+    assert main(["sample-data", "--out-dir", str(tmp_path / "s")]) == 0
+    gt = load_ground_truth(tmp_path / "s")
+    for name in ("pan_coffee", "low_fps", "zero_bytes"):
+        shutil.copy(gt[name]["path"], vids / f"{name}.mp4")
+    assert main(["ingest", str(vids), "--out-dir", str(tmp_path / "o"), "--no-progress"]) == 0
+    table = pd.read_parquet(tmp_path / "o" / "clips.parquet")
+    assert len(table) == 1
+    assert sorted(pd.read_parquet(tmp_path / "o" / "rejected.parquet").reason) == ["broken", "fps"]
+    assert main(["ingest", str(tmp_path / "missing.csv"), "--out-dir", str(tmp_path / "o")]) == 2
+    assert "missing.csv" in capsys.readouterr().err
