@@ -1,0 +1,32 @@
+"""The filter step: per-clip scorers, the 256px/768px data pyramid, validation and DVC versioning (spec §D.2)."""
+
+from components.filter.filter import (
+    THRESHOLDS_256,
+    THRESHOLDS_768,
+    FilterResult,
+    FilterThresholds,
+    read_table,
+    run_filter,
+    write_table,
+)
+from components.filter.scorers import (
+    AestheticScorer,
+    BlurScorer,
+    Clip,
+    DecodeCheck,
+    JitterScorer,
+    MotionScorer,
+    OCRScorer,
+    PerceptualHasher,
+    ScoreResult,
+    default_scorers,
+    find_duplicates,
+)
+from components.filter.validation import ValidationError, validate_table
+
+__all__ = [
+    "run_filter", "FilterThresholds", "FilterResult", "THRESHOLDS_256", "THRESHOLDS_768", "read_table",
+    "write_table", "validate_table", "ValidationError", "Clip", "ScoreResult", "DecodeCheck", "MotionScorer",
+    "BlurScorer", "JitterScorer", "PerceptualHasher", "AestheticScorer", "OCRScorer", "default_scorers",
+    "find_duplicates",
+]

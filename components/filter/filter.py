@@ -1,0 +1,338 @@
+"""The filter step: score every clip, then build the data pyramid (spec §D.2).
+
+    table (path,text,num_frames,height,width,aspect_ratio,resolution,fps,...) ──> scorers (parallel over clips)
+        ──> full.parquet       every clip, its scores, `rejected_by` (first failing stage) and `reason`
+        ──> set_256px.parquet  the looser set, training-ready (text carries the fps + motion suffix)
+        ──> set_768px.parquet  the stricter set (a subset of the 256px set by construction)
+        ──> needs_caption.parquet  clips that passed but have no caption, for a captioner step
+        ──> stats.json         counts per stage and level, thresholds, validation summary
+
+Open-Sora 2.0's numeric thresholds are not public (Open-Sora#829); every threshold here is a recorded
+parameter (`FilterThresholds`), and `stats.json` keeps them next to the kept/rejected counts. Lineage:
+Open-Sora v1.3 `docs/data_processing.md`.
+
+The new dataset is written to a temporary folder next to `out_dir`, validated, and only then swapped in;
+a failed validation leaves the previous good dataset untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.filter.scorers import Clip, Scorer, default_scorers, find_duplicates
+from models.text.captions import training_caption
+
+__all__ = ["FilterThresholds", "FilterResult", "run_filter", "read_table", "write_table", "REQUIRED_COLUMNS",
+           "THRESHOLDS_256", "THRESHOLDS_768"]
+
+REQUIRED_COLUMNS = ["path", "text", "num_frames", "height", "width", "aspect_ratio", "resolution", "fps"]
+STAGE_ORDER = ["decode", "blur", "motion", "jitter", "aesthetic", "ocr", "size", "dedup"]
+
+
+@dataclass(frozen=True)
+class FilterThresholds:
+    """One pyramid level. `None` disables a check. The paper gives none of these numbers except OCR's box
+    confidence (in `OCRScorer`); the defaults are this project's choices, tuned on synthetic clips."""
+
+    motion_min: float | None = 0.3  # VMAF motion: drop nearly static clips ...
+    motion_max: float | None = 40.0  # ... and extreme motion
+    blur_min: float | None = 20.0  # median Laplacian variance below this → blurry (majority vote of 5 frames)
+    jitter_max: float | None = 5.0  # mean |change of camera shift| per frame, % of short side
+    aesthetic_min: float | None = 4.5  # LAION aesthetic (applied only when the scorer ran)
+    ocr_max: float | None = 0.15  # fraction of the frame covered by confident text boxes
+    min_short_side: int = 0  # clip short side (px) needed for this level
+    min_num_frames: int = 1
+    dup_max_hamming: int = 8  # pHash bits (summed over the sampled frames) for a near-duplicate
+
+
+THRESHOLDS_256 = FilterThresholds()
+THRESHOLDS_768 = FilterThresholds(motion_min=0.5, motion_max=30.0, blur_min=40.0, jitter_max=3.0,
+                                  aesthetic_min=5.0, ocr_max=0.08, min_short_side=0)
+
+
+@dataclass
+class FilterResult:
+    out_dir: Path
+    full: pd.DataFrame
+    set_256: pd.DataFrame
+    set_768: pd.DataFrame
+    needs_caption: pd.DataFrame
+    counts: dict[str, Any]
+    validation: dict[str, Any]
+    files: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"clip table {path} does not exist")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix in (".csv", ".tsv"):
+        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", keep_default_na=False, na_values=[""])
+    raise ValueError(f"clip table {path}: expected .parquet or .csv, got {path.suffix!r}")
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Parquet (or CSV by suffix), written to a temporary name in the same folder and renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        if path.suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _write_json(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def _score_clip(path: str, num_frames, scorers: list[Scorer]) -> dict[str, Any]:
+    """All scorers on one clip; a decode failure stops the rest (their columns stay NaN)."""
+    row: dict[str, Any] = {}
+    try:
+        n = int(num_frames) if num_frames is not None and not pd.isna(num_frames) else None
+    except (TypeError, ValueError):
+        n = None
+    clip = Clip(path, n)
+    for sc in scorers:
+        res = sc(clip)
+        row.update(res.values)
+        row[f"status_{sc.name}"] = res.status
+        row[f"note_{sc.name}"] = res.reason
+        if sc.name == "decode" and res.status != "ok":
+            for later in scorers[scorers.index(sc) + 1:]:
+                row.update({k: np.nan for k in later.writes})
+                row[f"status_{later.name}"] = "not_run"
+                row[f"note_{later.name}"] = "clip did not decode"
+            break
+    row["decoded_frames"] = clip.num_frames if row.get("status_decode") == "ok" else np.nan
+    return row
+
+
+def _fmt(x) -> str:
+    return f"{x:.3g}" if isinstance(x, float) else str(x)
+
+
+def _check(row: pd.Series, t: FilterThresholds) -> tuple[str | None, str]:
+    """First failing stage (in STAGE_ORDER) and a readable reason, or (None, "")."""
+    if row.get("status_decode") != "ok":
+        return "decode", str(row.get("note_decode") or "clip did not decode")
+    for stage, col, lo, hi in (
+        ("blur", "score_blur", t.blur_min, None),
+        ("motion", "score_vmafmotion", t.motion_min, t.motion_max),
+        ("jitter", "score_jitter", None, t.jitter_max),
+        ("aesthetic", "score_aesthetic", t.aesthetic_min, None),
+        ("ocr", "score_ocr", None, t.ocr_max),
+    ):
+        status = row.get(f"status_{stage}")
+        if status == "not_run":
+            continue  # pluggable scorer without weights: recorded, never faked, not a rejection
+        if status != "ok":
+            return stage, str(row.get(f"note_{stage}") or f"{stage} scorer failed")
+        v = float(row[col])
+        if lo is not None and v < lo:
+            return stage, f"{col}={_fmt(v)} < {stage} min {lo}"
+        if hi is not None and v > hi:
+            return stage, f"{col}={_fmt(v)} > {stage} max {hi}"
+    short = min(int(row["height"]), int(row["width"]))
+    if short < t.min_short_side:
+        return "size", f"short side {short}px < {t.min_short_side}px"
+    if int(row["decoded_frames"]) < t.min_num_frames:
+        return "size", f"{int(row['decoded_frames'])} frames < {t.min_num_frames}"
+    return None, ""
+
+
+def _has_caption(text) -> bool:
+    return isinstance(text, str) and text.strip() != "" and text.strip().lower() != "nan"
+
+
+def _training_set(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    out["caption"] = out["text"]
+    out["text"] = pd.Series([training_caption(str(t).strip(), float(f), float(m))
+                             for t, f, m in zip(out["text"], out["fps"], out["score_vmafmotion"])],
+                            index=out.index, dtype=object)
+    return out.reset_index(drop=True)
+
+
+def run_filter(
+    table: pd.DataFrame | str | Path,
+    out_dir: str | Path,
+    *,
+    thresholds_256: FilterThresholds = THRESHOLDS_256,
+    thresholds_768: FilterThresholds = THRESHOLDS_768,
+    scorers: list[Scorer] | None = None,
+    aesthetic_weights: str | None = None,
+    ocr_weights: str | None = None,
+    num_workers: int = 2,
+    progress: bool = True,
+    validate: bool = True,
+    check_files: bool = True,
+    report_dir: str | Path | None = None,
+) -> FilterResult:
+    """Score, threshold and write the pyramid to `out_dir` (swapped in only after validation passes).
+
+    Raises `components.filter.validation.ValidationError` (the previous `out_dir` untouched, the report saved
+    under `report_dir`, default `<out_dir>.reports/`) when an output table fails its suite, and `ValueError`
+    when the input table lacks a required column.
+    """
+    t0 = time.time()
+    if not isinstance(table, pd.DataFrame):
+        table = read_table(table)
+    missing = [c for c in ("path", "text", "fps", "height", "width") if c not in table.columns]
+    if missing:
+        raise ValueError(f"clip table lacks required column(s) {missing}; has {list(table.columns)}")
+    out_dir = Path(out_dir)
+    report_dir = Path(report_dir) if report_dir else out_dir.parent / f"{out_dir.name}.reports"
+    scorers = scorers if scorers is not None else default_scorers(aesthetic_weights, ocr_weights)
+    df = table.reset_index(drop=True).copy()
+    df["path"] = df["path"].astype(str)
+
+    nf = df["num_frames"] if "num_frames" in df.columns else pd.Series([None] * len(df))
+    rows: list[dict[str, Any]] = [{}] * len(df)
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(df), desc="filter: scoring clips", unit="clip")
+        except ImportError:  # pragma: no cover
+            bar = None
+    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+        futs = {pool.submit(_score_clip, p, n, scorers): i for i, (p, n) in enumerate(zip(df["path"], nf))}
+        for fut, i in futs.items():
+            rows[i] = fut.result()
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    scores = pd.DataFrame(rows, index=df.index)
+    for col in scores.columns:
+        df[col] = scores[col]
+
+    r256 = [_check(r, thresholds_256) for _, r in df.iterrows()]
+    r768 = [_check(r, thresholds_768) for _, r in df.iterrows()]
+    # dedup last: among the clips that pass every other 256px check, the first in table order is kept and
+    # later near-copies point at it (`dup_of`), so a rejected clip never "uses up" its duplicate's place
+    hashes = list(df["phash"]) if "phash" in df.columns else [None] * len(df)
+    survivors = [h if s is None else None for h, (s, _) in zip(hashes, r256)]
+    df["dup_of"] = find_duplicates(list(df["path"]), survivors, thresholds_256.dup_max_hamming)
+    for i, dup in enumerate(df["dup_of"]):
+        if isinstance(dup, str):
+            why = f"near-duplicate of {dup} (pHash distance <= {thresholds_256.dup_max_hamming} bits)"
+            r256[i] = ("dedup", why)
+    df["rejected_by"] = [s for s, _ in r256]
+    df["reason"] = [m for _, m in r256]
+    df["in_256"] = df["rejected_by"].isna()
+    df["rejected_by_768"] = [s768 if ok else "256px" for (s768, _), ok in zip(r768, df["in_256"])]
+    df["reason_768"] = [m768 if ok else f"not in the 256px set ({m})"
+                        for (_, m768), ok, m in zip(r768, df["in_256"], df["reason"])]
+    df["in_768"] = df["in_256"] & df["rejected_by_768"].isna()
+    df["has_caption"] = [_has_caption(t) for t in df["text"]]
+
+    keep_256 = df[df["in_256"] & df["has_caption"]]
+    keep_768 = df[df["in_768"] & df["has_caption"]]
+    needs_caption = df[df["in_256"] & ~df["has_caption"]].reset_index(drop=True)
+    set_256 = _training_set(keep_256)
+    set_768 = _training_set(keep_768)
+
+    def per_stage(col):
+        vc = df[col].value_counts()
+        return {s: int(vc.get(s, 0)) for s in STAGE_ORDER + ["256px"] if int(vc.get(s, 0))}
+
+    counts = {
+        "input": int(len(df)),
+        "rejected_256": per_stage("rejected_by"),
+        "rejected_768": per_stage("rejected_by_768"),
+        "kept_256": int(df["in_256"].sum()),
+        "kept_768": int(df["in_768"].sum()),
+        "set_256_rows": int(len(set_256)),
+        "set_768_rows": int(len(set_768)),
+        "needs_caption": int(len(needs_caption)),
+        "not_run": {s.name: int((df.get(f"status_{s.name}") == "not_run").sum()) for s in scorers
+                    if f"status_{s.name}" in df.columns},
+        "scorer_errors": {s.name: int((df.get(f"status_{s.name}") == "error").sum()) for s in scorers
+                          if f"status_{s.name}" in df.columns},
+    }
+    stats = {"counts": counts, "thresholds_256": asdict(thresholds_256), "thresholds_768": asdict(thresholds_768),
+             "scorers": [{"stage": s.name, "class": type(s).__name__, "reads": list(s.reads),
+                          "writes": list(s.writes), "config": {k: v for k, v in vars(s).items()
+                                                               if not k.startswith("_") and not callable(v)}}
+                         for s in scorers]}
+
+    # ---- write to a temporary sibling folder, validate, swap ----
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    validation: dict[str, Any] = {}
+    try:
+        files = {
+            "full": write_table(df, tmp / "full.parquet"),
+            "set_256px": write_table(set_256, tmp / "set_256px.parquet"),
+            "set_768px": write_table(set_768, tmp / "set_768px.parquet"),
+            "needs_caption": write_table(needs_caption, tmp / "needs_caption.parquet"),
+        }
+        if validate:
+            from components.filter.validation import ValidationError, save_report, validate_table
+
+            reports = {}
+            failed = None
+            for name in ("set_256px", "set_768px"):
+                frame = set_256 if name == "set_256px" else set_768
+                rep = validate_table(frame, name, check_files=check_files, raise_on_failure=False)
+                reports[name] = rep
+                if not rep["success"] and failed is None:
+                    failed = rep
+            vdir = tmp / "validation"
+            vdir.mkdir()
+            for name, rep in reports.items():
+                save_report(rep, vdir / name)
+            validation = {n: {"success": r["success"], "engine": r["engine"],
+                              "failed": [e["expectation"] for e in r["expectations"] if not e["success"]]}
+                          for n, r in reports.items()}
+            if failed is not None:
+                report_dir.mkdir(parents=True, exist_ok=True)
+                paths = save_report(failed, report_dir / failed["name"])
+                raise ValidationError(failed, paths)
+        stats["validation"] = validation
+        stats["seconds"] = round(time.time() - t0, 3)
+        _write_json(stats, tmp / "stats.json")
+        # swap: the old dataset moves aside only once the new one is complete and valid
+        old = None
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{int(time.time() * 1e6)}"
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    files = {k: str(out_dir / Path(v).name) for k, v in files.items()}
+    files["stats"] = str(out_dir / "stats.json")
+    return FilterResult(out_dir=out_dir, full=df, set_256=set_256, set_768=set_768, needs_caption=needs_caption,
+                        counts=counts, validation=validation, files=files, seconds=time.time() - t0)
