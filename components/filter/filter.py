@@ -210,6 +210,9 @@ def run_filter(
     out_dir = Path(out_dir)
     report_dir = Path(report_dir) if report_dir else out_dir.parent / f"{out_dir.name}.reports"
     scorers = scorers if scorers is not None else default_scorers(aesthetic_weights, ocr_weights)
+    if table.empty:
+        raise ValueError("the clip table has no rows: nothing to filter (did ingest reject every source? see its "
+                         "rejected.parquet)")
     df = table.reset_index(drop=True).copy()
     df["path"] = df["path"].astype(str)
 

@@ -113,7 +113,7 @@ def _atomic_text(path: Path, text: str) -> None:
 def make_sample_videos(out_dir: str | Path, seed: int = 0) -> Path:
     """Write the sample set into `out_dir` and return the path of its `manifest.csv` (ground truth alongside in
     `ground_truth.json`). Deterministic for a given seed; a few seconds on 2 cores."""
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # absolute paths: the manifest works from any working directory
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     cases: list[dict] = []

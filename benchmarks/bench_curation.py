@@ -1,0 +1,69 @@
+"""Ingest and filter throughput on this machine vs the floor: ffmpeg decoding the same frames alone.
+
+Usage: python benchmarks/bench_curation.py --work /tmp/curation-bench [--out curation.json]
+Generates the sample videos, runs ingest (2 workers) and filter (2 workers), then decodes every source / clip with
+`ffmpeg -threads 1 -i X -f null -` (one process per core) as the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from components.filter import THRESHOLDS_256, THRESHOLDS_768, run_filter  # noqa: E402
+from components.ingest import ingest  # noqa: E402
+from components.sample_data import make_sample_videos  # noqa: E402
+
+
+def ffmpeg_decode_seconds(paths, workers=2):
+    def one(p):
+        subprocess.run(["ffmpeg", "-v", "error", "-threads", "1", "-i", str(p), "-f", "null", "-"], check=False,
+                       capture_output=True)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, paths))
+    return time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default="/tmp/curation-bench")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    manifest = make_sample_videos(work / "raw")
+    t0 = time.perf_counter()
+    res = ingest(manifest, work / "ingested", workers=2, progress=False)
+    t_ingest = time.perf_counter() - t0
+    sources = [p for p in (work / "raw").glob("*.mp4") if p.stat().st_size > 0]
+    clips = sorted((work / "ingested" / "clips").glob("*.mp4"))
+    t0 = time.perf_counter()
+    run_filter(res.clips_path, work / "filtered", thresholds_256=THRESHOLDS_256, thresholds_768=THRESHOLDS_768,
+               num_workers=2, progress=False)
+    t_filter = time.perf_counter() - t0
+    floor_sources = ffmpeg_decode_seconds(sources)
+    floor_clips = ffmpeg_decode_seconds(clips)
+    out = {
+        "machine": "2 cores", "sources": len(sources), "clips": len(clips),
+        "ingest_seconds": t_ingest, "ingest_sources_per_s_per_core": len(sources) / t_ingest / 2,
+        "filter_seconds": t_filter, "filter_clips_per_s_per_core": len(clips) / t_filter / 2,
+        "ffmpeg_decode_sources_seconds": floor_sources, "ffmpeg_decode_clips_seconds": floor_clips,
+        "filter_over_floor": t_filter / floor_clips, "ingest_over_floor": t_ingest / floor_sources,
+    }
+    print(json.dumps(out, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
