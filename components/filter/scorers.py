@@ -12,6 +12,8 @@ file). Decoding goes through `components.video_io`, the one home of video I/O.
 
 from __future__ import annotations
 
+import abc
+
 import math
 import os
 import re
@@ -102,15 +104,16 @@ class ScoreResult:
     reason: str = ""
 
 
-class Scorer:
+class Scorer(abc.ABC):
     """Base: `name` is the stage name; `reads`/`writes` are the table columns used and produced."""
 
     name: ClassVar[str] = "scorer"
     reads: ClassVar[tuple[str, ...]] = ("path",)
     writes: ClassVar[tuple[str, ...]] = ()
 
-    def score(self, clip: Clip) -> ScoreResult:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def score(self, clip: Clip) -> ScoreResult:
+        """Score one clip (each stage implements this)."""
 
     def __call__(self, clip: Clip) -> ScoreResult:
         try:
