@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -18,24 +17,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cuda_timing import cuda_time  # noqa: E402
 from models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
 from models.mmdit.attention import prefer_sdpa_backend  # noqa: E402
 from models.packing import image_position_ids, text_position_ids  # noqa: E402
-
-
-def cuda_time(fn, warmup=3, iters=10):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times), times
 
 
 def matmul_ceiling():

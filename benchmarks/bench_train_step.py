@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cuda_timing import cuda_time as time_steps  # noqa: E402
 from models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
 from models.mmdit.attention import prefer_sdpa_backend  # noqa: E402
 from models.packing import image_position_ids, text_position_ids  # noqa: E402
@@ -36,21 +36,6 @@ def inputs(cfg, b=1, t=33, h=32, w=32, n_txt=512):
                 timesteps=torch.full((b,), 0.5, device=dev, dtype=dt),
                 y_vec=torch.randn(b, cfg.vec_in_dim, device=dev, dtype=dt),
                 cond=torch.randn(b, n, cfg.cond_channels, device=dev, dtype=dt))
-
-
-def time_steps(fn, warmup=3, iters=10):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        out.append(s.elapsed_time(e) / 1e3)
-    return statistics.median(out), out
 
 
 def main():

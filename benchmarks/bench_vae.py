@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -15,22 +14,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cuda_timing import cuda_time  # noqa: E402
 from models.hunyuan_vae import HunyuanVideoVAE  # noqa: E402
-
-
-def timed(fn, warmup=1, iters=3):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        out.append(s.elapsed_time(e) / 1e3)
-    return statistics.median(out), out
 
 
 def main():
@@ -50,7 +35,7 @@ def main():
             torch.cuda.reset_peak_memory_stats()
             with torch.no_grad():
                 fn = (lambda: vae.decode(z)) if bench == "decode" else (lambda: vae.encode(x))
-                med, all_t = timed(fn)
+                med, all_t = cuda_time(fn, warmup=1, iters=3)
             row = dict(op=bench, cudnn_benchmark=cudnn_benchmark, seconds=med, all=all_t,
                        peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30)
             res["rows"].append(row)
