@@ -373,6 +373,16 @@ class CheckpointManager:
             raise CheckpointError(f"saving checkpoint step {step} to {path} failed: {e}") from e
         return result
 
+    def prepare_staging(self, state: dict[str, Any]) -> float:
+        """Allocate the pinned staging buffers now (one copy of `state` into them), so the first checkpoint
+        does not pay for pinning. Call once the state has its final structure (after the first optimizer step,
+        when AdamW has created its moments). No-op without CUDA. Returns the seconds taken."""
+        if self._pinned_writer is None:
+            return 0.0
+        t0 = time.perf_counter()
+        self._pinned_writer.stage({k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in state.items()})
+        return time.perf_counter() - t0
+
     def wait_staging(self) -> float:
         """Block until the last save's state is copied off the device (call before optimizer.step()).
         Returns the seconds waited; 0 when staging was synchronous or already done."""

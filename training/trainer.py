@@ -197,6 +197,7 @@ class Trainer:
 
         cfg = self.cfg
         rollbacks = 0
+        staging_ready = False
         last_batch = None
         self.loader.set_epoch(self.loader.epoch)
         it = iter(self.loader)
@@ -239,6 +240,12 @@ class Trainer:
                 self.goodput.record_badput("checkpoint_save", staging)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            if not staging_ready:
+                # Pin the checkpoint staging buffers once the optimizer state exists: a one-off start-up cost
+                # (init badput) instead of a stall at the first checkpoint.
+                with self.goodput.badput("init"):
+                    self.ckpt.prepare_staging({"train": self.state})
+                staging_ready = True
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
