@@ -49,7 +49,7 @@ def build_text_conditioner(spec: TextSpec, device, dtype, cache_dir=None):
     if spec.t5 and spec.clip:
         t5, clip = spec.t5, spec.clip
     elif spec.tiny:
-        from components.generate.generate import tiny_text_encoder_dirs
+        from models.text.tiny import tiny_text_encoder_dirs
 
         t5, clip = tiny_text_encoder_dirs()
     else:

@@ -40,7 +40,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import threading
 import time
 import warnings
@@ -51,6 +50,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+
+from common.atomic import write_bytes_atomic
 from torch.distributed.checkpoint.stateful import Stateful
 
 log = logging.getLogger(__name__)
@@ -245,19 +246,8 @@ class CheckpointManager:
             with self.fs.open(path, "wb") as f:
                 f.write(data)
             return
-        d = os.path.dirname(path)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(d)
+        write_bytes_atomic(path, data, fsync=True)
+        _fsync_dir(os.path.dirname(path))
 
     def _read_text(self, path: str) -> str:
         if self.is_url:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from common.atomic import atomic_path, write_text_atomic
 from training.config import TrainConfig
 
 log = logging.getLogger("soraflow.train")
@@ -301,21 +302,17 @@ class Trainer:
         state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         path = self.run_dir / "model.safetensors"
         if self.rank == 0:
-            tmp = path.with_suffix(".tmp")
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
-                      metadata={"config": self.dit_config.name, "step": str(self.step), "recipe": self.cfg.name})
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                save_file({k: v.contiguous() for k, v in state.items()}, tmp,
+                          metadata={"config": self.dit_config.name, "step": str(self.step), "recipe": self.cfg.name})
         if dist.is_initialized():
             dist.barrier()
         return path
 
     def _write_resolved_config(self) -> None:
         if self.rank == 0:
-            path = self.run_dir / "config.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**self.cfg.to_dict(), "fingerprint": self.cfg.fingerprint()}, indent=2,
-                                      default=str))
-            os.replace(tmp, path)
+            write_text_atomic(self.run_dir / "config.json", json.dumps(
+                {**self.cfg.to_dict(), "fingerprint": self.cfg.fingerprint()}, indent=2, default=str))
 
     def close(self) -> None:
         self.watchdog.stop()

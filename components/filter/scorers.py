@@ -7,7 +7,7 @@ typed fields. A scorer never decides keep/reject: it only measures. Thresholds l
 
 `score(clip)` returns a `ScoreResult`: `status` is "ok", "not_run" (a pluggable scorer without weights --
 the reason says why; no score is invented) or "error" (the clip could not be scored; the reason names the
-file). Decoding goes through `components.video_io`, the one home of video I/O.
+file). Decoding goes through `common.video_io`, the one home of video I/O.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from components.video_io import VideoReadError, probe_video, read_video_frames
+from common.video_io import VideoReadError, probe_video, read_video_frames
 
 __all__ = [
     "Clip",

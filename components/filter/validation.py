@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from common.atomic import write_text_atomic
 
 __all__ = ["ValidationError", "validate_table", "save_report", "TRAINING_COLUMNS", "SCORE_RANGES", "format_report"]
 
@@ -273,9 +274,6 @@ def save_report(report: dict[str, Any], stem: str | Path) -> dict[str, str]:
     paths = {}
     for ext, text in (("json", json.dumps(report, indent=2, default=str)), ("md", _markdown(report))):
         target = stem.with_name(stem.name + f".{ext}")
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
+        write_text_atomic(target, text)
         paths["json" if ext == "json" else "markdown"] = str(target)
     return paths

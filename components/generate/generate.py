@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.video_io import to_uint8_frames, write_video
+from common.video_io import to_uint8_frames, write_video
 from models.aspect import inference_size
 from models.flow.sampler import inference_latent_shape, sample
 from models.mmdit import get_config
 from models.mmdit.cuda_graph import CUDAGraphRunner
 from models.mmdit.checkpoint import build_mmdit
-from models.text import TextConditioner, inference_caption, make_tiny_text_encoders
+from models.text import TextConditioner, inference_caption
+from models.text.tiny import soraflow_cache_dir as _cache_dir, tiny_text_encoder_dirs
 
 
 @dataclass(frozen=True)
@@ -103,19 +104,6 @@ class Pipeline:
     dit: torch.nn.Module
     ae: torch.nn.Module
     text: TextConditioner
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("SORAFLOW_CACHE", Path.home() / ".cache" / "soraflow")).expanduser()
-
-
-def tiny_text_encoder_dirs() -> tuple[Path, Path]:
-    """The tiny random T5/CLIP (deterministic), written once into the cache folder."""
-    root = _cache_dir() / "tiny-text-encoders"
-    t5_dir, clip_dir = root / "t5", root / "clip"
-    if not ((t5_dir / "config.json").exists() and (clip_dir / "config.json").exists()):
-        make_tiny_text_encoders(root)
-    return t5_dir, clip_dir
 
 
 def _resolve(explicit: str | None, weights_dir: str | None, name: str, what: str) -> Path:

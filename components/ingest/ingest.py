@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -36,7 +35,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.video_io import VideoReadError, probe_video, scan_video, transcode_clip
+from common.atomic import atomic_path, write_bytes_atomic
+
+from common.video_io import VideoReadError, probe_video, scan_video, transcode_clip
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
 REQUIRED_COLUMNS = ["path", "text", "num_frames", "height", "width", "aspect_ratio", "resolution", "fps"]
@@ -142,29 +143,12 @@ def _source_key(source: str, params: IngestParams) -> str | None:
 # --- small helpers --------------------------------------------------------------------------------------------------
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, data)
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".parquet", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".parquet") as tmp:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _sha256(path: str) -> str:
@@ -182,17 +166,9 @@ def _fetch(url: str, cache: Path) -> str:
     dst = cache / (hashlib.sha1(url.encode()).hexdigest()[:20] + ext)
     if dst.exists():
         return str(dst)
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=cache)
-    try:
-        with os.fdopen(fd, "wb") as out, fsspec.open(url, "rb") as src:
-            for block in iter(lambda: src.read(1 << 20), b""):
-                out.write(block)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(dst) as tmp, open(tmp, "wb") as out, fsspec.open(url, "rb") as src:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            out.write(block)
     return str(dst)
 
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from common.atomic import atomic_path, write_bytes_atomic, write_text_atomic
 
 H, W, FPS = 144, 256, 24
 
@@ -73,10 +74,7 @@ def zoom(name: str, n: int, rate: float, h: int = H, w: int = W) -> np.ndarray:
 
 def _encode(path: Path, frames: np.ndarray, fps: float = FPS, codec: str = "libx264", pix_fmt: str = "yuv420p",
             options: dict | None = None, pts_ms: list[int] | None = None, faststart: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         copts = {"movflags": "faststart"} if faststart else {}
         with av.open(tmp, mode="w", format="mp4", options=copts) as c:
             st = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
@@ -96,18 +94,10 @@ def _encode(path: Path, frames: np.ndarray, fps: float = FPS, codec: str = "libx
                     c.mux(p)
             for p in st.encode():
                 c.mux(p)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def make_sample_videos(out_dir: str | Path, seed: int = 0) -> Path:
@@ -205,10 +195,7 @@ def make_sample_videos(out_dir: str | Path, seed: int = 0) -> Path:
     trunc = out / "truncated.mp4"
     _encode(trunc, pan("astronaut", 96, 2), faststart=True)
     data = trunc.read_bytes()
-    fd, tmp = tempfile.mkstemp(dir=out)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data[: len(data) * 2 // 5])
-    os.replace(tmp, trunc)
+    write_bytes_atomic(trunc, data[: len(data) * 2 // 5])
     add("truncated", None, "cut off after 40% of its bytes", "reject", "broken")
     (out / "zero_bytes.mp4").write_bytes(b"")
     add("zero_bytes", None, "an empty file", "reject", "broken")
@@ -221,8 +208,8 @@ def make_sample_videos(out_dir: str | Path, seed: int = 0) -> Path:
     _atomic_text(out / "ground_truth.json", json.dumps({"seed": seed, "cases": cases}, indent=1))
     cols = ["path", "text", "name", "expected", "expected_reason", "expected_clips", "fps", "num_frames", "height",
             "width", "pan_px_per_frame", "zoom_rate", "cut_frames", "border", "tags"]
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".csv", dir=out)
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+    manifest = out / "manifest.csv"
+    with atomic_path(manifest) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         wr = csv.DictWriter(fh, fieldnames=cols)
         wr.writeheader()
         for c in cases:
@@ -231,8 +218,6 @@ def make_sample_videos(out_dir: str | Path, seed: int = 0) -> Path:
             row["border"] = ";".join(map(str, c["border"]))
             row["tags"] = ";".join(c["tags"])
             wr.writerow(row)
-    manifest = out / "manifest.csv"
-    os.replace(tmp, manifest)
     return manifest
 
 

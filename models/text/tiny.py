@@ -238,3 +238,17 @@ def make_tiny_text_encoders(
         t5.save_pretrained(str(t5_dir), safe_serialization=True)
         clip.save_pretrained(str(clip_dir), safe_serialization=True)
     return {"t5": str(t5_dir), "clip": str(clip_dir), "t5_dim": t5_dim, "clip_dim": clip_dim}
+
+
+def soraflow_cache_dir() -> Path:
+    """Where generated assets are cached: $SORAFLOW_CACHE, else ~/.cache/soraflow."""
+    return Path(os.environ.get("SORAFLOW_CACHE", Path.home() / ".cache" / "soraflow")).expanduser()
+
+
+def tiny_text_encoder_dirs() -> tuple[Path, Path]:
+    """The tiny random T5/CLIP (deterministic), written once into the cache folder: (t5_dir, clip_dir)."""
+    root = soraflow_cache_dir() / "tiny-text-encoders"
+    t5_dir, clip_dir = root / "t5", root / "clip"
+    if not ((t5_dir / "config.json").exists() and (clip_dir / "config.json").exists()):
+        make_tiny_text_encoders(root)
+    return t5_dir, clip_dir

@@ -24,7 +24,7 @@ from components.filter import (  # noqa: E402
     validate_table,
 )
 from components.filter.filter import read_table  # noqa: E402
-from components.video_io import write_video  # noqa: E402
+from common.video_io import write_video  # noqa: E402
 
 S, T, FPS = 64, 16, 24.0
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian ffmpeg (vmafmotion)")

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from components.generate import GenerateOptions, build_pipeline, generate
 from components.generate.generate import tiny_text_encoder_dirs
-from components.video_io import probe_video, read_video
+from common.video_io import probe_video, read_video
 from models.aspect import inference_size
 from pipelines.cli import main as cli_main
 

@@ -10,7 +10,7 @@ import pytest
 from components.ingest import ingest, read_inputs
 from components.ingest.ingest import REQUIRED_COLUMNS
 from components.sample_data import load_ground_truth, make_sample_videos
-from components.video_io import probe_video, read_video_frames
+from common.video_io import probe_video, read_video_frames
 from pipelines.cli import main
 
 

@@ -1,6 +1,6 @@
 """`VideoTextDataset`: clip table rows -> training samples (spec §D.1, §D.5, §C.7).
 
-`dataset["idx-T-H-W"]` decodes row `idx` through `components.video_io` (PyAV): a temporal window of
+`dataset["idx-T-H-W"]` decodes row `idx` through `common.video_io` (PyAV): a temporal window of
 `T·interval` frames (interval from the fps rule) at a random start, frame indices
 `linspace(start, start + T·interval − 1, T)` (Open-Sora's `temporal_random_crop`), resized to cover H×W
 (bilinear for video, bicubic for images) and centre-cropped, as float [3, T, H, W] in [-1, 1]. Images
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from components.video_io import VideoReadError, read_video_frames
+from common.video_io import VideoReadError, read_video_frames
 from models.text.captions import map_target_fps, training_caption
 
 from .sampler import parse_index

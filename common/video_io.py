@@ -8,13 +8,14 @@ half-written file under the final name.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+
+from common.atomic import atomic_path
 
 
 class VideoReadError(ValueError):
@@ -154,12 +155,6 @@ def to_uint8_frames(video) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(1, 2, 3, 0))
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18, codec: str = "libx264") -> Path:
     """Encode uint8 RGB frames [T, H, W, 3] as H.264 (yuv420p, even sizes) and rename into place."""
     frames = np.asarray(frames)
@@ -169,26 +164,16 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18,
     if h % 2 or w % 2:
         raise ValueError(f"H.264 yuv420p needs even height and width, got {h}x{w}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".mp4", dir=path.parent)
-    os.close(fd)
-    try:
-        with av.open(tmp, mode="w") as container:
-            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            if codec == "libx264":
-                stream.options = {"crf": str(crf), "preset": "medium"}
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
+    with atomic_path(path, suffix=path.suffix or ".mp4") as tmp, av.open(tmp, mode="w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": str(crf), "preset": "medium"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        for packet in stream.encode():
+            container.mux(packet)
     return path
 
 
@@ -264,9 +249,6 @@ def transcode_clip(src: str | Path, dst: str | Path, start_time: float, end_time
     import subprocess
 
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix or ".mp4", dir=dst.parent)
-    os.close(fd)
     filters = []
     if crop is not None:
         w, h, x, y = crop
@@ -280,16 +262,10 @@ def transcode_clip(src: str | Path, dst: str | Path, start_time: float, end_time
            "-ss", f"{start_time:.6f}", "-i", str(src), "-t", f"{end_time - start_time:.6f}",
            "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", ",".join(filters),
            "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p", "-profile:v", "high",
-           "-movflags", "+faststart", "-f", "mp4", tmp]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+           "-movflags", "+faststart", "-f", "mp4"]
+    with atomic_path(dst, suffix=dst.suffix or ".mp4") as tmp:
+        proc = subprocess.run(cmd + [tmp], capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or os.path.getsize(tmp) == 0:
             raise VideoReadError(f"{src}: re-encoding [{start_time:.3f}, {end_time:.3f}) s failed "
                                  f"({proc.stderr.strip()[-500:]})")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return dst
