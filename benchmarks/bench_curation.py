@@ -1,8 +1,13 @@
 """Ingest and filter throughput on this machine vs the floor: ffmpeg decoding the same frames alone.
 
-Usage: python benchmarks/bench_curation.py --work /tmp/curation-bench [--out curation.json]
+Usage: python benchmarks/bench_curation.py --work /tmp/curation-bench [--out curation.json] [--repeat 3]
 Generates the sample videos, runs ingest (2 workers) and filter (2 workers), then decodes every source / clip with
 `ffmpeg -threads 1 -i X -f null -` (one process per core) as the floor.
+
+The first filter run in the process pays the one-time Great Expectations import (about 2 s here, overlapped with
+scoring): `filter_cold_seconds`. `filter_seconds` is the best of `--repeat` further runs (the per-run cost a
+long-lived worker or a bigger table sees); the floor is the best of as many decodes. The machine is shared, so
+best-of-N is the figure least disturbed by other load.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
 
 from components.filter import THRESHOLDS_256, THRESHOLDS_768, run_filter  # noqa: E402
 from components.ingest import ingest  # noqa: E402
@@ -38,6 +45,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="/tmp/curation-bench")
     ap.add_argument("--out")
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -47,18 +55,26 @@ def main():
     t_ingest = time.perf_counter() - t0
     sources = [p for p in (work / "raw").glob("*.mp4") if p.stat().st_size > 0]
     clips = sorted((work / "ingested" / "clips").glob("*.mp4"))
-    t0 = time.perf_counter()
-    run_filter(res.clips_path, work / "filtered", thresholds_256=THRESHOLDS_256, thresholds_768=THRESHOLDS_768,
-               num_workers=2, progress=False)
-    t_filter = time.perf_counter() - t0
-    floor_sources = ffmpeg_decode_seconds(sources)
-    floor_clips = ffmpeg_decode_seconds(clips)
+
+    def filter_once(i):
+        t0 = time.perf_counter()
+        run_filter(res.clips_path, work / f"filtered{i}", thresholds_256=THRESHOLDS_256,
+                   thresholds_768=THRESHOLDS_768, num_workers=2, progress=False)
+        return time.perf_counter() - t0
+
+    t_cold = filter_once(0)
+    t_filter = min(filter_once(i + 1) for i in range(args.repeat))
+    floor_sources = min(ffmpeg_decode_seconds(sources) for _ in range(args.repeat))
+    floor_clips = min(ffmpeg_decode_seconds(clips) for _ in range(args.repeat))
     out = {
-        "machine": "2 cores", "sources": len(sources), "clips": len(clips),
+        "machine": "2 cores (shared)", "sources": len(sources), "clips": len(clips),
+        "frames": int(sum(pd.read_parquet(res.clips_path)["num_frames"])),
         "ingest_seconds": t_ingest, "ingest_sources_per_s_per_core": len(sources) / t_ingest / 2,
-        "filter_seconds": t_filter, "filter_clips_per_s_per_core": len(clips) / t_filter / 2,
+        "filter_cold_seconds": t_cold, "filter_seconds": t_filter,
+        "filter_clips_per_s_per_core": len(clips) / t_filter / 2,
         "ffmpeg_decode_sources_seconds": floor_sources, "ffmpeg_decode_clips_seconds": floor_clips,
-        "filter_over_floor": t_filter / floor_clips, "ingest_over_floor": t_ingest / floor_sources,
+        "filter_over_floor": t_filter / floor_clips, "filter_cold_over_floor": t_cold / floor_clips,
+        "ingest_over_floor": t_ingest / floor_sources,
     }
     print(json.dumps(out, indent=2))
     if args.out:

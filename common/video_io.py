@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import av
 import numpy as np
@@ -144,6 +145,60 @@ def read_video_frames(path: str | Path, indices) -> tuple[np.ndarray, float]:
         err.num_frames = count
         raise err
     return np.stack([got[i] for i in wanted]), fps
+
+
+@dataclass(frozen=True)
+class LumaFrame:
+    """One decoded frame of `iter_luma_frames`: its index in decode order, the luma plane (uint8 for 8-bit
+    video, uint16 holding the 10-bit values otherwise; a view, copy it to keep it), its bit depth, and the RGB
+    frame when it was asked for."""
+
+    index: int
+    luma: np.ndarray
+    bit_depth: int
+    rgb: np.ndarray | None
+
+
+def _luma_plane(frame) -> tuple[np.ndarray, int]:
+    """The Y plane without a colour conversion for planar YUV / NV12 (what ffmpeg's luma filters read);
+    other formats are converted to 8-bit grey."""
+    name = frame.format.name
+    if name.startswith(("yuv", "yuvj", "nv12", "nv21")) and not name.startswith(("yuva", "yuyv", "uyvy")):
+        plane = frame.planes[0]
+        if name.endswith(("p10le", "p10")):
+            arr = np.frombuffer(plane, np.uint16).reshape(plane.height, plane.line_size // 2)
+            return arr[:, : frame.width], 10
+        if "p1" not in name and "p9" not in name:  # 8-bit layouts only; 9/12/16-bit fall through to grey
+            arr = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+            return arr[:, : frame.width], 8
+    return frame.to_ndarray(format="gray"), 8
+
+
+def iter_luma_frames(path: str | Path, rgb_indices=()) -> Iterator[LumaFrame]:
+    """Decode every frame of the first video stream once, in order, yielding its luma plane, plus the RGB
+    frame for the indices in `rgb_indices`. One pass serves scorers that need every frame's luma (VMAF motion)
+    and scorers that need a few RGB frames (blur, hashes). Decoder errors raise `VideoReadError` naming the
+    file and the frame reached."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise VideoReadError(f"{path}: file does not exist")
+    if os.path.getsize(path) == 0:
+        raise VideoReadError(f"{path}: file is empty (0 bytes)")
+    want = {int(i) for i in rgb_indices}
+    i = -1
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoReadError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for i, frame in enumerate(container.decode(stream)):
+                luma, bits = _luma_plane(frame)
+                yield LumaFrame(i, luma, bits, frame.to_ndarray(format="rgb24") if i in want else None)
+    except VideoReadError:
+        raise
+    except (av.error.FFmpegError, IndexError, UnicodeDecodeError, ValueError) as exc:
+        raise VideoReadError(f"{path}: decoding failed after {i + 1} frames ({exc})") from exc
 
 
 def to_uint8_frames(video) -> np.ndarray:

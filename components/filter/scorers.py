@@ -25,7 +25,8 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from common.video_io import VideoReadError, probe_video, read_video_frames
+from common.video_io import VideoReadError, iter_luma_frames, probe_video, read_video_frames
+from components.filter.motion import VmafMotion
 
 __all__ = [
     "Clip",
@@ -51,13 +52,40 @@ def _cv2():
 
 
 class Clip:
-    """One clip to score: probes once and caches decoded frames by index (decode each frame at most once)."""
+    """One clip to score: probes at most once and caches decoded frames by index.
+
+    `decode_once(indices, motion=True)` is the filter's fast path: one decoding pass over the whole file that
+    keeps the RGB frames the scorers will ask for, feeds every frame's luma to the VMAF-motion accumulator and
+    learns the true frame count. Scorers then read from the cache; a frame outside it (the header's count was
+    wrong) is decoded on demand."""
 
     def __init__(self, path: str, num_frames: int | None = None):
         self.path = str(path)
         self._num_frames = int(num_frames) if num_frames and num_frames > 0 else None
         self._cache: dict[int, np.ndarray] = {}
         self._info = None
+        self.motion: VmafMotion | None = None  # set by decode_once(motion=True)
+        self.decode_error: VideoReadError | None = None  # set when that pass failed
+
+    def decode_once(self, indices, motion: bool = True) -> None:
+        """One pass over every frame; errors are kept in `decode_error` (DecodeCheck reports them)."""
+        acc = VmafMotion() if motion else None
+        count = 0
+        try:
+            for fr in iter_luma_frames(self.path, indices):
+                if acc is not None:
+                    acc.update(fr.luma, fr.bit_depth)
+                if fr.rgb is not None:
+                    self._cache[fr.index] = fr.rgb
+                count = fr.index + 1
+        except VideoReadError as exc:
+            self.decode_error = exc
+            return
+        if count == 0:
+            self.decode_error = VideoReadError(f"{self.path}: no frames decoded")
+            return
+        self._num_frames = count  # the decoded count, whatever the header or table said
+        self.motion = acc
 
     @property
     def info(self):
@@ -110,6 +138,11 @@ class Scorer(abc.ABC):
     name: ClassVar[str] = "scorer"
     reads: ClassVar[tuple[str, ...]] = ("path",)
     writes: ClassVar[tuple[str, ...]] = ()
+    needs_motion: ClassVar[bool] = False  # reads the VMAF-motion accumulator of Clip.decode_once
+
+    def frame_indices(self, clip: Clip) -> list[int]:
+        """The RGB frames `score` will ask for, so the shared decoding pass can keep them."""
+        return []
 
     @abc.abstractmethod
     def score(self, clip: Clip) -> ScoreResult:
@@ -129,11 +162,13 @@ class DecodeCheck(Scorer):
     name: ClassVar[str] = "decode"
     writes: ClassVar[tuple[str, ...]] = ("decoded_frames",)
 
+    def frame_indices(self, clip: Clip) -> list[int]:
+        return [0, clip.num_frames - 1]
+
     def score(self, clip: Clip) -> ScoreResult:
-        info = clip.info
-        if info.height <= 0 or info.width <= 0:
-            raise VideoReadError(f"{clip.path}: stream has no frame size")
-        clip.frames([0, clip.num_frames - 1])
+        if clip.decode_error is not None:
+            raise clip.decode_error
+        clip.frames([0, clip.num_frames - 1])  # from the shared pass's cache when it ran
         return ScoreResult({"decoded_frames": clip.num_frames})
 
 
@@ -142,17 +177,36 @@ _VMAF_RE = re.compile(r"VMAF Motion avg:\s*([-+0-9.eE]+|nan|inf)")
 
 @dataclass
 class MotionScorer(Scorer):
-    """VMAF motion through Debian ffmpeg's `vmafmotion` filter, the mean over frames as ffmpeg logs it
-    (`VMAF Motion avg: X`), column `score_vmafmotion` (spec §C.7, §D.2). `max_frames` caps decoding of long
-    clips (0 = all frames)."""
+    """VMAF motion, column `score_vmafmotion` (spec §C.7, §D.2): the mean over frames that ffmpeg's
+    `vmafmotion` filter logs as `VMAF Motion avg`.
+
+    engine "luma" (default) computes it from the luma of the filter's single decoding pass with ffmpeg's own
+    integer arithmetic (`components.filter.motion`; equal to the binary's output within its printed
+    precision, see the tests); engine "ffmpeg" runs the ffmpeg binary (a second decode, the reference).
+    `max_frames` caps the ffmpeg engine's decoding of long clips (0 = all frames)."""
 
     name: ClassVar[str] = "motion"
     writes: ClassVar[tuple[str, ...]] = ("score_vmafmotion",)
+    needs_motion: ClassVar[bool] = True
+    engine: str = "luma"
     ffmpeg: str = "ffmpeg"
     max_frames: int = 0
     timeout_s: float = 300.0
 
+    def __post_init__(self):
+        if self.engine not in ("luma", "ffmpeg"):
+            raise ValueError(f"MotionScorer.engine must be 'luma' or 'ffmpeg', got {self.engine!r}")
+
     def score(self, clip: Clip) -> ScoreResult:
+        if self.engine == "ffmpeg":
+            return self._score_ffmpeg(clip)
+        if clip.motion is None:  # used on its own, outside the filter's shared pass
+            clip.decode_once([], motion=True)
+            if clip.decode_error is not None:
+                raise clip.decode_error
+        return ScoreResult({"score_vmafmotion": clip.motion.mean})
+
+    def _score_ffmpeg(self, clip: Clip) -> ScoreResult:
         exe = shutil.which(self.ffmpeg) or (self.ffmpeg if os.path.exists(self.ffmpeg) else None)
         if exe is None:
             return ScoreResult({"score_vmafmotion": np.nan}, "error", f"motion: ffmpeg not found ({self.ffmpeg})")
@@ -190,6 +244,9 @@ class BlurScorer(Scorer):
     num_frames: int = 5
     short_side: int = 0  # 0 = native resolution
 
+    def frame_indices(self, clip: Clip) -> list[int]:
+        return clip.uniform_indices(self.num_frames)
+
     def score(self, clip: Clip) -> ScoreResult:
         cv2 = _cv2()
         frames = clip.frames(clip.uniform_indices(self.num_frames))
@@ -221,13 +278,17 @@ class JitterScorer(Scorer):
     max_frames: int = 33
     short_side: int = 128
 
-    def score(self, clip: Clip) -> ScoreResult:
-        cv2 = _cv2()
+    def frame_indices(self, clip: Clip) -> list[int]:
         n = clip.num_frames
         if n < 3:
+            return []
+        return list(range(0, n, max(1, math.ceil((n - 1) / (self.max_frames - 1)))))
+
+    def score(self, clip: Clip) -> ScoreResult:
+        cv2 = _cv2()
+        idx = self.frame_indices(clip)
+        if not idx:
             return ScoreResult({"score_jitter": 0.0, "score_content": 0.0})
-        stride = max(1, math.ceil((n - 1) / (self.max_frames - 1)))
-        idx = list(range(0, n, stride))
         frames = clip.frames(idx)
         h, w = frames.shape[1:3]
         s = min(1.0, self.short_side / min(h, w)) if self.short_side else 1.0
@@ -263,6 +324,9 @@ class PerceptualHasher(Scorer):
     name: ClassVar[str] = "dedup"
     writes: ClassVar[tuple[str, ...]] = ("phash",)
     num_frames: int = 3
+
+    def frame_indices(self, clip: Clip) -> list[int]:
+        return clip.uniform_indices(self.num_frames)
 
     def score(self, clip: Clip) -> ScoreResult:
         idx = clip.uniform_indices(self.num_frames)
@@ -315,6 +379,10 @@ class AestheticScorer(Scorer):
             factory = self.model_factory or _laion_aesthetic_factory
             self._model = factory(self.weights_path)
         return self._model
+
+    def frame_indices(self, clip: Clip) -> list[int]:
+        n = clip.num_frames
+        return [] if self.availability() else sorted({0, n // 2, n - 1})
 
     def score(self, clip: Clip) -> ScoreResult:
         why = self.availability()
@@ -384,6 +452,9 @@ class OCRScorer(Scorer):
         if self._detector is None:
             self._detector = (self.detector_factory or _paddle_factory)(self.weights_path)
         return self._detector
+
+    def frame_indices(self, clip: Clip) -> list[int]:
+        return [] if self.availability() else clip.uniform_indices(self.num_frames)
 
     def score(self, clip: Clip) -> ScoreResult:
         why = self.availability()

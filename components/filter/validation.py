@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import pandas as pd
 
 from common.atomic import write_text_atomic
 
-__all__ = ["ValidationError", "validate_table", "save_report", "TRAINING_COLUMNS", "SCORE_RANGES", "format_report"]
+__all__ = ["ValidationError", "validate_table", "preload_engine", "covered_report", "save_report", "TRAINING_COLUMNS", "SCORE_RANGES", "format_report"]
 
 TRAINING_COLUMNS = ["path", "text", "num_frames", "height", "width", "aspect_ratio", "resolution", "fps"]
 INT_COLUMNS = ["num_frames", "height", "width", "resolution"]
@@ -62,6 +63,21 @@ class ValidationError(ValueError):
         self.paths = paths or {}
         where = f"\nreport saved to {self.paths.get('markdown')}" if self.paths else ""
         super().__init__(format_report(report) + where)
+
+
+def preload_engine() -> threading.Thread:
+    """Import Great Expectations on a background thread (about 2 s of pure import on this machine), so a
+    caller can overlap it with other work; a later `validate_table` waits for the module as usual."""
+
+    def _load():
+        try:
+            import great_expectations  # noqa: F401
+        except ImportError:
+            pass  # validate_table falls back to pandas and says so in the report
+
+    thread = threading.Thread(target=_load, name="gx-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def _readable(p) -> bool:
@@ -237,6 +253,26 @@ def validate_table(df: pd.DataFrame, name: str, *, check_files: bool = True, rai
     if raise_on_failure and not report["success"]:
         raise ValidationError(report)
     return report
+
+
+def covered_report(df: pd.DataFrame, name: str, parent: pd.DataFrame, parent_report: dict[str, Any]
+                   ) -> dict[str, Any] | None:
+    """The report of `df` without running the suite again, when `df` is an exact row subset of `parent` and
+    `parent` passed: same columns and dtypes, unique paths, every row equal to the parent's row of that path.
+    Each expectation of the suite is a per-row check, a schema check or path uniqueness, so all of them hold
+    on such a subset (the 768px set is a subset of the 256px set by construction). Returns None otherwise,
+    and the caller validates `df` in full."""
+    if not parent_report.get("success") or list(df.columns) != list(parent.columns):
+        return None
+    if not df.dtypes.equals(parent.dtypes) or "path" not in df.columns or df["path"].duplicated().any():
+        return None
+    if parent["path"].duplicated().any():
+        return None
+    rows = parent.set_index("path", drop=False).reindex(df["path"]).reset_index(drop=True)
+    if not rows.equals(df.reset_index(drop=True)):
+        return None
+    return {**parent_report, "name": name, "rows": int(len(df)), "covered_by": parent_report["name"],
+            "expectations": [dict(e) for e in parent_report["expectations"]]}
 
 
 def format_report(report: dict[str, Any]) -> str:

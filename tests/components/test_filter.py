@@ -107,6 +107,29 @@ def test_motion_score_orders_known_pan_speeds(clips):
     assert all(b > a for a, b in zip(scores, scores[1:])), scores
 
 
+def test_motion_matches_ffmpeg_vmafmotion(clips):
+    """The luma engine against the ffmpeg binary: per frame within ffmpeg's printed precision (%.2f, so 0.005)
+    and the clip mean within its %.3f (0.0005)."""
+    import re
+
+    from common.video_io import iter_luma_frames
+    from components.filter.motion import VmafMotion
+
+    for name in ("speed1", "speed8", "good_b", "jittery", "blurred"):
+        proc = subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-i", str(clips[name]), "-an", "-vf",
+                               "vmafmotion=stats_file=-", "-f", "null", "-"], capture_output=True, text=True)
+        per_frame = [float(x) for x in re.findall(r"motion:([0-9.]+)", proc.stdout)]
+        mean = float(re.search(r"VMAF Motion avg: ([0-9.]+)", proc.stderr).group(1))
+        acc = VmafMotion()
+        for fr in iter_luma_frames(clips[name]):
+            acc.update(fr.luma, fr.bit_depth)
+        assert len(acc.scores) == len(per_frame) == T
+        assert np.max(np.abs(np.array(acc.scores) - per_frame)) <= 0.005 + 1e-9, name
+        assert abs(acc.mean - mean) <= 0.0005 + 1e-9, (name, acc.mean, mean)
+        engine = MotionScorer(engine="ffmpeg")(Clip(str(clips[name]))).values["score_vmafmotion"]
+        assert engine == mean
+
+
 def test_rejections_have_stage_and_reason(result):
     full = result.full
     expect = {"blurred": "blur", "jittery": "jitter", "static": "motion", "broken": "decode", "dup": "dedup"}

@@ -1,0 +1,209 @@
+"""The curated dataset as a DVC-versioned folder of the project repository (design §2: `data.dvc`).
+
+Layout, in the repository root:
+
+    data/                   tracked by DVC as one directory (git ignores it; `data.dvc` pins it)
+      set_256px.parquet     training tables; `path` is relative to the table's folder ("clips/x.mp4"),
+      set_768px.parquet     which `training.data.load_table` resolves, so a pulled copy works anywhere
+      needs_caption.parquet
+      full.parquet          every clip with scores and rejection reasons (paths as the filter saw them)
+      stats.json, validation/
+      clips/*.mp4           the clips the tables above reference (hard links to the filter's input if possible)
+    data.dvc                the pointer: the md5 of `data/` is the dataset's revision (commit it with git)
+    .dvc/config             remotes; the default `local` is a folder next to the repository
+
+`version(repo, curated_dir)` builds `data/` from a filter output folder and runs `dvc add`; `push`, `pull`,
+`status` wrap the DVC commands with messages that say what to do when something is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from common.atomic import atomic_path
+from components.filter.versioning import DvcError, _dvc, _pointer, ensure_dvc_repo, file_md5, track
+
+__all__ = ["DataError", "DATA_DIR", "POINTER", "TABLES", "version", "push", "pull", "status", "revision"]
+
+DATA_DIR = "data"
+POINTER = "data.dvc"
+TABLES = ("set_256px.parquet", "set_768px.parquet", "needs_caption.parquet")  # paths rewritten to clips/
+COPIED = ("full.parquet", "stats.json", "validation")  # copied as they are
+
+
+class DataError(RuntimeError):
+    """A data command cannot proceed; the message says why and what to run."""
+
+
+def _repo(repo: str | Path) -> Path:
+    repo = Path(repo).resolve()
+    if not (repo / ".dvc").is_dir():
+        raise DataError(f"{repo} is not a DVC repository (no .dvc/): run `soraflow data version` there first, "
+                        f"or `dvc init`")
+    return repo
+
+
+def revision(repo: str | Path) -> dict[str, Any] | None:
+    """What `data.dvc` pins: {"data_revision": md5, "nfiles", "size"}, or None when nothing is versioned."""
+    ptr = Path(repo) / POINTER
+    if not ptr.exists():
+        return None
+    out = _pointer(ptr)
+    return {"data_revision": out.get("md5"), "nfiles": out.get("nfiles"), "size": out.get("size")}
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(src, dst)
+
+
+def _stage(curated: Path, staging: Path) -> None:
+    """Fill `staging` with a self-contained copy of the filter output `curated`."""
+    clips = staging / "clips"
+    clips.mkdir(parents=True)
+    placed: dict[str, Path] = {}  # file name in clips/ -> source, so two sources never share a name
+    for name in TABLES:
+        src = curated / name
+        if not src.exists():
+            raise DataError(f"{curated} is not a filter output: {name} is missing")
+        df = pd.read_parquet(src)
+        if "path" not in df.columns:
+            raise DataError(f"{src}: no `path` column")
+        rel = []
+        for row, p in enumerate(df["path"].astype(str)):
+            clip = Path(p) if Path(p).is_absolute() else (curated / p)
+            if not clip.is_file():
+                raise DataError(f"{src} row {row}: clip {clip} does not exist")
+            prev = placed.get(clip.name)
+            if prev is None:
+                _link_or_copy(clip, clips / clip.name)
+                placed[clip.name] = clip.resolve()
+            elif prev != clip.resolve():
+                raise DataError(f"{src} row {row}: two clips share the file name {clip.name} ({prev}, {clip})")
+            rel.append(f"clips/{clip.name}")
+        df["path"] = pd.Series(rel, index=df.index, dtype=object)
+        with atomic_path(staging / name) as tmp:
+            df.to_parquet(tmp, index=False)
+    for name in COPIED:
+        src = curated / name
+        if src.is_dir():
+            shutil.copytree(src, staging / name)
+        elif src.exists():
+            shutil.copy2(src, staging / name)
+
+
+def version(repo: str | Path, curated_dir: str | Path | None = None, *, remote: str | None = None) -> dict:
+    """Make `<repo>/data` the curated dataset (from `curated_dir` when given) and `dvc add` it.
+
+    `dvc init` runs when the repo has no `.dvc/`; `remote` (a folder, s3:// or gs:// URL) becomes the default
+    remote, else the one in `.dvc/config` stays (or a local folder next to the repo is set up). Returns
+    {"data_revision", "pointer", "tables": {name: {md5, sha256}}, "input": the curated folder's lineage}.
+    """
+    repo = Path(repo).resolve()
+    if not (repo / ".dvc").is_dir() or remote:
+        ensure_dvc_repo(repo, remote)
+    elif not _dvc(repo, "remote", "list").stdout.strip():
+        ensure_dvc_repo(repo, None)
+    data = repo / DATA_DIR
+    if curated_dir is not None:
+        curated = Path(curated_dir).resolve()
+        if not curated.is_dir():
+            raise DataError(f"curated folder {curated} does not exist (run `soraflow filter --out-dir ...`)")
+        if curated == data:
+            raise DataError(f"{curated} is already the data folder; run `soraflow data version` without --from")
+        # build next to data/, then swap, so a failure leaves the previous data/ as it was
+        staging = Path(tempfile.mkdtemp(prefix=".data.tmp-", dir=repo))
+        try:
+            _stage(curated, staging / DATA_DIR)
+            old = repo / f".data.old-{os.getpid()}"
+            if data.exists():
+                os.replace(data, old)
+            os.replace(staging / DATA_DIR, data)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    if not data.is_dir():
+        raise DataError(f"{data} does not exist: give the filter output with --from")
+    v = track(repo, data)
+    tables = {}
+    for name in TABLES:
+        if (data / name).exists():
+            tables[name] = {"md5": file_md5(data / name),
+                            "sha256": hashlib.sha256((data / name).read_bytes()).hexdigest()}
+    return {"data_revision": v.md5, "pointer": str(repo / POINTER), "nfiles": v.nfiles, "size": v.size,
+            "tables": tables,
+            "next": f"git add {POINTER} .gitignore && git commit -m 'data: {v.md5}'; soraflow data push"}
+
+
+def _remote_url(repo: Path, name: str | None) -> str | None:
+    if name is None:
+        name = _dvc(repo, "config", "core.remote", check=False).stdout.strip() or None
+    if name is None:
+        return None
+    for line in _dvc(repo, "remote", "list").stdout.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2 and parts[0] == name:
+            return parts[1].split()[0]  # "URL  (default)"
+    return None
+
+
+def push(repo: str | Path, remote: str | None = None) -> dict:
+    repo = _repo(repo)
+    rev = revision(repo)
+    if rev is None:
+        raise DataError(f"{repo / POINTER} does not exist: nothing is versioned yet (soraflow data version)")
+    url = _remote_url(repo, remote)
+    if url is None:
+        raise DataError(f"{repo}: no DVC remote configured (`dvc remote add -d NAME URL`, see README)")
+    try:
+        _dvc(repo, "push", "-q", *(["-r", remote] if remote else []))
+    except DvcError as exc:
+        raise DataError(f"pushing data revision {rev['data_revision']} to {url} failed: {exc}") from None
+    return {**rev, "remote": url}
+
+
+def pull(repo: str | Path, remote: str | None = None) -> dict:
+    """`dvc pull` of `data/`; a clean clone whose remote lacks the revision gets a DataError saying so."""
+    repo = _repo(repo)
+    rev = revision(repo)
+    if rev is None:
+        raise DataError(f"{repo / POINTER} does not exist: this checkout pins no dataset revision "
+                        f"(soraflow data version creates it)")
+    url = _remote_url(repo, remote)
+    if url is None:
+        raise DataError(f"{repo}: no DVC remote configured, so data revision {rev['data_revision']} cannot be "
+                        f"pulled (`dvc remote add -d NAME URL`, see README)")
+    proc = _dvc(repo, "pull", "-q", *(["-r", remote] if remote else []), POINTER, check=False)
+    if proc.returncode != 0:
+        said = (proc.stderr or proc.stdout).strip().splitlines()
+        raise DataError(f"data revision {rev['data_revision']} is not on the remote {url} (or it cannot be "
+                        f"read): push it from the machine that versioned it (`soraflow data push`), or point the "
+                        f"default remote at a copy (`dvc remote modify`). dvc said: {said[-1] if said else '?'}")
+    return {**rev, "remote": url, "path": str(repo / DATA_DIR)}
+
+
+def status(repo: str | Path, remote: str | None = None) -> dict:
+    """{"workspace": dvc status, "remote": dvc status --cloud (None without a remote), "clean": bool}."""
+    import json
+
+    repo = _repo(repo)
+    rev = revision(repo)
+    if rev is None:
+        return {"data_revision": None, "workspace": {}, "remote": None, "clean": False,
+                "note": f"{POINTER} does not exist: nothing versioned yet"}
+    local = json.loads(_dvc(repo, "status", "--json").stdout.strip() or "{}")
+    url = _remote_url(repo, remote)
+    cloud = None
+    if url is not None:
+        proc = _dvc(repo, "status", "--cloud", "--json", *(["-r", remote] if remote else []), check=False)
+        cloud = json.loads(proc.stdout.strip() or "{}") if proc.returncode == 0 else {"error": proc.stderr.strip()}
+    return {**rev, "remote_url": url, "workspace": local, "remote": cloud, "clean": not local and not cloud}
