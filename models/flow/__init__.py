@@ -46,6 +46,7 @@ from models.flow.sampler import (
     pack_frame_scale,
     sample,
     three_pass_velocity,
+    two_pass_velocity,
 )
 
 __all__ = [
@@ -87,6 +88,7 @@ __all__ = [
     "sample_train_timesteps",
     "shift_timesteps",
     "three_pass_velocity",
+    "two_pass_velocity",
     "train_shift_alpha",
     "train_tokens_per_frame",
     "velocity_target",

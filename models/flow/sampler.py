@@ -4,7 +4,8 @@ text/image guidance, guidance oscillation and the image-guidance ramp (spec §C.
 Per step i (0-based) with t_i -> t_{i+1}:
 
 1. one model call on a batch of 3B: x repeated three times, text ``[prompt, null, null]`` and visual cond
-   ``[cond, cond, zeros]`` -> v_c, v_u, v_u2 (``three_pass_velocity``);
+   ``[cond, cond, zeros]`` -> v_c, v_u, v_u2 (``three_pass_velocity``); for t2v the cond is all zeros, so
+   the third pass repeats the second and one call on 2B gives all three (``two_pass_velocity``);
 2. g_txt(i), g_img(i) = the scale, or 1.0 on odd steps i >= 10 when oscillation is on (``oscillated_scale``);
 3. for ``i2v*`` conditions with ``scale_temporal_osci`` and g_img(i) > 1, g_img becomes a per-latent-frame ramp
    ``linspace(1, linspace(g_img, 1, steps+1)[i], T_lat)`` packed like the latent (``image_guidance_ramp``);
@@ -146,28 +147,39 @@ def build_guidance_batch(
     )
 
 
+def _velocity(model, img: torch.Tensor, t_curr: float, batch: GuidanceBatch, passes: int) -> torch.Tensor:
+    b = img.shape[0]
+    n = passes * b  # the guidance batch is ordered [prompt, null, null] x B, so its first rows are the passes
+    img_n = torch.cat([img] * passes, dim=0)
+    t_vec = torch.full((n,), t_curr, device=img.device, dtype=img.dtype)
+    return model(
+        img=img_n,
+        img_ids=batch.img_ids[:n],
+        txt=batch.txt[:n],
+        txt_ids=batch.txt_ids[:n],
+        timesteps=t_vec,
+        y_vec=batch.y_vec[:n],
+        cond=batch.cond[:n],
+        guidance=None if batch.guidance is None else batch.guidance[:n],
+    )
+
+
 def three_pass_velocity(
     model, img: torch.Tensor, t_curr: float, batch: GuidanceBatch
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(v_c, v_u, v_u2) for packed ``img`` [B, L, C·p·p] at time ``t_curr`` from ONE model call on 3B.
-
-    This is the replaceable hot spot: a faster path (e.g. dropping the third pass for t2v, where it equals
-    the second, or caching the null-text stream) only has to return the same three tensors.
-    """
-    img3 = torch.cat([img, img, img], dim=0)
-    t_vec = torch.full((img3.shape[0],), t_curr, device=img.device, dtype=img.dtype)
-    pred = model(
-        img=img3,
-        img_ids=batch.img_ids,
-        txt=batch.txt,
-        txt_ids=batch.txt_ids,
-        timesteps=t_vec,
-        y_vec=batch.y_vec,
-        cond=batch.cond,
-        guidance=batch.guidance,
-    )
-    v_c, v_u, v_u2 = pred.chunk(3, dim=0)
+    """(v_c, v_u, v_u2) for packed ``img`` [B, L, C·p·p] at time ``t_curr`` from ONE model call on 3B."""
+    v_c, v_u, v_u2 = _velocity(model, img, t_curr, batch, 3).chunk(3, dim=0)
     return v_c, v_u, v_u2
+
+
+def two_pass_velocity(
+    model, img: torch.Tensor, t_curr: float, batch: GuidanceBatch
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Text-to-video: the visual condition is all zeros, so the third pass (null text, zero cond) has exactly the
+    second pass's inputs (null text, cond = zeros) and v_u2 = v_u; one model call on 2B instead of 3B does a third
+    less DiT work, and the image-guidance term g_img·(v_u − v_u2) vanishes as it did before."""
+    v_c, v_u = _velocity(model, img, t_curr, batch, 2).chunk(2, dim=0)
+    return v_c, v_u, v_u
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -253,7 +265,7 @@ def sample(
     shift: bool = True,
     shift_alpha: float | None = None,
     noise: torch.Tensor | None = None,
-    predict: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = three_pass_velocity,
+    predict: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
     force_num: int = OSCILLATION_FORCE_STEPS,
 ) -> torch.Tensor:
     """Generate a latent [B, C, T, H, W] (returned in float32, reference frames exact).
@@ -265,7 +277,8 @@ def sample(
     ``seed`` draws the bf16 noise on ``device`` unless ``noise`` is given. α comes from the latent shape and
     the model's patch size (``inference_shift_alpha``) unless ``shift_alpha`` is given; ``shift=False``
     keeps the plain linspace. ``progress``: True for a tqdm bar, or a callable receiving a ``StepInfo``
-    after every step. ``predict`` replaces ``three_pass_velocity`` (same signature) for faster paths.
+    after every step. ``predict`` returns (v_c, v_u, v_u2); by default ``two_pass_velocity`` for t2v (where
+    the third pass repeats the second) and ``three_pass_velocity`` otherwise.
     """
     b, c, t, h, w = (int(s) for s in latent_shape)
     latent_shape = (b, c, t, h, w)
@@ -306,6 +319,8 @@ def sample(
     timesteps = inference_timesteps(steps, alpha)
 
     use_ramp = scale_temporal_osci and is_i2v(cond_type)
+    if predict is None:
+        predict = two_pass_velocity if cond_type == "t2v" else three_pass_velocity
     img = pack(noise.to(device=device, dtype=dtype), p)
 
     bar = None

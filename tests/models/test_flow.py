@@ -33,7 +33,9 @@ from models.flow import (
     sample,
     sample_train_timesteps,
     shift_timesteps,
+    three_pass_velocity,
     train_shift_alpha,
+    two_pass_velocity,
     velocity_target,
 )
 from models.packing import pack
@@ -226,7 +228,10 @@ def _text(value, batch=B):
 
 
 def _run(model, **kw):
-    args = dict(text=_text(1.0), null_text=_text(0.0, 1), latent_shape=SHAPE, dtype=torch.float32, seed=0)
+    # the three-pass path, whose arithmetic these tests check with per-pass constants (t2v's two-pass
+    # shortcut is tested against it below)
+    args = dict(text=_text(1.0), null_text=_text(0.0, 1), latent_shape=SHAPE, dtype=torch.float32, seed=0,
+                predict=three_pass_velocity)
     args.update(kw)
     return sample(model, **args)
 
@@ -536,3 +541,33 @@ def test_inference_latent_shape_rounding():
     assert inference_latent_shape(1, 1, 256, 256, **HUNYUAN) == (1, 16, 1, 32, 32)
     with pytest.raises(ValueError):
         inference_latent_shape(1, 128, 256, 256, **HUNYUAN)  # causal AE needs 4k+1 frames
+
+
+def test_t2v_two_pass_shortcut_equals_three_passes_on_a_real_model():
+    """For t2v the third pass (null text, zero cond) has the second pass's inputs; one 2B call must give the
+    video the 3B call gives, on the tiny MMDiT with random weights."""
+    from models.mmdit import MMDiT, get_config
+
+    torch.manual_seed(0)
+    model = MMDiT(get_config("tiny")).eval()
+    cfg = model.config
+    shape = (1, cfg.in_channels // 4, 3, 8, 8)
+    text = {"txt": torch.randn(1, 6, cfg.context_in_dim), "y_vec": torch.randn(1, cfg.vec_in_dim)}
+    null = {"txt": torch.randn(1, 6, cfg.context_in_dim), "y_vec": torch.randn(1, cfg.vec_in_dim)}
+    batches = []
+
+    def counting(predict):
+        def wrapped(m, img, t, batch):
+            batches.append(predict.__name__)
+            return predict(m, img, t, batch)
+        return wrapped
+
+    with torch.no_grad():
+        common = dict(text=text, null_text=null, latent_shape=shape, steps=12, dtype=torch.float32, seed=3)
+        three = sample(model, predict=counting(three_pass_velocity), **common)
+        default = sample(model, **common)
+        fast = sample(model, predict=counting(two_pass_velocity), **common)
+    torch.testing.assert_close(default, three, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast, default, rtol=0, atol=0)
+    assert batches == ["three_pass_velocity"] * 12 + ["two_pass_velocity"] * 12
+    assert not torch.allclose(three, torch.zeros_like(three))
