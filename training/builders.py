@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from models.mmdit import MMDiT, get_config, load_flux_checkpoint, load_mmdit_checkpoint
+from models.mmdit import MMDiT, get_config, load_flux_checkpoint
 from training.config import AESpec, ModelSpec, TextSpec
 
 
@@ -15,11 +15,48 @@ def build_dit(spec: ModelSpec, seed: int) -> MMDiT:
     if spec.from_pretrained and spec.from_flux:
         raise ValueError("give one of model.from_pretrained (Open-Sora layout) or model.from_flux, not both")
     if spec.from_pretrained:
-        load_mmdit_checkpoint(model, spec.from_pretrained)
+        load_pretrained(model, spec.from_pretrained, spec.reinit)
     elif spec.from_flux:
         load_flux_checkpoint(model, spec.from_flux)
     model.set_grad_checkpointing(spec.grad_ckpt_settings)
     return model
+
+
+def _under(key: str, prefixes) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def load_pretrained(model: MMDiT, path: str, reinit=()) -> list[str]:
+    """Load an Open-Sora-layout checkpoint (a previous stage's export) strictly, with two named exceptions:
+
+    * keys under `reinit` keep the model's fresh init (distill: img_in, cond_in, final_layer.linear change
+      shape with the latent space, spec §B.4); the checkpoint must hold them, so a file of another kind is
+      caught rather than half-loaded;
+    * a checkpoint without any cond_in (a text-to-video stage-1 export) leaves the model's zero-initialised
+      cond_in as it is (the T/I2V stages start from it, spec §H.10).
+
+    Every other key must be present with the model's shape. Returns the keys left at their init."""
+    from pathlib import Path
+
+    from models.mmdit.checkpoint import check_state_dict, read_safetensors
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"model.from_pretrained: {path} does not exist")
+    state = read_safetensors(path)
+    absent = [p for p in reinit if not any(_under(k, [p]) for k in state)]
+    if absent:
+        raise ValueError(f"{path}: model.reinit names {absent}, which the checkpoint does not hold; is it an "
+                         "MMDiT (stage-3) export?")
+    fresh = [k for k in model.state_dict() if _under(k, reinit)]
+    if not any(_under(k, ["cond_in"]) for k in state):
+        fresh += [k for k in model.state_dict() if _under(k, ["cond_in"]) and k not in fresh]
+    kept = {k: v for k, v in state.items() if not _under(k, reinit)}
+    check_state_dict(model, kept, str(path), allow_missing=fresh)
+    result = model.load_state_dict(kept, strict=False)
+    if set(result.missing_keys) != set(fresh) or result.unexpected_keys:
+        raise RuntimeError(f"{path}: loading left {result.missing_keys} missing and {result.unexpected_keys} "
+                           f"unexpected; expected exactly {fresh}")
+    return fresh
 
 
 def build_autoencoder(spec: AESpec, device, dtype, seed: int):

@@ -19,6 +19,9 @@ class ModelSpec:
     from_pretrained: str | None = None  # an Open-Sora-layout checkpoint (previous stage's output)
     from_flux: str | None = None  # a FLUX-layout checkpoint (stage 1 init)
     grad_ckpt_settings: tuple[int, int] | None = None
+    # Key prefixes left at their fresh init when loading `from_pretrained` (the DC-AE adaptation, spec §B.4:
+    # img_in, cond_in and final_layer.linear change shape with the latent space); every other key loads strictly.
+    reinit: tuple[str, ...] = ()
 
 
 @dataclass
@@ -72,6 +75,42 @@ class RecoverySpec:
 
 
 @dataclass
+class VAESpec:
+    """Video DC-AE training (stage vae_train, spec §B.3). `ae` gives the architecture (kind "dcae") and optional
+    init weights; this holds the losses, the discriminator and the EMA."""
+
+    perceptual_path: str | None = None  # TorchScript (x, x_hat) [N,3,H,W] -> per-frame distance, e.g. LPIPS-VGG16
+    perceptual_weight: float = 0.5
+    # filled at start-up so the resolved recipe records it: "on: <path>" or "off: ..." (no network given)
+    perceptual_term: str = ""
+    phase: int = 1  # 1: L1 + perceptual; 2: + hinge GAN with the adaptive weight
+    disc_weight: float = 0.05
+    disc_start: int = 0  # step from which phase 2 trains the generator against the discriminator
+    disc_lr: float = 1e-4
+    disc_ndf: int = 64
+    disc_layers: int = 5
+    ema_decay: float = 0.99
+    mixed_image_ratio: float = 0.2  # share of image (first-frame) micro-batches, upstream "mixed_video_image"
+    align_teacher_path: str | None = None  # frozen TorchScript feature teacher: [N,3,H,W] -> [N,D,h,w]
+    align_weight: float = 1.0  # unverified: the paper gives no weight for its DINOv2 latent alignment
+
+
+@dataclass
+class SampleSpec:
+    """Sample videos written every `every` steps (0 = only at the end): DiT stages generate, vae_train
+    reconstructs the current batch."""
+
+    every: int = 0
+    prompt: str = "a red kite over a beach"
+    num_frames: int = 9
+    height: int = 64
+    width: int = 64
+    steps: int = 4
+    cond_type: str = "t2v"
+    seed: int = 0
+
+
+@dataclass
 class TrainConfig:
     name: str = "custom"
     stage: str = "dit_stage1"
@@ -83,6 +122,8 @@ class TrainConfig:
     parallel: ParallelSpec = field(default_factory=ParallelSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     recovery: RecoverySpec = field(default_factory=RecoverySpec)
+    vae: VAESpec = field(default_factory=VAESpec)
+    samples: SampleSpec = field(default_factory=SampleSpec)
     # condition mix for I2V-capable stages, e.g. {"t2v": 1, "i2v_head": 5, "i2v_loop": 1, "i2v_tail": 1}
     condition_config: dict | None = None
     max_steps: int = 100

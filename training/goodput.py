@@ -210,7 +210,8 @@ class GoodputAccumulator:
         badput = dict(self.badput)
         badput["wasted_progress"] = self.wasted_s
         named = sum(badput.values())
-        badput["other"] = max(0.0, wall - productive - named)
+        # Explicit "other" spans (e.g. writing samples) are in `named` already: add the unaccounted rest to them.
+        badput["other"] = badput.get("other", 0.0) + max(0.0, wall - productive - named)
         badput = {k: badput.get(k, 0.0) for k in BADPUT_KINDS} | {
             k: v for k, v in badput.items() if k not in BADPUT_KINDS
         }

@@ -14,10 +14,10 @@ import torch
 from models.flow import (
     draw_train_noise,
     flow_matching_loss,
+    inference_shift_alpha,
     noisy_latent,
     prepare_train_condition,
     sample_train_timesteps,
-    train_shift_alpha,
     velocity_target,
 )
 from models.packing import image_position_ids, pack, text_position_ids
@@ -43,6 +43,7 @@ class DiTObjective:
         self.dropout_ratio = dropout_ratio
         self.dtype = dtype
         self.seq_align = seq_align
+        self.last_alpha: float | None = None  # the shift α of the last prepared batch (tests compare it)
 
     @torch.no_grad()
     def prepare(self, video: torch.Tensor, captions: list[str], generator: torch.Generator) -> StepInputs:
@@ -59,7 +60,11 @@ class DiTObjective:
         txt = dropped["txt"].to(x0.device, self.dtype)
         y_vec = dropped["y_vec"].to(x0.device, self.dtype)
 
-        t = sample_train_timesteps(b, train_shift_alpha(x0.shape), generator=generator, device=x0.device)
+        # α from the tokens the DiT really sees, by the function the sampler uses (`sample` calls
+        # inference_shift_alpha too). Upstream trains with (H·W)//4 whatever the patch size, which for the
+        # patch-1 DC-AE model disagrees with its sampler (spec §C.2); for patch 2 both are the same number.
+        self.last_alpha = inference_shift_alpha(x0.shape, self.p)
+        t = sample_train_timesteps(b, self.last_alpha, generator=generator, device=x0.device)
         # Noise drawn in fp32 and cast to the training dtype, as the reference does (spec §C.1).
         noise = draw_train_noise(x0.shape, generator=generator, device=x0.device, dtype=self.dtype).float()
         x_t = noisy_latent(x0, noise, t.float())

@@ -10,10 +10,22 @@ from __future__ import annotations
 import copy
 from typing import Callable
 
-from training.config import AESpec, CheckpointSpec, DataSpec, ModelSpec, ParallelSpec, TextSpec, TrainConfig
+from training.config import (
+    AESpec,
+    CheckpointSpec,
+    DataSpec,
+    ModelSpec,
+    ParallelSpec,
+    SampleSpec,
+    TextSpec,
+    TrainConfig,
+    VAESpec,
+)
 from training.strategies import OptimConfig
 
 I2V_MIX = {"t2v": 1, "i2v_head": 5, "i2v_loop": 1, "i2v_tail": 1}
+DISTILL_MIX = {"t2v": 1, "i2v_head": 7}  # I2V first: it adapts faster to the new latent space (spec §B.4)
+DISTILL_REINIT = ("img_in", "cond_in", "final_layer.linear")
 
 
 def _frames(lo: int, hi: int, value: tuple) -> dict:
@@ -66,6 +78,69 @@ def stage3_768px_sp4_h200x8() -> TrainConfig:
     return cfg
 
 
+def distill_768px_dcae_h200x8() -> TrainConfig:
+    """DC-AE adaptation (`high_compression.py`, spec §B.4): the patch-1 MMDiT on Video DC-AE latents, from the
+    stage-3 weights with img_in, cond_in and final_layer.linear re-initialised; I2V-first mix; lr 3e-5.
+    Upstream ran 17K iterations up to 33 frames, then 8K up to 128; this recipe uses the config's full bucket
+    table for 25K steps (restrict the buckets with an override to reproduce the first phase)."""
+    return TrainConfig(
+        name="distill-768px-dcae-h200x8", stage="distill",
+        model=ModelSpec("opensora2-hc", grad_ckpt_settings=(100, 100), reinit=DISTILL_REINIT),
+        ae=AESpec("dcae", path="ckpts/F32T4C128_AE.safetensors", tiny=False),
+        text=TextSpec("ckpts/google/t5-v1_1-xxl", "ckpts/openai/clip-vit-large-patch14", tiny=False),
+        data=DataSpec(bucket_config={"768px": {1: (1.0, 20), **_frames(16, 32, (1.0, 8)), **_frames(36, 64, (1.0, 4)),
+                                               **_frames(68, 96, (1.0, 3)), **_frames(100, 128, (1.0, 2))}},
+                      num_workers=12),
+        optim=OptimConfig(lr=3e-5, eps=1e-15), parallel=ParallelSpec("fsdp2", "bf16"),
+        checkpoint=CheckpointSpec(ckpt_every=100, keep_n_latest=20), condition_config=dict(DISTILL_MIX),
+        samples=SampleSpec(every=1000, num_frames=32, height=768, width=768, steps=30, cond_type="i2v_head"),
+        max_steps=25_000,
+    )
+
+
+def vae_dcae_256px_h200x8() -> TrainConfig:
+    """Video DC-AE phase 1 (`configs/vae/train/video_dc_ae.py`, spec §B.3): 32-frame 256px clips, local batch
+    1 on 8 GPUs, L1 + 0.5·perceptual, EMA 0.99, 20% image micro-batches. Optimizer: the repo config's
+    AdamW β=(0.9, 0.98), ε=1e-8 (the paper says (0.9, 0.999), 1e-15), lr 5e-5, no weight decay, clip 1.0.
+    Needs vae.perceptual_path (an LPIPS-VGG16 TorchScript) for the paper's loss."""
+    return TrainConfig(
+        name="vae-dcae-256px-h200x8", stage="vae_train",
+        ae=AESpec("dcae", tiny=False),
+        data=DataSpec(bucket_config={"256px": {32: (1.0, 1)}}, num_workers=12),
+        optim=OptimConfig(lr=5e-5, betas=(0.9, 0.98), eps=1e-8), parallel=ParallelSpec("ddp", "bf16"),
+        checkpoint=CheckpointSpec(ckpt_every=1000, keep_n_latest=5),
+        vae=VAESpec(phase=1), samples=SampleSpec(every=5000),
+        max_steps=250_000,
+    )
+
+
+def vae_dcae_256px_disc_h200x8() -> TrainConfig:
+    """Video DC-AE phase 2 (`video_dc_ae_disc.py`): + hinge GAN, disc_weight 0.05 with the adaptive weight,
+    discriminator lr 1e-4, from step 0; initialise from phase 1 with ae.path."""
+    cfg = vae_dcae_256px_h200x8()
+    cfg.name = "vae-dcae-256px-disc-h200x8"
+    cfg.vae = VAESpec(phase=2, disc_start=0, disc_weight=0.05, disc_lr=1e-4)
+    cfg.max_steps = 200_000
+    return cfg
+
+
+def h100x8(make: Callable[[], TrainConfig]) -> Callable[[], TrainConfig]:
+    """The H200 recipe with every bucket batch halved (at least 1) to fit 80 GB. Inferred, not measured:
+    Open-Sora searched batch sizes on H200 only and reports OOM on 80 GB cards (#814)."""
+
+    def recipe() -> TrainConfig:
+        cfg = make()
+        cfg.name = cfg.name.replace("h200x8", "h100x8")
+        cfg.data.bucket_config = {
+            res: {t: (v[0], max(1, v[1] // 2)) for t, v in table.items()}
+            for res, table in cfg.data.bucket_config.items()
+        }
+        return cfg
+
+    recipe.__doc__ = f"{make.__name__} with halved batch sizes for H100 80 GB (inferred)."
+    return recipe
+
+
 # ---- tiny CPU recipes: same code, tiny random models, generated sample videos -------------------------------
 
 TINY_BUCKETS = {"64px": {1: (1.0, 2), 5: (1.0, 2), 9: (1.0, 1)}}
@@ -79,6 +154,7 @@ def tiny_cpu_stage1() -> TrainConfig:
         data=DataSpec(bucket_config=copy.deepcopy(TINY_BUCKETS), num_workers=0, pin_memory=False),
         optim=OptimConfig(lr=1e-3, eps=1e-8), parallel=ParallelSpec("fsdp2", "fp32"),
         checkpoint=CheckpointSpec(ckpt_every=5, keep_n_latest=2), max_steps=10,
+        samples=SampleSpec(every=5, num_frames=9, height=64, width=64, steps=4),
         peak_flops_per_device=1e11,  # nominal CPU peak, only so MFU is defined in the local run
     )
 
@@ -88,6 +164,7 @@ def tiny_cpu_stage2() -> TrainConfig:
     cfg.name, cfg.stage = "tiny-cpu-stage2", "dit_stage2"
     cfg.model = ModelSpec("tiny", grad_ckpt_settings=(1, 1))
     cfg.condition_config = dict(I2V_MIX)
+    cfg.samples.cond_type = "i2v_head"
     return cfg
 
 
@@ -99,6 +176,32 @@ def tiny_cpu_stage3() -> TrainConfig:
     return cfg
 
 
+def tiny_cpu_distill() -> TrainConfig:
+    """The tiny patch-1 model on tiny DC-AE latents (8 channels, 32x spatial, 4x time), from tiny-cpu-stage3."""
+    cfg = tiny_cpu_stage3()
+    cfg.name, cfg.stage = "tiny-cpu-distill", "distill"
+    cfg.model = ModelSpec("tiny-hc", grad_ckpt_settings=(1, 1), reinit=DISTILL_REINIT)
+    cfg.ae = AESpec("dcae", tiny=True)
+    cfg.condition_config = dict(DISTILL_MIX)
+    cfg.data.bucket_config = {"64px": {1: (1.0, 2), 4: (1.0, 2), 8: (1.0, 1)}}
+    cfg.samples = SampleSpec(every=5, num_frames=8, height=64, width=64, steps=4, cond_type="i2v_head")
+    return cfg
+
+
+def tiny_cpu_vae() -> TrainConfig:
+    """The tiny DC-AE: L1 (no perceptual network on CPU) for 3 steps, then the GAN phase with a small
+    discriminator; EMA 0.99; 20% image micro-batches."""
+    return TrainConfig(
+        name="tiny-cpu-vae", stage="vae_train",
+        ae=AESpec("dcae", tiny=True),
+        data=DataSpec(bucket_config={"64px": {8: (1.0, 2)}}, num_workers=0, pin_memory=False),
+        optim=OptimConfig(lr=1e-3, betas=(0.9, 0.98), eps=1e-8), parallel=ParallelSpec("ddp", "fp32"),
+        checkpoint=CheckpointSpec(ckpt_every=5, keep_n_latest=2),
+        vae=VAESpec(phase=2, disc_start=3, disc_ndf=8, disc_layers=3, disc_lr=1e-3),
+        samples=SampleSpec(every=5), max_steps=10,
+    )
+
+
 RECIPES: dict[str, Callable[[], TrainConfig]] = {
     "stage1-256px-h200x8": stage1_256px_h200x8,
     "stage2-256px-i2v-h200x8": stage2_256px_i2v_h200x8,
@@ -106,6 +209,15 @@ RECIPES: dict[str, Callable[[], TrainConfig]] = {
     "tiny-cpu-stage1": tiny_cpu_stage1,
     "tiny-cpu-stage2": tiny_cpu_stage2,
     "tiny-cpu-stage3": tiny_cpu_stage3,
+    "distill-768px-dcae-h200x8": distill_768px_dcae_h200x8,
+    "vae-dcae-256px-h200x8": vae_dcae_256px_h200x8,
+    "vae-dcae-256px-disc-h200x8": vae_dcae_256px_disc_h200x8,
+    "stage1-256px-h100x8": h100x8(stage1_256px_h200x8),
+    "stage2-256px-i2v-h100x8": h100x8(stage2_256px_i2v_h200x8),
+    "stage3-768px-sp4-h100x8": h100x8(stage3_768px_sp4_h200x8),
+    "distill-768px-dcae-h100x8": h100x8(distill_768px_dcae_h200x8),
+    "tiny-cpu-distill": tiny_cpu_distill,
+    "tiny-cpu-vae": tiny_cpu_vae,
 }
 
 

@@ -1,5 +1,6 @@
-"""The DiT trainer: one loop for dit_stage1/2/3 and distill, on any strategy, with checkpoints, recovery and
-goodput accounting.
+"""The trainer: one loop for vae_train, dit_stage1/2/3 and distill, on any strategy, with checkpoints, recovery
+and goodput accounting. What differs per stage (model, objective, extra state, export, samples) lives in
+`training/stages.py`.
 
 Launched by torchrun (through torchx, `training/launch.py`); a single process works too. On restart the
 trainer resumes from the newest complete checkpoint: model, optimizer, data position, RNG state.
@@ -65,6 +66,7 @@ class TrainState:
         out["progress"] = {"step": t.step, "epoch": t.loader.epoch}
         out[f"data_rank{t.rank}"] = t.loader.state_dict()
         out[f"rng_rank{t.rank}"] = {"generator": t.generator.get_state(), "torch": torch.get_rng_state()}
+        out.update({f"stage_{k}": v for k, v in t.stage.state_dict().items()})
         return out
 
     def load_state_dict(self, state: dict) -> None:
@@ -78,17 +80,16 @@ class TrainState:
         if rng is not None:
             t.generator.set_state(rng["generator"])
             torch.set_rng_state(rng["torch"])
+        t.stage.load_state_dict({k[len("stage_"):]: v for k, v in state.items() if k.startswith("stage_")})
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
-        from models.mmdit import mmdit_forward_flops  # noqa: F401 (import check early)
-        from training.builders import build_autoencoder, build_dit, build_text_conditioner, check_compatible
         from training.checkpoint import CheckpointManager
         from training.data.loader import build_dataloader
         from training.goodput import GoodputTracker
-        from training.objective import DiTObjective
         from training.recovery import HangWatchdog, LossGuard
+        from training.stages import build_stage
         from training.strategies import build_strategy
 
         self.cfg = cfg
@@ -105,46 +106,47 @@ class Trainer:
         with self.goodput.badput("init"):
             dtype = _dtype(cfg.parallel.param_dtype)
             self.dtype = dtype
-            self.ae = build_autoencoder(cfg.ae, self.device, dtype, cfg.seed)
-            self.text = build_text_conditioner(cfg.text, self.device, dtype,
-                                               cache_dir=self.run_dir / "text-cache" if self.rank == 0 else None)
-            dit = build_dit(cfg.model, cfg.seed)
-            check_compatible(dit, self.ae, self.text)
-            self.dit_config = dit.config
+            # The stage decides the model, its objective and its extra state (training/stages.py).
+            self.stage = build_stage(cfg, self.device, dtype, self.rank, self.world)
+            module = self.stage.build_model()
             strategy = cfg.parallel.strategy
             if strategy in ("fsdp2", "ddp") and self.world == 1 and not dist.is_initialized():
                 strategy = "single"  # one process: no collective to wrap
             self.strategy = build_strategy(strategy, param_dtype=cfg.parallel.param_dtype)
-            self.model, self.optimizer = self.strategy.prepare(dit, self.device, cfg.optim)
+            self.model, self.optimizer = self.strategy.prepare(module, self.device, cfg.optim)
             self.sp_handle = self._setup_sequence_parallel()
-            self.objective = DiTObjective(
-                self.ae, self.text, patch_size=dit.config.patch_size, cond_embed=dit.config.cond_embed,
-                condition_config=cfg.condition_config, dropout_ratio=cfg.text.dropout_ratio, dtype=dtype,
-                seq_align=max(1, cfg.parallel.sp_size),
-            )
             self.loader = build_dataloader(
                 cfg.data.table, cfg.data.bucket_config, rank=self.dp_rank, world_size=self.dp_world, seed=cfg.seed,
                 num_workers=cfg.data.num_workers, prefetch_factor=cfg.data.prefetch_factor,
                 pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
-                divisor=self.ae.spatial_compression * dit.config.patch_size,
+                divisor=self.stage.divisor,
             )
+            if len(self.loader) == 0:
+                raise ValueError(f"data.table {cfg.data.table}: no clip fits data.bucket_config "
+                                 f"{ {r: sorted(t) for r, t in cfg.data.bucket_config.items()} } on rank "
+                                 f"{self.dp_rank} (too small or too short for every bucket?)")
             # Ranks of one SP group share a batch, so they share the noise/timestep/condition draws too.
             self.generator = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.dp_rank)
+            self.step = 0
+            self.stage.setup(self)
             self.ckpt = CheckpointManager(cfg.checkpoint.dir, keep_n_latest=cfg.checkpoint.keep_n_latest,
                                           async_save=cfg.checkpoint.async_save,
                                           on_commit=self.goodput.record_checkpoint_committed)
             self.metrics = None
             if self.rank == 0:
-                from monitoring.metrics import TrainingMetrics, start_exporter
+                from monitoring.metrics import TrainingMetrics
 
                 self.metrics = TrainingMetrics(cfg.run_id, cfg.stage, cfg.name)
+                self.metrics.set_build_info()
                 if cfg.metrics_port is not None:
-                    start_exporter(cfg.metrics_port, self.metrics.registry, addr="127.0.0.1", rank=self.rank)
+                    # bind address: SORAFLOW_METRICS_ADDR (0.0.0.0 in pods), else loopback
+                    self.metrics.serve(cfg.metrics_port, rank=self.rank)
             self.guard = LossGuard(cfg.recovery.spike_factor, cfg.recovery.spike_window, cfg.recovery.spike_warmup)
             self.watchdog = HangWatchdog(cfg.recovery.hang_timeout_s, on_hang=self._on_hang)
-            self.step = 0
             self.state = TrainState(self)
             self.resumed_from = self._resume()
+            if self.metrics is not None:  # a restarted exporter serves the run's replayed totals at once
+                self.metrics.update_from_summary(self.goodput.summary())
         self._write_resolved_config()
 
     def _setup_sequence_parallel(self):
@@ -160,7 +162,7 @@ class Trainer:
     def _metadata(self) -> dict:
         return {"dp_size": self.dp_world, "sp_size": self.sp_size, "data_revision": self.loader.sampler.revision,
                 "recipe": self.cfg.name,
-                "config": self.dit_config.name}
+                "config": self.stage.config_name}
 
     def _resume(self) -> int | None:
         step = self.ckpt.latest_complete()
@@ -194,8 +196,6 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def train(self) -> dict:
-        from models.mmdit import mmdit_forward_flops
-
         cfg = self.cfg
         rollbacks = 0
         staging_ready = False
@@ -221,10 +221,9 @@ class Trainer:
                 batch, weight = last_batch, 0.0
             last_batch = batch
             t0 = time.perf_counter()
-            inputs = self.objective.prepare(batch["video"].to(self.device, non_blocking=True), list(batch["text"]),
-                                            self.generator)
+            inputs = self.stage.prepare(batch, self.generator)
             with self.strategy.forward_context():
-                loss = self.objective.loss(self.model, inputs) * weight
+                loss = self.stage.loss(self.model, inputs) * weight
             loss_value = all_mean(float(loss.detach()), self.device)
             verdict = self.guard.check(loss_value)
             if verdict != "ok":
@@ -241,6 +240,7 @@ class Trainer:
                 self.goodput.record_badput("checkpoint_save", staging)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            self.stage.after_step(weight)  # e.g. the discriminator's step and the EMA update
             if not staging_ready:
                 # Pin the checkpoint staging buffers once the optimizer state exists: a one-off start-up cost
                 # (init badput) instead of a stall at the first checkpoint.
@@ -251,10 +251,8 @@ class Trainer:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
             self.step += 1
-            n_img = inputs.kwargs["img"].shape[1]
-            n_txt = inputs.kwargs["txt"].shape[1]
-            flops = 3 * mmdit_forward_flops(self.dit_config, n_img, n_txt, inputs.kwargs["img"].shape[0])
-            self.goodput.step(self.step, seconds, tokens=inputs.tokens, flops=flops, loss=loss_value,
+            self.goodput.step(self.step, seconds, tokens=self.stage.tokens(inputs), flops=self.stage.flops(inputs),
+                              loss=loss_value,
                               grad_norm=float(grad_norm), peak_flops=cfg.peak_flops_per_device,
                               peak_memory=torch.cuda.max_memory_allocated() if self.device.type == "cuda" else None)
             self.watchdog.heartbeat()
@@ -266,6 +264,10 @@ class Trainer:
             if self.rank == 0 and self.step % cfg.log_every == 0:
                 log.warning("step %d loss %.5f grad_norm %.3f %.3fs", self.step, loss_value, float(grad_norm),
                             seconds)
+            every = cfg.samples.every
+            if (every > 0 and self.step % every == 0) or self.step == cfg.max_steps:
+                with self.goodput.badput("other"):
+                    self.stage.write_samples(self.model, inputs, batch, self.step)
             if self.step % cfg.checkpoint.ckpt_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()
         self.ckpt.wait()
@@ -275,6 +277,8 @@ class Trainer:
         if self.rank == 0:
             self.goodput.write_metrics()
         self.goodput.close()  # a clean end: the next attempt must not count a failure
+        if self.metrics is not None:  # the final numbers; waits SORAFLOW_METRICS_LINGER_S for a last scrape
+            self.metrics.finish(self.goodput.summary())
         return summary
 
     def _chaos_kill(self) -> None:
@@ -295,16 +299,17 @@ class Trainer:
             timer.note(result)
 
     def export_model(self) -> Path:
-        """Full (unsharded) weights in the official layout, for the next stage's `from_pretrained`."""
+        """Full (unsharded) weights in the official layout, for the next stage's `from_pretrained` (the DiT's
+        own weights; the autoencoder's EMA weights for vae_train)."""
         from safetensors.torch import save_file
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = self.stage.export_state(self.model)
         path = self.run_dir / "model.safetensors"
         if self.rank == 0:
             with atomic_path(path) as tmp:
                 save_file({k: v.contiguous() for k, v in state.items()}, tmp,
-                          metadata={"config": self.dit_config.name, "step": str(self.step), "recipe": self.cfg.name})
+                          metadata={"config": self.stage.config_name, "step": str(self.step),
+                                    "recipe": self.cfg.name, "stage": self.cfg.stage})
         if dist.is_initialized():
             dist.barrier()
         return path

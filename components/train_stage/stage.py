@@ -1,0 +1,220 @@
+"""`run_stage`: one training stage of the pipeline (design §1) as a plain function.
+
+It checks its inputs (stage/recipe pairing, clip table, weight files and what they are), launches the recipe
+through torchx `local_cwd` -> torchrun (`training.launch.run_local`, restarts resume from the last
+checkpoint), then gathers what the next step needs: the exported weights, the resolved recipe, a model card,
+the metrics (losses and the goodput summary) and the sample videos the trainer wrote.
+
+Inputs by stage:
+
+| stage | init_from | autoencoder |
+| --- | --- | --- |
+| vae_train | optional DC-AE weights to continue from (e.g. phase 2 from phase 1) | - |
+| dit_stage1 | optional FLUX-layout checkpoint (converted on load) | HunyuanVideo VAE weights (tiny: optional) |
+| dit_stage2, dit_stage3 | the previous stage's model.safetensors | as stage 1 |
+| distill | the stage-3 model.safetensors (required) | the Video DC-AE weights from vae_train |
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.atomic import write_text_atomic
+
+log = logging.getLogger("soraflow.train_stage")
+
+STAGES = ("vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill")
+# What each stage's init_from must be an export of (the `stage` metadata the trainer writes).
+_INIT_FROM_STAGE = {"dit_stage2": ("dit_stage1", "dit_stage2"), "dit_stage3": ("dit_stage2", "dit_stage3"),
+                    "distill": ("dit_stage3",), "vae_train": ("vae_train",)}
+
+
+@dataclass
+class StageOutputs:
+    stage: str
+    recipe: str
+    run_dir: str
+    model_path: str  # safetensors in the official key layout
+    config_path: str  # resolved recipe (JSON)
+    card_path: str  # model card (Markdown)
+    metrics_path: str  # losses + goodput summary (JSON)
+    samples_dir: str  # sample videos written during training
+    steps: int
+    final_loss: float | None
+
+
+def _safetensors_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def _check_file(path: str | None, what: str) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what}: {p} does not exist (or is not a file)")
+    if p.suffix != ".safetensors":
+        raise ValueError(f"{what}: {p} must be a .safetensors file")
+    return p
+
+
+def _validate(stage, recipe, data_table, init_from, autoencoder, overrides):
+    from training.config import apply_overrides
+    from training.recipes import get_recipe
+
+    if stage not in STAGES:
+        raise ValueError(f"stage {stage!r} is not one of {list(STAGES)}")
+    cfg = get_recipe(recipe)  # unknown recipe -> ValueError naming the known ones
+    if cfg.stage != stage:
+        raise ValueError(f"recipe {recipe!r} is a {cfg.stage} recipe, not a {stage} one")
+    apply_overrides(cfg, dict(overrides or {}))  # unknown override keys fail here, before any process starts
+    table = data_table or cfg.data.table
+    if not table:
+        raise ValueError(f"stage {stage}: no clip table (give data_table or override data.table)")
+    if not Path(table).is_file():
+        raise FileNotFoundError(f"data_table: {table} does not exist")
+    from training.data.table import load_table
+
+    try:
+        rows = load_table(table)
+    except Exception as exc:
+        raise ValueError(f"data_table: {table} is not a readable clip table ({exc})") from exc
+    if len(rows) == 0:
+        raise ValueError(f"data_table: {table} has no rows")
+
+    init = _check_file(init_from, "init_from")
+    if stage == "distill" and init is None:
+        raise ValueError("distill starts from the stage-3 weights: give init_from (dit_stage3's model.safetensors)")
+    if init is not None:
+        meta = _safetensors_metadata(init)
+        made_by = meta.get("stage")
+        if stage == "dit_stage1":
+            if made_by is not None and not made_by.startswith("dit_"):
+                raise ValueError(f"init_from: {init} is a {made_by} export; dit_stage1 takes a FLUX-layout or "
+                                 "MMDiT checkpoint")
+        elif made_by is not None and made_by not in _INIT_FROM_STAGE[stage]:
+            raise ValueError(f"init_from: {init} is a {made_by} export (config {meta.get('config')}); {stage} "
+                             f"starts from a {' or '.join(_INIT_FROM_STAGE[stage])} export")
+    ae = _check_file(autoencoder, "autoencoder")
+    if ae is not None:
+        if stage == "vae_train":
+            raise ValueError("vae_train trains the autoencoder: pass its starting weights as init_from")
+        made_by = _safetensors_metadata(ae).get("stage")
+        if made_by is not None and made_by != "vae_train":
+            raise ValueError(f"autoencoder: {ae} is a {made_by} export, not autoencoder weights")
+        if stage == "distill" and cfg.ae.kind != "dcae" or stage != "distill" and cfg.ae.kind != "hunyuan":
+            raise ValueError(f"autoencoder: recipe {recipe!r} uses a {cfg.ae.kind} autoencoder for {stage}")
+    elif stage != "vae_train" and not cfg.ae.tiny and not (cfg.ae.path and Path(cfg.ae.path).is_file()):
+        raise FileNotFoundError(f"autoencoder: recipe {recipe!r} expects {cfg.ae.path}; give autoencoder=...")
+    return cfg, table, init, ae
+
+
+def stage_overrides(stage: str, table: str, init: Path | None, ae: Path | None, overrides: dict | None) -> dict:
+    """The dotted-key overrides that wire a stage's inputs into its recipe."""
+    out = {"data.table": str(table)}
+    if init is not None:
+        if stage == "vae_train":
+            out["ae.path"] = str(init)
+        elif stage == "dit_stage1" and "recipe" not in _safetensors_metadata(init):
+            out["model.from_flux"] = str(init)  # not one of our exports: a FLUX-layout file
+        else:
+            out["model.from_pretrained"] = str(init)
+    if ae is not None:
+        out["ae.path"] = str(ae)
+    out.update(overrides or {})
+    return out
+
+
+def _losses(run_dir: Path) -> list[list]:
+    """(step, loss) of the run, the last attempt's value where a restart repeated a step."""
+    by_step: dict[int, float] = {}
+    path = run_dir / "goodput_events.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a killed attempt
+            if ev.get("ev") == "step" and "loss" in ev:
+                by_step[int(ev["step"])] = float(ev["loss"])
+    return [[s, by_step[s]] for s in sorted(by_step)]
+
+
+def _data_revision(run_dir: Path) -> str | None:
+    metas = sorted((run_dir / "checkpoints").glob("step-*/metadata.json"))
+    if not metas:
+        return None
+    return json.loads(metas[-1].read_text()).get("data_revision")
+
+
+def _failure_tail(log_dir: Path, n: int = 15) -> str:
+    lines = []
+    for f in sorted(log_dir.rglob("stderr*")):
+        text = f.read_text(errors="replace").splitlines()
+        lines += [ln for ln in text if ln.strip()][-n:]
+    return "\n".join(lines[-n:])
+
+
+def _card(stage, recipe, cfg: dict, init, ae, table, revision, steps, final_loss, goodput, model_path) -> str:
+    tokens = goodput.get("tokens_total") or goodput.get("tokens")
+    rows = [
+        ("stage", stage), ("recipe", recipe), ("model config", cfg.get("model", {}).get("config")
+                                               if stage != "vae_train" else f"Video DC-AE ({cfg['ae']})"),
+        ("initialised from", str(init) if init else "random init"), ("autoencoder", str(ae) if ae else
+                                                                     cfg["ae"].get("path") or "recipe default"),
+        ("data table", table), ("data revision", revision), ("steps", steps), ("final loss", final_loss),
+        ("tokens", tokens), ("goodput", goodput.get("goodput_ratio")), ("weights", model_path),
+    ]
+    if stage == "vae_train":
+        rows.append(("perceptual term", cfg["vae"].get("perceptual_term")))
+        rows.append(("exported weights", f"EMA (decay {cfg['vae'].get('ema_decay')})"))
+    if cfg.get("model", {}).get("reinit") and stage == "distill":
+        rows.append(("re-initialised", ", ".join(cfg["model"]["reinit"])))
+    body = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return (f"# Model card: {stage} ({recipe})\n\n| field | value |\n| --- | --- |\n{body}\n\n"
+            f"Resolved recipe: `config.json`. Metrics: `stage_metrics.json`. Samples: `samples/`.\n")
+
+
+def run_stage(stage: str, *, recipe: str, run_dir: str, data_table: str | None = None, init_from: str | None = None,
+              autoencoder: str | None = None, overrides: dict | None = None, nproc: int = 1,
+              max_restarts: int = 3) -> StageOutputs:
+    from training.launch import LaunchSpec, run_local
+
+    _, table, init, ae = _validate(stage, recipe, data_table, init_from, autoencoder, overrides)
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    spec = LaunchSpec(recipe=recipe, run_dir=str(run), nproc_per_node=nproc, max_restarts=max_restarts,
+                      overrides=stage_overrides(stage, table, init, ae, overrides))
+    log_dir = run / "torchx-logs"
+    status = run_local(spec, log_dir=str(log_dir))
+    state = str(status.state) if status is not None else "unknown"
+    model_path = run / "model.safetensors"
+    if not state.endswith("SUCCEEDED") or not model_path.exists():
+        raise RuntimeError(f"stage {stage} (recipe {recipe}) ended {state}; run dir {run}; last log lines:\n"
+                           f"{_failure_tail(log_dir)}")
+
+    cfg = json.loads((run / "config.json").read_text())
+    goodput = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+    losses = _losses(run)
+    steps = losses[-1][0] if losses else 0
+    final_loss = losses[-1][1] if losses else None
+    metrics_path = run / "stage_metrics.json"
+    write_text_atomic(metrics_path, json.dumps({"stage": stage, "recipe": recipe, "steps": steps,
+                                                "final_loss": final_loss, "losses": losses, "goodput": goodput},
+                                               indent=1))
+    card_path = run / "MODEL_CARD.md"
+    write_text_atomic(card_path, _card(stage, recipe, cfg, init, ae, table, _data_revision(run), steps, final_loss,
+                                       goodput, model_path))
+    return StageOutputs(stage=stage, recipe=recipe, run_dir=str(run), model_path=str(model_path),
+                        config_path=str(run / "config.json"), card_path=str(card_path),
+                        metrics_path=str(metrics_path), samples_dir=str(run / "samples"), steps=steps,
+                        final_loss=final_loss)
