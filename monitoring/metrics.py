@@ -31,6 +31,10 @@ PREFIX = "soraflow_"
 LABELS = ("run_id", "stage", "recipe")
 FORBIDDEN_LABELS = ("step", "rank", "path", "file", "filename", "local_rank")
 
+DEFAULT_TRAINER_PORT = 9464  # rank-0 exporter port convention (named `metrics` on pods)
+DEFAULT_PUSHGATEWAY_PORT = 9091
+DEFAULT_PROMETHEUS_PORT = 9090
+
 STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 CKPT_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 
@@ -107,6 +111,7 @@ class TrainingMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.label_values = (str(run_id), str(stage), str(recipe))
         self.summary: dict | None = None
+        self.server = None  # set by serve()
         self._last_observed_steps = 0
         self.registry.register(_SummaryCollector(self))
         r = self.registry
@@ -144,6 +149,23 @@ class TrainingMetrics:
             self.ckpt_save_duration.labels(*lv, "total").observe(float(total_s))
         self.ckpt_saves.labels(*lv, "ok" if ok else "error").inc()
 
+    def serve(self, port: int, *, addr: str | None = None, rank: int | None = None):
+        """Start the rank-0 exporter (see :func:`start_exporter`); ``addr`` defaults to env
+        SORAFLOW_METRICS_ADDR, else loopback. Returns the server (None off rank 0)."""
+        addr = addr or os.environ.get("SORAFLOW_METRICS_ADDR") or "127.0.0.1"
+        started = start_exporter(port, self.registry, addr=addr, rank=rank)
+        self.server = started[0] if started else None
+        return self.server
+
+    def finish(self, summary: Mapping[str, Any], linger_s: float | None = None) -> None:
+        """Publish the run's final summary, then keep serving ``linger_s`` seconds (env
+        SORAFLOW_METRICS_LINGER_S, default 0) so a scraper sees the final numbers before the process exits."""
+        self.update_from_summary(summary)
+        if linger_s is None:
+            linger_s = float(os.environ.get("SORAFLOW_METRICS_LINGER_S", "0") or 0)
+        if getattr(self, "server", None) is not None and linger_s > 0:
+            time.sleep(linger_s)
+
     def set_build_info(self, version: str | None = None, git_commit: str | None = None,
                        image_digest: str | None = None) -> None:
         info = build_info()
@@ -167,9 +189,21 @@ def build_info() -> dict[str, str]:
         ver = "0+unknown"
     return {
         "version": ver,
-        "git_commit": os.environ.get("SORAFLOW_GIT_COMMIT", "unknown"),
+        "git_commit": os.environ.get("SORAFLOW_GIT_COMMIT") or _git_commit() or "unknown",
         "image_digest": os.environ.get("SORAFLOW_IMAGE_DIGEST", "unknown"),
     }
+
+
+def _git_commit() -> str | None:
+    """HEAD of the source checkout, for local runs (images set SORAFLOW_GIT_COMMIT: they have no .git)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def start_exporter(port: int, registry: CollectorRegistry, *, addr: str = "0.0.0.0", rank: int | None = None):
@@ -202,6 +236,7 @@ class BatchMetrics:
             "soraflow_batch_step_duration_seconds", "Wall time of the batch step.", LABELS, registry=r)
         self.last_success = Gauge(
             "soraflow_batch_last_success_timestamp_seconds", "Unix time the step last finished.", LABELS, registry=r)
+        Info("soraflow_build", "Build of the running code.", registry=r).info(build_info())
 
     def record(self, *, clips_in: int = 0, clips_kept: int = 0,
                rejected_by_reason: Mapping[str, int] | None = None, duration_s: float | None = None,
