@@ -20,15 +20,18 @@ env: $(VENV)/.installed
 test: env
 	$(PY) -m pytest -q
 
-# Until the KFP pipeline exists: a curation run on generated sample videos, then a tiny generation.
+# The whole DAG on this machine through the KFP local runner: generated sample videos -> ingest -> filter ->
+# vae_train -> DiT stages 1-3 -> distill -> eval, with the tiny CPU recipes (about a minute on 2 cores).
 demo: env
 	rm -rf demo-out
-	$(VENV)/bin/soraflow sample-data --out-dir demo-out/raw
-	$(VENV)/bin/soraflow ingest demo-out/raw/manifest.csv --out-dir demo-out/ingested --no-progress
-	$(VENV)/bin/soraflow filter --table demo-out/ingested/clips.parquet --out-dir demo-out/curated --no-progress
-	$(VENV)/bin/soraflow generate --config tiny --random-init --prompt "a red kite over a beach" \
-		--num-frames 9 --height 64 --width 64 --steps 4 --out demo-out/tiny.mp4
-	@echo "curated dataset: demo-out/curated   video: demo-out/tiny.mp4"
+	$(VENV)/bin/soraflow run --out-dir demo-out
+	@echo "report: demo-out/report.html (and report.md); every step's artifacts: demo-out/pipeline-root/"
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
+
+# Local Prometheus (:9090, project rules) and Pushgateway (:9091) on loopback, scraping a trainer on :9464
+# (train with --override metrics_port=9464). Needs Debian's prometheus and prometheus-pushgateway. Ctrl-C stops.
+.PHONY: monitor
+monitor: env
+	$(VENV)/bin/soraflow monitor

@@ -74,8 +74,15 @@ def _run_generate(args) -> int:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a stage from a recipe (torchx local_cwd, or print the k8s job)",
-                       description="Launch a training recipe through torchx with torchrun's elastic agent.")
+                       description="Launch a training recipe through torchx with torchrun's elastic agent. With "
+                                   "--stage, run it as a pipeline stage (inputs checked, model card, metrics).")
     p.add_argument("--recipe", required=True, help="e.g. tiny-cpu-stage1, stage1-256px-h200x8")
+    p.add_argument("--stage", default=None,
+                   choices=["vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill"],
+                   help="run as this pipeline stage (must match the recipe's stage)")
+    p.add_argument("--data-table", default=None, help="clip table (CSV/Parquet/JSONL) for --stage")
+    p.add_argument("--init-from", default=None, help="previous stage's model.safetensors (stage 1: FLUX weights)")
+    p.add_argument("--autoencoder", default=None, help="autoencoder weights (distill: the Video DC-AE)")
     p.add_argument("--run-dir", default="runs/train")
     p.add_argument("--nproc", type=int, default=1, help="processes per node")
     p.add_argument("--nnodes", type=int, default=1)
@@ -93,9 +100,28 @@ def _run_train(args) -> int:
     from training.train import parse_overrides
 
     get_recipe(args.recipe)  # unknown names fail here, before any process starts
+    overrides = parse_overrides(args.override)
+    stage_inputs = args.data_table or args.init_from or args.autoencoder
+    if args.stage and args.scheduler == "local_cwd":
+        from components.train_stage import run_stage
+
+        out = run_stage(args.stage, recipe=args.recipe, run_dir=args.run_dir, data_table=args.data_table,
+                        init_from=args.init_from, autoencoder=args.autoencoder, overrides=overrides,
+                        nproc=args.nproc, max_restarts=args.max_restarts)
+        print(json.dumps(out.__dict__, indent=1, default=str))
+        return 0
+    if stage_inputs and not args.stage:
+        print("--data-table/--init-from/--autoencoder need --stage (or use --override)", file=sys.stderr)
+        return 2
+    if args.stage:  # a dry run: wire the stage inputs into the overrides the job would get (paths unchecked)
+        init_key = "ae.path" if args.stage == "vae_train" else "model.from_pretrained"
+        for key, value in (("data.table", args.data_table), (init_key, args.init_from),
+                           ("ae.path", args.autoencoder)):
+            if value:
+                overrides[key] = value
     spec = LaunchSpec(recipe=args.recipe, run_dir=args.run_dir, nnodes=args.nnodes, nproc_per_node=args.nproc,
                       gpus_per_node=args.gpus_per_node, max_restarts=args.max_restarts,
-                      overrides=parse_overrides(args.override), image=args.image or DEFAULT_IMAGE)
+                      overrides=overrides, image=args.image or DEFAULT_IMAGE)
     if args.scheduler == "kubernetes-dryrun":
         print(json.dumps(kubernetes_dryrun(spec), indent=2, default=str))
         return 0
@@ -119,6 +145,7 @@ def _add_ingest(sub) -> None:
     p.add_argument("--max-long-side", type=int, default=1080)
     p.add_argument("--scene-threshold", type=float, default=15.0, help="ffmpeg scdet score (0-100) for a cut")
     p.add_argument("--no-progress", action="store_true")
+    _add_pushgateway_flag(p)
     p.set_defaults(func=_run_ingest)
 
 
@@ -132,12 +159,16 @@ def _run_ingest(args) -> int:
     print(r.clips_path)
     print(json.dumps({"clips": len(r.clips), "rejected": r.counts, "processed": r.processed, "skipped": r.skipped,
                       "seconds": round(r.seconds, 3)}), file=sys.stderr)
+    if args.pushgateway:
+        from monitoring.batch import ingest_groups, push_or_warn
+
+        push_or_warn(args.pushgateway, "ingest", ingest_groups(r))
     return 0
 
 
 def _add_sample_data(sub) -> None:
     p = sub.add_parser("sample-data", help="write the generated sample video set with ground truth")
-    p.add_argument("--out-dir", default="data/sample")
+    p.add_argument("--out-dir", default="raw/sample")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run_sample_data)
 
@@ -166,6 +197,7 @@ def _add_filter(sub) -> None:
     p.add_argument("--dvc-repo", help="track --out-dir with DVC in this repo (init if needed) and push")
     p.add_argument("--dvc-remote", help="DVC remote (default: a local folder next to the repo)")
     p.add_argument("--no-progress", action="store_true")
+    _add_pushgateway_flag(p)
     p.set_defaults(func=_run_filter)
 
 
@@ -193,6 +225,246 @@ def _run_filter(args) -> int:
 
         summary["dvc"] = version_dataset(args.dvc_repo, args.out_dir, input_path=args.table, remote=args.dvc_remote)
     print(json.dumps(summary, indent=2, default=str))
+    if args.pushgateway:
+        from monitoring.batch import filter_groups, push_or_warn
+
+        push_or_warn(args.pushgateway, "filter", filter_groups(result.counts, seconds=result.seconds))
+    return 0
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="version the curated dataset with DVC (data/ + data.dvc)",
+                       description="The curated dataset is `data/` in the repository, pinned by `data.dvc`.")
+    p.add_argument("action", choices=["version", "push", "pull", "status"])
+    p.add_argument("--repo", default=".", help="the project repository (default: the current folder)")
+    p.add_argument("--from", dest="curated", help="version: the filter output folder to publish as data/")
+    p.add_argument("--remote", help="version: default remote URL/folder to set; push/pull/status: remote name")
+    p.set_defaults(func=_run_data)
+
+
+def _run_data(args) -> int:
+    from components.data import DataError, dataset
+    from components.filter.versioning import DvcError
+
+    try:
+        if args.action == "version":
+            out = dataset.version(args.repo, args.curated, remote=args.remote)
+        else:
+            out = getattr(dataset, args.action)(args.repo, args.remote)
+    except (DataError, DvcError) as exc:
+        print(f"soraflow data {args.action}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2, default=str))
+    return 0 if args.action != "status" or out["clean"] else 1
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="sample models on a prompt suite and score them (VBench / offline metrics)",
+                       description="Sample every --model on the same prompts and seeds, score the videos (real "
+                                   "VBench where its weights are mounted, labelled offline metrics everywhere), "
+                                   "and write metrics.json, report.md and report.html.")
+    p.add_argument("--model", action="append", dest="models", default=[], metavar="NAME=PRESET[:k=v,...]",
+                   help="repeatable; keys: dit, ae, weights_dir, t5, clip, frames, ae_kind "
+                        "(e.g. stage3=opensora2:dit=ckpts/s3.safetensors,ae=ckpts/hunyuan_vae.safetensors)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--suite", default="mini", help="'mini' (shipped) or a VBench_full_info.json-format file")
+    p.add_argument("--max-prompts", type=int)
+    p.add_argument("--seeds", default="0", help="comma-separated; sample i of every prompt uses seed i")
+    p.add_argument("--num-frames", type=int, default=129)
+    p.add_argument("--resolution", default="256px")
+    p.add_argument("--aspect-ratio", default="16:9")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--fps", type=int, default=24)
+    p.add_argument("--random-init", action="store_true", help="random DiT/AE weights for every model (local run)")
+    p.add_argument("--weights-dir", help="default weights folder for models without their own paths")
+    p.add_argument("--vbench-python", help="VBench's own interpreter (else VBench is not run)")
+    p.add_argument("--vbench-weights", help="VBench weights root (VBENCH_CACHE_DIR layout, see vbench_runner.py)")
+    p.add_argument("--vbench-mode", default="vbench_standard", choices=["vbench_standard", "custom_input"])
+    p.add_argument("--reference-clips", help="held-out clips: a clip table or a folder (AE PSNR/SSIM, FM loss)")
+    p.add_argument("--max-reference-clips", type=int, default=8)
+    p.add_argument("--samples-manifest", help="score an existing manifest.jsonl instead of sampling")
+    p.add_argument("--history", action="append", default=[], help="earlier metrics.json for trend plots")
+    p.add_argument("--device")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"])
+    p.set_defaults(func=_run_eval)
+
+
+def _parse_eval_model(spec: str, args):
+    from components.eval import EvalModel
+
+    head, _, opts = spec.partition(":")
+    name, eq, preset = head.partition("=")
+    if not eq or not name or not preset:
+        raise ValueError(f"--model {spec!r}: expected NAME=PRESET[:key=value,...]")
+    kw = {}
+    for item in filter(None, opts.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in ("dit", "ae", "weights_dir", "t5", "clip", "frames", "ae_kind"):
+            raise ValueError(f"--model {spec!r}: bad option {item!r} (keys: dit, ae, weights_dir, t5, clip, "
+                             "frames, ae_kind)")
+        kw["num_frames" if key == "frames" else key] = int(value) if key == "frames" else value
+    kw.setdefault("weights_dir", args.weights_dir)
+    return EvalModel(name=name, preset=preset, random_init=args.random_init, **kw)
+
+
+def _run_eval(args) -> int:
+    from components.eval import run_eval
+
+    if not args.models and not args.samples_manifest:
+        print("soraflow eval: give at least one --model NAME=PRESET (or --samples-manifest)", file=sys.stderr)
+        return 2
+    models = [_parse_eval_model(s, args) for s in args.models]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    r = run_eval(models, args.out_dir, suite=args.suite, seeds=seeds, num_frames=args.num_frames,
+                 resolution=args.resolution, aspect_ratio=args.aspect_ratio, height=args.height, width=args.width,
+                 steps=args.steps, fps=args.fps, max_prompts=args.max_prompts, vbench_python=args.vbench_python,
+                 vbench_weights=args.vbench_weights, vbench_mode=args.vbench_mode,
+                 reference_clips=args.reference_clips, max_reference_clips=args.max_reference_clips,
+                 samples_manifest=args.samples_manifest, history=args.history, device=args.device,
+                 dtype=args.dtype)
+    print(json.dumps({"metrics": str(r.metrics_json), "report_md": str(r.report_md),
+                      "report_html": str(r.report_html), "manifest": str(r.manifest)}, indent=2))
+    return 0
+
+
+def _add_pipeline_commands(sub) -> None:
+    p = sub.add_parser("run", help="run the whole DAG locally through the KFP local runner (tiny recipes)",
+                       description="The embedded default: sample videos -> ingest -> filter -> vae_train -> DiT "
+                                   "stages 1-3 -> distill -> eval, each step a KFP task run by kfp.local.")
+    p.add_argument("--out-dir", default="soraflow-run")
+    p.add_argument("--raw", help="a folder of videos or a manifest (default: generate the sample videos)")
+    p.add_argument("--recipe", action="append", default=[], metavar="STEP=RECIPE", help="e.g. dit_stage1=tiny-cpu-stage1")
+    p.add_argument("--override", action="append", default=[], metavar="STEP.KEY=JSON",
+                   help="a step's setting, e.g. dit_stage1.max_steps=4 or ingest.clip_max=4 (repeatable)")
+    p.add_argument("--nproc", type=int, default=1, help="training processes per step (gloo)")
+    p.add_argument("--suite", default="mini", help="eval prompt suite: 'mini' or a VBench_full_info.json file")
+    p.set_defaults(func=_run_pipeline_local)
+
+    p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
+    p.add_argument("--out", default="pipelines/compiled/soraflow.yaml")
+    _add_cluster_flags(p)
+    p.set_defaults(func=_run_compile)
+
+    p = sub.add_parser("submit", help="compile, upload a new pipeline version to a KFP endpoint, start a run")
+    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kfp.example.com/pipeline")
+    p.add_argument("--experiment", default="soraflow")
+    p.add_argument("--version-name")
+    p.add_argument("--run-name")
+    p.add_argument("--namespace")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="pipeline parameter, e.g. raw_manifest=gs://bucket/raw/manifest.csv (repeatable)")
+    _add_cluster_flags(p)
+    p.set_defaults(func=_run_submit)
+
+
+def _add_cluster_flags(p) -> None:
+    p.add_argument("--cpu-image", help="CPU step image, REPO@sha256:DIGEST for releases")
+    p.add_argument("--gpu-image", help="GPU training image, REPO@sha256:DIGEST for releases")
+    p.add_argument("--gpu-pool", help="value of the pool label on the GPU node pool (default gpu-h100)")
+    p.add_argument("--gpus-per-node", type=int)
+    p.add_argument("--train-launcher", choices=["volcano", "in_pod"])
+    p.add_argument("--release", action="store_true", help="refuse images that are not pinned by digest")
+
+
+def _cluster_settings(args):
+    import dataclasses
+
+    from pipelines.settings import ClusterSettings
+
+    given = {k: v for k, v in (("cpu_image", args.cpu_image), ("gpu_image", args.gpu_image),
+                               ("gpu_pool", args.gpu_pool), ("gpus_per_node", args.gpus_per_node),
+                               ("train_launcher", args.train_launcher)) if v is not None}
+    return dataclasses.replace(ClusterSettings(), **given)
+
+
+def _step_kv(items: list[str], what: str) -> dict:
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        step, dot, field = key.partition(".")
+        if not sep or (what == "override" and not dot):
+            raise ValueError(f"--{what} expects {'STEP.KEY=JSON' if what == 'override' else 'STEP=RECIPE'}, "
+                             f"got {item!r}")
+        if what == "recipe":
+            out[step] = raw
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(step, {})[field] = value
+    return out
+
+
+def _run_pipeline_local(args) -> int:
+    from pipelines.local_run import run_pipeline_locally
+
+    run = run_pipeline_locally(args.out_dir, raw_manifest=args.raw, overrides=_step_kv(args.override, "override"),
+                               recipes=_step_kv(args.recipe, "recipe"), nproc=args.nproc, eval_suite=args.suite)
+    print(json.dumps({"seconds": round(run.seconds, 1), "artifacts": str(run.run_dir),
+                      "report": str(run.report_html) if run.report_html else None}, indent=2))
+    return 0
+
+
+def _run_compile(args) -> int:
+    from pathlib import Path
+
+    from pipelines.dag import compile_pipeline
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    print(compile_pipeline(args.out, _cluster_settings(args), release=args.release))
+    return 0
+
+
+def _run_submit(args) -> int:
+    from pipelines.submit import submit
+
+    params = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--param expects NAME=VALUE, got {item!r}")
+        params[name] = value
+    print(json.dumps(submit(args.host, _cluster_settings(args), params=params, experiment=args.experiment,
+                            version_name=args.version_name, run_name=args.run_name, namespace=args.namespace),
+                     indent=2))
+    return 0
+
+
+def _add_pushgateway_flag(p) -> None:
+    import os
+
+    p.add_argument("--pushgateway", default=os.environ.get("SORAFLOW_PUSHGATEWAY") or None, metavar="HOST:PORT",
+                   help="push completion metrics here when the step finishes (default: env SORAFLOW_PUSHGATEWAY; "
+                        "run id from env SORAFLOW_RUN_ID)")
+
+
+def _add_monitor(sub) -> None:
+    p = sub.add_parser("monitor", help="local Prometheus + Pushgateway on loopback (Debian packages)",
+                       description="Start Debian's prometheus and prometheus-pushgateway on 127.0.0.1 with "
+                                   "monitoring/prometheus.yml and the soraflow rules; Ctrl-C stops both.")
+    p.add_argument("--data-dir", default="runs/monitor", help="generated config, TSDB and server logs")
+    p.add_argument("--prometheus-port", type=int, default=9090)
+    p.add_argument("--pushgateway-port", type=int, default=9091)
+    p.add_argument("--trainer", action="append", default=None, metavar="HOST:PORT",
+                   help="trainer exporter target (repeatable; default 127.0.0.1:9464, the metrics_port convention)")
+    p.add_argument("--scrape-interval", default=None, help="override the config's (15s), e.g. 5s")
+    p.set_defaults(func=_run_monitor)
+
+
+def _run_monitor(args) -> int:
+    from monitoring.local import LocalMonitoring, MonitoringError, serve_until_interrupted
+
+    kw = {"trainer_targets": args.trainer} if args.trainer else {}
+    mon = LocalMonitoring(args.data_dir, prometheus_port=args.prometheus_port,
+                          pushgateway_port=args.pushgateway_port, scrape_interval=args.scrape_interval, **kw)
+    try:
+        serve_until_interrupted(mon)
+    except MonitoringError as exc:
+        print(f"soraflow monitor: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -204,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ingest(sub)
     _add_sample_data(sub)
     _add_filter(sub)
+    _add_pipeline_commands(sub)
+    _add_data(sub)
+    _add_eval(sub)
+    _add_monitor(sub)
     return parser
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from torchx import specs
 
-DEFAULT_IMAGE = "soraflow-train-gpu:latest"  # pinned by digest in the compiled pipeline (issue 6)
+DEFAULT_IMAGE = "soraflow-gpu:dev"  # pipelines pass the digest-pinned image of pipelines/settings.py
+METRICS_PORT = 9464  # the trainer's exporter port by convention (monitoring/README.md)
 
 
 @dataclass
@@ -68,7 +69,7 @@ def train_app(spec: LaunchSpec) -> specs.AppDef:
                 min_replicas=spec.nnodes,  # gang: all nodes or none
                 resource=specs.Resource(cpu=spec.cpu, gpu=spec.gpus_per_node, memMB=spec.mem_mb),
                 env=env,
-                port_map={"c10d": spec.rdzv_port},
+                port_map={"c10d": spec.rdzv_port, "metrics": METRICS_PORT},
                 max_retries=0,  # restarts are torchrun's job; a scheduler retry would double-count them
                 mounts=specs.parse_mounts(spec.mounts) if spec.mounts else [],
             )
@@ -90,11 +91,46 @@ def run_local(spec: LaunchSpec, log_dir: str | None = None, wait: bool = True):
     return status
 
 
+def for_cluster(spec: LaunchSpec) -> LaunchSpec:
+    """What a cluster job adds: rank 0's Prometheus exporter on the pod port named `metrics` (the PodMonitor in
+    monitoring/k8s scrapes it), bound to all interfaces, kept up briefly after the run for a last scrape."""
+    env = {"SORAFLOW_METRICS_ADDR": "0.0.0.0", "SORAFLOW_METRICS_LINGER_S": "30", **(spec.env or {})}
+    overrides = {"metrics_port": METRICS_PORT, **(spec.overrides or {})}
+    return LaunchSpec(**{**spec.__dict__, "env": env, "overrides": overrides})
+
+
 def kubernetes_dryrun(spec: LaunchSpec, queue: str = "default", namespace: str = "default"):
     """The Volcano job torchx would submit (no cluster contacted)."""
     from torchx.runner import get_runner
 
     # validate_spec=False: server-side validation needs a cluster; the spec itself is what we check offline.
-    info = get_runner().dryrun(train_app(spec), "kubernetes",
+    info = get_runner().dryrun(train_app(for_cluster(spec)), "kubernetes",
                                cfg={"queue": queue, "namespace": namespace, "validate_spec": False})
     return info.request
+
+
+IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def run_kubernetes(spec: LaunchSpec, queue: str = "default", namespace: str | None = None, log=print):
+    """Submit the Volcano gang job, stream rank 0's log through `log`, wait; returns the final AppStatus.
+
+    Runs where a kubeconfig or in-cluster service account allows creating `batch.volcano.sh` jobs (the pipeline
+    runner's role in infra/gitops/cluster). The namespace defaults to the calling pod's own, where the data
+    volume claim the job mounts lives."""
+    import os
+
+    from torchx.runner import get_runner
+
+    if namespace is None:
+        namespace = open(IN_CLUSTER_NAMESPACE).read().strip() if os.path.exists(IN_CLUSTER_NAMESPACE) else "default"
+    runner = get_runner()
+    handle = runner.run(train_app(for_cluster(spec)), scheduler="kubernetes",
+                        cfg={"queue": queue, "namespace": namespace})
+    log(f"submitted {handle}")
+    try:
+        for line in runner.log_lines(handle, "trainer", k=0, should_tail=True):
+            log(line.rstrip("\n"))
+    except Exception as exc:  # logs are a convenience; the job's state decides the outcome
+        log(f"log streaming stopped: {exc}")
+    return runner.wait(handle, wait_interval=10)

@@ -73,6 +73,10 @@ class Stage:
     def samples_dir(self) -> Path:
         return Path(self.cfg.run_dir) / "samples"
 
+    def extra_exports(self) -> dict[str, dict]:
+        """Other weight files to write beside model.safetensors (file name -> state dict)."""
+        return {}
+
 
 # ---- DiT stages -----------------------------------------------------------------------------------------------
 
@@ -124,6 +128,13 @@ class DiTStage(Stage):
 
         img, txt = inputs.kwargs["img"], inputs.kwargs["txt"]
         return 3 * mmdit_forward_flops(self.dit_config, img.shape[1], txt.shape[1], img.shape[0])
+
+    def extra_exports(self) -> dict[str, dict]:
+        """A seeded random autoencoder (tiny recipes without AE weights) is part of what the model means:
+        whoever samples from this DiT must decode with the same one, so it ships beside it."""
+        if self.cfg.ae.path is None:
+            return {"autoencoder.safetensors": {k: v.detach().cpu() for k, v in self.ae.state_dict().items()}}
+        return {}
 
     def export_state(self, model) -> dict:
         """Full weights (a collective under FSDP2: every rank calls it)."""

@@ -310,6 +310,9 @@ class Trainer:
                 save_file({k: v.contiguous() for k, v in state.items()}, tmp,
                           metadata={"config": self.stage.config_name, "step": str(self.step),
                                     "recipe": self.cfg.name, "stage": self.cfg.stage})
+            for name, extra in self.stage.extra_exports().items():
+                with atomic_path(self.run_dir / name) as tmp:
+                    save_file({k: v.contiguous() for k, v in extra.items()}, tmp)
         if dist.is_initialized():
             dist.barrier()
         return path

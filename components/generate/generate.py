@@ -153,8 +153,11 @@ def build_pipeline(opts: GenerateOptions, device: torch.device, dtype: torch.dty
     else:
         dit_path = _resolve(opts.dit, opts.weights_dir, preset.dit_file, "DiT")
         ae_path = _resolve(opts.ae, opts.weights_dir, preset.ae_file, "autoencoder")
-        t5_dir = _resolve(opts.t5, opts.weights_dir, preset.t5_dir, "T5")
-        clip_dir = _resolve(opts.clip, opts.weights_dir, preset.clip_dir, "CLIP")
+        if preset.tiny and not (opts.t5 or opts.clip or opts.weights_dir):
+            t5_dir, clip_dir = tiny_text_encoder_dirs()  # what the tiny training recipes condition on
+        else:
+            t5_dir = _resolve(opts.t5, opts.weights_dir, preset.t5_dir, "T5")
+            clip_dir = _resolve(opts.clip, opts.weights_dir, preset.clip_dir, "CLIP")
         dit = build_mmdit(get_config(preset.dit_config), dit_path, device=device, dtype=dtype)
         ae = _build_ae(preset.autoencoder, preset.tiny, ae_path, device, dtype)
     text_device = "cpu" if opts.offload else device

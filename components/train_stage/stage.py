@@ -186,16 +186,27 @@ def _card(stage, recipe, cfg: dict, init, ae, table, revision, steps, final_loss
 
 def run_stage(stage: str, *, recipe: str, run_dir: str, data_table: str | None = None, init_from: str | None = None,
               autoencoder: str | None = None, overrides: dict | None = None, nproc: int = 1,
-              max_restarts: int = 3) -> StageOutputs:
-    from training.launch import LaunchSpec, run_local
+              max_restarts: int = 3, scheduler: str = "local_cwd", nnodes: int = 1, image: str = "",
+              queue: str = "default", namespace: str | None = None) -> StageOutputs:
+    """`scheduler="kubernetes"` submits a Volcano gang job of `nnodes` x `nproc` GPUs running `image` and
+    follows it; `run_dir` (and the table) must then be on a volume those pods mount."""
+    from training.launch import LaunchSpec, run_kubernetes, run_local
+
+    if scheduler not in ("local_cwd", "kubernetes"):
+        raise ValueError(f"scheduler must be 'local_cwd' or 'kubernetes', got {scheduler!r}")
 
     _, table, init, ae = _validate(stage, recipe, data_table, init_from, autoencoder, overrides)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     spec = LaunchSpec(recipe=recipe, run_dir=str(run), nproc_per_node=nproc, max_restarts=max_restarts,
-                      overrides=stage_overrides(stage, table, init, ae, overrides))
+                      overrides=stage_overrides(stage, table, init, ae, overrides), nnodes=nnodes)
     log_dir = run / "torchx-logs"
-    status = run_local(spec, log_dir=str(log_dir))
+    if scheduler == "kubernetes":
+        spec.gpus_per_node = nproc
+        spec.image = image or spec.image
+        status = run_kubernetes(spec, queue=queue, namespace=namespace)
+    else:
+        status = run_local(spec, log_dir=str(log_dir))
     state = str(status.state) if status is not None else "unknown"
     model_path = run / "model.safetensors"
     if not state.endswith("SUCCEEDED") or not model_path.exists():

@@ -1,0 +1,31 @@
+"""The KFP component around `ingest`: the container image has the project installed, so the function body only
+imports it (nothing is pip-installed at run time). Its source is what KFP embeds in the compiled pipeline."""
+
+from kfp.dsl import Dataset, Metrics, Output
+
+
+def ingest_component(raw_manifest: str, clips: Output[Dataset], metrics: Output[Metrics], workers: int = 2,
+                     clip_store: str = "", data_revision: str = "", overrides: str = "{}"):
+    """Raw videos (a folder or a manifest on local disk, http(s), s3 or gs) -> clips + `clips.parquet`.
+
+    With `clip_store` (a folder on the shared data volume) the clip files go there, keyed by data revision, and
+    the artifact holds only the tables: training pods outside KFP (Volcano jobs) read the same paths.
+    """
+    import json
+    import os
+    import shutil
+
+    from components.ingest import ingest
+
+    out_dir = os.path.join(clip_store, data_revision or "unversioned") if clip_store else clips.path
+    step_overrides = json.loads(overrides).get("ingest", {})
+    result = ingest(raw_manifest, out_dir, workers=workers, progress=False, **step_overrides)
+    if clip_store:
+        os.makedirs(clips.path, exist_ok=True)
+        for table in (result.clips_path, result.rejected_path):
+            shutil.copy2(table, os.path.join(clips.path, os.path.basename(table)))
+    clips.metadata.update({"table": "clips.parquet", "num_clips": len(result.clips), "data_revision": data_revision,
+                           "clip_store": out_dir, "rejected": int(sum(result.counts.values()))})
+    metrics.log_metric("clips", len(result.clips))
+    metrics.log_metric("sources_rejected", int(sum(result.counts.values())))
+    metrics.log_metric("seconds", round(result.seconds, 3))

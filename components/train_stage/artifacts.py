@@ -1,0 +1,98 @@
+"""Glue between `run_stage` and KFP artifacts: where a stage's run folder lives, and what its Model artifact
+holds. Plain functions, so they are tested without KFP; the components in component.py only call them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from components.train_stage.stage import StageOutputs, run_stage
+
+MODEL_FILE = "model.safetensors"
+AE_FILE = "autoencoder.safetensors"
+# The sets the filter step writes into its Dataset artifact (components/filter): which one each stage reads.
+DATA_SET_BY_STAGE = {"vae_train": "set_256px", "dit_stage1": "set_256px", "dit_stage2": "set_256px",
+                     "dit_stage3": "set_768px", "distill": "set_768px"}
+
+
+def step_overrides(stage: str, overrides_json: str) -> dict:
+    """The pipeline passes one JSON object {step: {dotted.key: value}}; each step takes its own entry."""
+    try:
+        allsteps = json.loads(overrides_json or "{}")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"pipeline parameter 'overrides' is not JSON: {exc}") from exc
+    if not isinstance(allsteps, dict):
+        raise ValueError("pipeline parameter 'overrides' must be a JSON object {step: {key: value}}")
+    unknown = set(allsteps) - set(DATA_SET_BY_STAGE) - {"ingest", "filter", "eval"}
+    if unknown:
+        raise ValueError(f"pipeline parameter 'overrides' names unknown step(s) {sorted(unknown)}")
+    return dict(allsteps.get(stage, {}))
+
+
+def stage_run_dir(run_root: str, run_id: str, stage: str, artifact_path: str) -> str:
+    """Checkpoints live on the data volume keyed by pipeline run and stage, so a retried task (a new pod) finds
+    and resumes them; without a run root they sit beside the artifact (local runs)."""
+    root = run_root or os.path.join(os.path.dirname(artifact_path), "run")
+    return os.path.join(root, run_id or "local", stage)
+
+
+def model_file(artifact_path: str | None) -> str | None:
+    """The weights inside an upstream Model artifact (a folder), or None when the input was not given."""
+    if not artifact_path:
+        return None
+    path = Path(artifact_path) / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{artifact_path}: the upstream Model artifact has no {MODEL_FILE}")
+    return str(path)
+
+
+def publish(outputs: StageOutputs, artifact_path: str) -> dict:
+    """Copy what the next step and a reader need into the Model artifact folder; returns its metadata."""
+    dest = Path(artifact_path)
+    dest.mkdir(parents=True, exist_ok=True)
+    for src, name in ((outputs.model_path, MODEL_FILE), (outputs.config_path, "config.json"),
+                      (outputs.card_path, "MODEL_CARD.md"), (outputs.metrics_path, "metrics.json")):
+        shutil.copy2(src, dest / name)
+    frozen_ae = Path(outputs.run_dir) / AE_FILE  # the seeded random AE a tiny stage trained on, if any
+    if frozen_ae.is_file():
+        shutil.copy2(frozen_ae, dest / AE_FILE)
+    if outputs.samples_dir and Path(outputs.samples_dir).is_dir():
+        shutil.copytree(outputs.samples_dir, dest / "samples", dirs_exist_ok=True)
+    meta = {"stage": outputs.stage, "recipe": outputs.recipe, "steps": outputs.steps, "file": MODEL_FILE}
+    if outputs.final_loss is not None:
+        meta["final_loss"] = float(outputs.final_loss)
+    return meta
+
+
+def text_encoder_overrides(text_encoders: str) -> dict:
+    """A folder laid out like Open-Sora's ckpts/ (google/t5-v1_1-xxl, openai/clip-vit-large-patch14)."""
+    if not text_encoders:
+        return {}
+    t5, clip = Path(text_encoders) / "google/t5-v1_1-xxl", Path(text_encoders) / "openai/clip-vit-large-patch14"
+    for folder in (t5, clip):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"text encoders: {folder} does not exist (expected Open-Sora's ckpts/ layout)")
+    return {"text.t5": str(t5), "text.clip": str(clip), "text.tiny": False}
+
+
+def train_step(stage: str, *, recipe: str, dataset_path: str, model_artifact_path: str, init_from: str | None,
+               autoencoder: str | None, run_root: str, run_id: str, overrides_json: str, text_encoders: str = "",
+               scheduler: str = "local_cwd", nnodes: int = 1, nproc: int = 1, image: str = "",
+               queue: str = "default", namespace: str | None = None) -> dict:
+    """Run one training stage on the filter step's dataset and fill the Model artifact; returns its metadata."""
+    table = os.path.join(dataset_path, f"{DATA_SET_BY_STAGE[stage]}.parquet")
+    run_dir = stage_run_dir(run_root, run_id, stage, model_artifact_path)
+    if scheduler == "kubernetes":  # the job's pods see the shared volume, not this task's artifact folder
+        if not run_root:
+            raise ValueError(f"{stage}: a kubernetes-scheduled stage needs run_root on the shared data volume")
+        shared = Path(run_dir) / "data" / Path(table).name
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(table, shared)
+        table = str(shared)
+    overrides = {**text_encoder_overrides(text_encoders), **step_overrides(stage, overrides_json)}
+    outputs = run_stage(stage, recipe=recipe, run_dir=run_dir, data_table=table, init_from=init_from,
+                        autoencoder=autoencoder, overrides=overrides, nproc=nproc, scheduler=scheduler,
+                        nnodes=nnodes, image=image, queue=queue, namespace=namespace)
+    return publish(outputs, model_artifact_path)

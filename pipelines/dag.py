@@ -1,0 +1,183 @@
+"""The soraflow DAG (design §1) as a Kubeflow Pipelines v2 pipeline.
+
+    ingest ──> filter ──┬──> vae_train ─────────────────────────────┐
+                        │                                           v
+                        └──> dit_stage1 ──> dit_stage2 ──> dit_stage3 ──> distill ──> eval
+                                                          └─────────────────────────> eval
+
+Components are built here from the plain KFP functions in `components/<step>/component.py`, with the images
+of `ClusterSettings`, so one setting pins every image (by digest for released pipelines). Kubernetes settings
+(pools, GPUs, /dev/shm, volumes, secrets, timeouts, retries, caching) are applied per task by `_on_cpu_pool` /
+`_on_gpu_pool`; the local runner ignores them, so tests assert them on the compiled YAML.
+"""
+
+# No `from __future__ import annotations`: KFP reads the pipeline signature's annotations as types.
+
+from dataclasses import dataclass
+
+from kfp import dsl
+from kfp import kubernetes as k8s
+
+from pipelines.settings import ClusterSettings
+
+PIPELINE_NAME = "soraflow"
+
+# Local defaults: the tiny CPU recipes on the generated sample videos. Cluster runs pass the hardware recipes.
+TINY_RECIPES = {"vae_train": "tiny-cpu-vae", "dit_stage1": "tiny-cpu-stage1", "dit_stage2": "tiny-cpu-stage2",
+                "dit_stage3": "tiny-cpu-stage3", "distill": "tiny-cpu-distill"}
+CLUSTER_RECIPES = {"vae_train": "vae-256px-h200x8", "dit_stage1": "stage1-256px-h200x8",
+                   "dit_stage2": "stage2-256px-i2v-h200x8", "dit_stage3": "stage3-768px-sp4-h200x8",
+                   "distill": "distill-768px-h200x8"}
+
+
+@dataclass
+class Components:
+    ingest: object
+    filter: object
+    vae_train: object
+    dit_stage: object
+    distill: object
+    eval: object
+
+
+def build_components(settings: ClusterSettings) -> Components:
+    from components.eval.component import eval_component
+    from components.filter.component import filter_component
+    from components.ingest.component import ingest_component
+    from components.train_stage.component import dit_stage_component, distill_component, vae_train_component
+
+    def on(image, fn):  # the image carries the project and kfp: nothing is installed at run time
+        return dsl.component(fn, base_image=image, install_kfp_package=False)
+
+    return Components(
+        ingest=on(settings.cpu_image, ingest_component),
+        filter=on(settings.cpu_image, filter_component),
+        vae_train=on(settings.gpu_image, vae_train_component),
+        dit_stage=on(settings.gpu_image, dit_stage_component),
+        distill=on(settings.gpu_image, distill_component),
+        eval=on(settings.gpu_image, eval_component),
+    )
+
+
+def _on_cpu_pool(task, s: ClusterSettings, *, cache: bool, timeout_s: int | None = None) -> None:
+    """CPU steps (and training launchers): the CPU pool, the data volume; cached only when deterministic (the
+    cache key covers their inputs, which include the data revision)."""
+    task.set_caching_options(cache)
+    task.set_cpu_request("4").set_memory_request("16G")
+    k8s.add_node_selector(task, label_key=s.pool_label, label_value=s.cpu_pool)
+    k8s.mount_pvc(task, pvc_name=s.data_pvc, mount_path=s.data_mount)
+    k8s.use_secret_as_env(task, secret_name=s.bucket_secret,
+                          secret_key_to_env={key: env for env, key in s.bucket_secret_env.items()}, optional=True)
+    k8s.set_timeout(task, timeout_s or s.cpu_step_timeout_s)
+
+
+def _on_gpu_pool(task, s: ClusterSettings, *, timeout_s: int, retries: int) -> None:
+    """GPU steps: the GPU pool (toleration + selector), all GPUs of a node, /dev/shm in memory, the data and
+    checkpoint volume, bucket credentials, a timeout, and retries only where a retry resumes."""
+    task.set_caching_options(False)
+    task.set_accelerator_type(s.accelerator).set_accelerator_limit(s.gpus_per_node)
+    k8s.add_toleration(task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+    k8s.add_node_selector(task, label_key=s.pool_label, label_value=s.gpu_pool)
+    k8s.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=s.shm_size)
+    k8s.mount_pvc(task, pvc_name=s.data_pvc, mount_path=s.data_mount)
+    k8s.use_secret_as_env(task, secret_name=s.bucket_secret,
+                          secret_key_to_env={key: env for env, key in s.bucket_secret_env.items()}, optional=True)
+    k8s.set_timeout(task, timeout_s)
+    if retries:
+        task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
+
+
+def build_pipeline(settings: ClusterSettings | None = None):
+    """The pipeline function for `settings` (images, pools): compile it, or call it under `kfp.local`."""
+    s = settings or ClusterSettings()
+    c = build_components(s)
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Open-Sora 2.0: curation, DC-AE, DiT stages 1-3, distill, eval")
+    def soraflow(
+        raw_manifest: str,
+        data_revision: str = "",
+        clip_store: str = "",
+        vae_recipe: str = TINY_RECIPES["vae_train"],
+        stage1_recipe: str = TINY_RECIPES["dit_stage1"],
+        stage2_recipe: str = TINY_RECIPES["dit_stage2"],
+        stage3_recipe: str = TINY_RECIPES["dit_stage3"],
+        distill_recipe: str = TINY_RECIPES["distill"],
+        flux_weights: str = "",
+        hunyuan_vae: str = "",
+        text_encoders: str = "",
+        run_root: str = "",
+        train_scheduler: str = "local_cwd" if s.train_launcher == "in_pod" else "kubernetes",
+        nnodes: int = 1,
+        nproc: int = 1,
+        overrides: str = "{}",
+        eval_suite: str = "mini",
+        eval_num_frames: int = 9,
+        eval_resolution: str = "256px",
+        eval_height: int = 64,
+        eval_width: int = 64,
+        eval_steps: int = 4,
+        vbench_python: str = "",
+        vbench_weights: str = "",
+    ):
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        ingest = c.ingest(raw_manifest=raw_manifest, clip_store=clip_store, data_revision=data_revision,
+                          overrides=overrides)
+        ingest.set_display_name("ingest")
+        _on_cpu_pool(ingest, s, cache=True)
+
+        curate = c.filter(clips=ingest.outputs["clips"], data_revision=data_revision, overrides=overrides)
+        curate.set_display_name("filter")
+        _on_cpu_pool(curate, s, cache=True)
+        curated = curate.outputs["curated"]
+
+        common = dict(curated=curated, run_root=run_root, run_id=run_id, scheduler=train_scheduler, nnodes=nnodes,
+                      nproc=nproc, image=s.gpu_image, queue=s.volcano_queue, overrides=overrides)
+
+        def place_training(task):
+            if s.train_launcher == "volcano":  # the job's pods get the GPUs; this task only follows the job
+                _on_cpu_pool(task, s, cache=False, timeout_s=s.train_step_timeout_s)
+                if s.train_retries:
+                    task.set_retry(num_retries=s.train_retries, backoff_duration="60s", backoff_factor=2.0)
+            else:
+                _on_gpu_pool(task, s, timeout_s=s.train_step_timeout_s, retries=s.train_retries)
+
+        vae = c.vae_train(recipe=vae_recipe, **common)
+        vae.set_display_name("vae_train")
+        place_training(vae)
+
+        previous, stage_tasks = None, []
+        for stage, recipe in (("dit_stage1", stage1_recipe), ("dit_stage2", stage2_recipe),
+                              ("dit_stage3", stage3_recipe)):
+            extra = {"previous": previous} if previous is not None else {"init_weights": flux_weights}
+            task = c.dit_stage(stage=stage, recipe=recipe, hunyuan_vae=hunyuan_vae, text_encoders=text_encoders,
+                               **extra, **common)
+            task.set_display_name(stage)
+            place_training(task)
+            previous = task.outputs["model"]
+            stage_tasks.append(task)
+
+        distill = c.distill(recipe=distill_recipe, teacher=previous, autoencoder=vae.outputs["model"],
+                            text_encoders=text_encoders, **common)
+        distill.set_display_name("distill")
+        place_training(distill)
+
+        evaluate = c.eval(stage3=previous, distilled=distill.outputs["model"], autoencoder=vae.outputs["model"],
+                          curated=curated, hunyuan_vae=hunyuan_vae, text_encoders=text_encoders, suite=eval_suite,
+                          num_frames=eval_num_frames, resolution=eval_resolution, height=eval_height,
+                          width=eval_width, steps=eval_steps,
+                          vbench_python=vbench_python, vbench_weights=vbench_weights)
+        evaluate.set_display_name("eval")
+        _on_gpu_pool(evaluate, s, timeout_s=s.eval_timeout_s, retries=0)  # sampling restarts from scratch
+
+    return soraflow
+
+
+def compile_pipeline(path: str, settings: ClusterSettings | None = None, *, release: bool = False) -> str:
+    """Write the compiled pipeline (KFP IR YAML); `release=True` refuses images not pinned by digest."""
+    from kfp import compiler
+
+    s = settings or ClusterSettings()
+    if release:
+        s.require_digests()
+    compiler.Compiler().compile(build_pipeline(s), package_path=path)
+    return path

@@ -1,0 +1,89 @@
+"""The embedded default: the whole DAG through KFP's local runner on generated sample videos with the tiny CPU
+recipes (design §4). One run, checked step by step: what each step read is what the previous one wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from components.train_stage.artifacts import model_file, stage_run_dir, step_overrides
+from pipelines.local_run import run_pipeline_locally
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline")
+    # two steps per training stage keep the run to about a minute on 2 cores; the eval suite is trimmed the same way
+    steps = {s: {"max_steps": 2} for s in ("vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill")}
+    return run_pipeline_locally(str(out), overrides=steps)
+
+
+def _artifact(run, task, name):
+    out = json.loads((run.run_dir / task / "executor_output.json").read_text())
+    (art,) = out["artifacts"][name]["artifacts"]
+    return Path(art["uri"]), art.get("metadata", {})
+
+
+def _config(run, task):
+    return json.loads((_artifact(run, task, "model")[0] / "config.json").read_text())
+
+
+def test_every_step_ran_and_curation_counts_chain(run):
+    clips, clips_meta = _artifact(run, "ingest-component", "clips")
+    curated, curated_meta = _artifact(run, "filter-component", "curated")
+    n_clips = len(pd.read_parquet(clips / "clips.parquet"))
+    assert clips_meta["num_clips"] == n_clips > 0
+    assert curated_meta["input"] == n_clips  # filter scored exactly what ingest wrote
+    assert curated_meta["kept_256"] == len(pd.read_parquet(curated / "set_256px.parquet")) > 0
+    # rejected clips stay in the full table with their reason
+    full = pd.read_parquet(curated / "full.parquet")
+    assert len(full) == n_clips and full["rejected_by"].notna().sum() == n_clips - curated_meta["kept_256"]
+
+
+def test_training_steps_start_from_their_upstream_artifacts(run):
+    s1, s2, s3 = (_artifact(run, t, "model")[0] for t in
+                  ("dit-stage-component", "dit-stage-component-2", "dit-stage-component-3"))
+    vae = _artifact(run, "vae-train-component", "model")[0]
+    assert _config(run, "dit-stage-component")["model"]["from_pretrained"] is None
+    assert _config(run, "dit-stage-component-2")["model"]["from_pretrained"] == str(s1 / "model.safetensors")
+    assert _config(run, "dit-stage-component-3")["model"]["from_pretrained"] == str(s2 / "model.safetensors")
+    distill = _config(run, "distill-component")
+    assert distill["model"]["from_pretrained"] == str(s3 / "model.safetensors")
+    assert distill["ae"]["kind"] == "dcae" and distill["ae"]["path"] == str(vae / "model.safetensors")
+    # stage 3 and distill read the stricter 768px set, the others the 256px set
+    assert _config(run, "dit-stage-component-3")["data"]["table"].endswith("set_768px.parquet")
+    assert _config(run, "dit-stage-component")["data"]["table"].endswith("set_256px.parquet")
+    for task in ("vae-train-component", "dit-stage-component", "distill-component"):
+        path, meta = _artifact(run, task, "model")
+        assert meta["steps"] == 2 and (path / "MODEL_CARD.md").is_file() and (path / "model.safetensors").is_file()
+
+
+def test_eval_compares_both_models_on_the_same_prompts(run):
+    results, _ = _artifact(run, "eval-component", "results")
+    doc = json.loads((results / "metrics.json").read_text())
+    stage3, distilled = doc["models"]["stage3"], doc["models"]["distilled"]
+    n_prompts = doc["run"]["suite"]["n_prompts"]
+    assert stage3["n_videos_ok"] == distilled["n_videos_ok"] == n_prompts
+    assert stage3["preset"] == "tiny" and distilled["preset"] == "tiny-hc"
+    assert (stage3["num_frames"], distilled["num_frames"]) == (9, 8)  # 4k+1 for the VAE, 4k for the DC-AE
+    # no VBench weights here: aggregates are null with the reason, never zero
+    assert stage3["vbench"]["aggregates"]["total_score"]["value"] is None
+    assert run.report_html.is_file() and "<html" in run.report_html.read_text()[:200].lower()
+
+
+def test_step_glue_rejects_bad_parameters(tmp_path):
+    assert step_overrides("dit_stage1", '{"dit_stage1": {"max_steps": 3}, "ingest": {}}') == {"max_steps": 3}
+    with pytest.raises(ValueError, match="unknown step"):
+        step_overrides("dit_stage1", '{"dit_stage9": {}}')
+    with pytest.raises(ValueError, match="not JSON"):
+        step_overrides("dit_stage1", "{max_steps: 3}")
+    assert stage_run_dir("/mnt/runs", "job-1", "distill", "/x/model") == "/mnt/runs/job-1/distill"
+    assert stage_run_dir("", "", "distill", str(tmp_path / "model")) == str(tmp_path / "run" / "local" / "distill")
+    assert model_file(None) is None
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
+        model_file(str(tmp_path))
