@@ -67,7 +67,8 @@ def main():
                 block.compile()
         target = torch.randn_like(x["img"], dtype=torch.float32)
 
-        def fwd_bwd():
+        def fwd_bwd():  # gradients start from None, as after the trainer's zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             out = model(**x)
             torch.nn.functional.mse_loss(out.float(), target).backward()
 

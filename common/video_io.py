@@ -202,11 +202,16 @@ def iter_luma_frames(path: str | Path, rgb_indices=()) -> Iterator[LumaFrame]:
 
 
 def to_uint8_frames(video) -> np.ndarray:
-    """A [3, T, H, W] tensor/array in [-1, 1] -> uint8 [T, H, W, 3]."""
-    arr = video.detach().float().cpu().numpy() if hasattr(video, "detach") else np.asarray(video, dtype=np.float32)
-    if arr.ndim != 4 or arr.shape[0] != 3:
-        raise ValueError(f"expected a [3, T, H, W] video in [-1, 1], got shape {arr.shape}")
-    arr = ((arr.clip(-1, 1) + 1) * 127.5).round().astype(np.uint8)
+    """A [3, T, H, W] tensor/array in [-1, 1] -> uint8 [T, H, W, 3].
+
+    A tensor is converted where it lives (on the GPU for generated videos) and only the uint8 frames cross to
+    the host: 4x fewer bytes than float32, and no float passes over ~1 GB on the CPU for a 768px video."""
+    if tuple(video.shape[:1]) != (3,) or len(video.shape) != 4:
+        raise ValueError(f"expected a [3, T, H, W] video in [-1, 1], got shape {tuple(video.shape)}")
+    if hasattr(video, "detach"):
+        frames = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()
+        return frames.permute(1, 2, 3, 0).contiguous().cpu().numpy()
+    arr = ((np.asarray(video, dtype=np.float32).clip(-1, 1) + 1) * 127.5).round().astype(np.uint8)
     return np.ascontiguousarray(arr.transpose(1, 2, 3, 0))
 
 
