@@ -2,6 +2,8 @@
 single-process computation: attention outputs and dq/dk/dv, split/gather gradient scaling, and the whole tiny
 MMDiT (outputs and parameter gradients, with and without padding, with activation checkpointing)."""
 
+import functools
+import logging
 import os
 import socket
 import traceback
@@ -13,6 +15,7 @@ import torch.multiprocessing as mp
 
 from models.mmdit import MMDiT, get_config
 from models.mmdit import attention as attn_mod
+from training.parallel import ring_kernels as rk
 from training.parallel.sequence import (
     gather_from_sp,
     ring_attention,
@@ -60,24 +63,71 @@ def _reference_attention(q, k, v, kv_len):
     return (p @ v).transpose(1, 2).reshape(b, l, h * d)
 
 
+def _low_precision_ring_check(rank):
+    """Ring (fused per-block kernel) vs one SDPA call on the whole sequence, both in fp32 or bf16, both measured
+    against fp64: the ring's max error may be at most 2x SDPA's + a floor (1e-5 fp32, 1e-2 bf16; O(1) values).
+    Padding: the last 3 keys (rank 1's block partial)."""
+    B, H, L, D = 1, 4, 64, 32
+    lc, kv_len = L // WORLD, L - 3
+    sl = slice(rank * lc, (rank + 1) * lc)
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(B, H, L, D, generator=g, dtype=torch.float64) for _ in range(3))
+    w = torch.randn(B, L, H * D, generator=g, dtype=torch.float64)
+    ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = _reference_attention(*ref_in, kv_len)
+    (ref * w).sum().backward()
+    for dtype, floor in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        full = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        sdpa = attn_mod.attention(full[0], full[1][:, :, :kv_len], full[2][:, :, :kv_len])
+        (sdpa.double() * w).sum().backward()
+        loc = [t.detach()[:, :, sl].clone().requires_grad_() for t in full]
+        out = ring_attention(*loc, group=None, kv_len=kv_len)
+        assert out.dtype == dtype
+        (out.double() * w[:, sl]).sum().backward()
+        pairs = [("out", out, sdpa[:, sl], ref[:, sl])] + [
+            (f"d{n}", a.grad, s.grad[:, :, sl], r.grad[:, :, sl]) for n, a, s, r in zip("qkv", loc, full, ref_in)
+        ]
+        for name, got, base, exact in pairs:
+            err = (got.double() - exact).abs().max().item()
+            base_err = (base.double() - exact).abs().max().item()
+            assert err <= 2 * base_err + floor, f"ring {name} {dtype}: err {err:.3g} vs SDPA {base_err:.3g}"
+
+
 def _ops_worker(rank):
     torch.manual_seed(0)
+    log_records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: log_records.append(record.getMessage())
+    logging.getLogger(rk.__name__).addHandler(handler)
+    logging.getLogger(rk.__name__).setLevel(logging.DEBUG)
     B, H, L, D = 2, 4, 12, 8
     lc = L // WORLD
     sl = slice(rank * lc, (rank + 1) * lc)
-    for kv_len in (L, L - 1):  # L - 1: the last token is padding (masked as a key)
+    fns = (
+        ("ulysses", ulysses_attention),
+        ("ring", ring_attention),  # fused per-block kernel (cpu-flash)
+        ("ring-matmul", functools.partial(ring_attention, kernel="matmul")),
+    )
+    # L - 1: the last token is padding (masked as a key); 5: rank 0's block partial, rank 1's all padding.
+    for kv_len in (L, L - 1, 5):
         q, k, v = (torch.randn(B, H, L, D, dtype=torch.float64) for _ in range(3))
         w = torch.randn(B, L, H * D, dtype=torch.float64)  # loss weights, same on every rank
         ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
         ref = _reference_attention(*ref_in, kv_len)
         (ref * w).sum().backward()
-        for name, fn in (("ulysses", ulysses_attention), ("ring", ring_attention)):
+        for name, fn in fns:
             loc = [t[:, :, sl].clone().requires_grad_() for t in (q, k, v)]
             out = fn(*loc, group=None, kv_len=None if kv_len == L else kv_len)
             torch.testing.assert_close(out, ref[:, sl], **TOL, msg=f"{name} output (kv_len={kv_len})")
             (out * w[:, sl]).sum().backward()
             for g, r, what in zip((t.grad for t in loc), (t.grad for t in ref_in), "qkv"):
                 torch.testing.assert_close(g, r[:, :, sl], **TOL, msg=f"{name} d{what} (kv_len={kv_len})")
+
+    # The ring ran the fused CPU kernel, and said so in the debug log.
+    assert any("cpu-flash block kernel" in m for m in log_records), log_records
+
+    # fp32 and bf16: the ring against one single-process SDPA call in the same dtype (and both against fp64).
+    _low_precision_ring_check(rank)
 
     # Ulysses through the default kernel (SDPA) also matches.
     q, k, v = (torch.randn(B, H, lc, D, dtype=torch.float64) for _ in range(3))
@@ -175,3 +225,51 @@ def _mmdit_worker(rank):
 
 def test_mmdit_under_sp_matches_single_process():
     _launch(_mmdit_worker)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _compiled_worker(rank, backend, cases):
+    """SP with torch.compile'd blocks (`MMDiT.compile_blocks`, as the GPU path does): the distributed attention
+    runs eagerly behind a graph break, the rest of each block compiled. Output and mean parameter gradients vs
+    the eager single-process model: fp64 exact-level with aot_eager (AOT autograd, no codegen); inductor's
+    generated C++ reorders fp64 reductions, so 1e-6 relative there."""
+    tol = TOL if backend == "aot_eager" else dict(rtol=1e-6, atol=1e-7)
+    torch.manual_seed(0)
+    cfg = get_config("tiny", depth=1, depth_single_blocks=1)
+    model = MMDiT(cfg).double()
+    with torch.no_grad():
+        model.cond_in.weight.normal_(0, 0.1)
+    refs = {}
+    for ci, (n_txt, n_img) in enumerate(cases):
+        inputs = _inputs(cfg, n_txt, n_img, seed=ci)
+        w = torch.randn(2, n_img, cfg.out_channels, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+        model.zero_grad()
+        ref = model(**inputs)
+        (ref * w).sum().backward()
+        refs[ci] = (inputs, w, ref.detach(), _grads(model))
+    model.compile_blocks(backend=backend)
+    for mode in ("ring", "ulysses"):
+        for ci, (n_txt, n_img) in enumerate(cases):
+            inputs, w, ref, ref_grads = refs[ci]
+            model.zero_grad()
+            with sequence_parallel(model, None, mode):
+                out = model(**inputs)
+                (out * w).sum().backward()
+            what = f"compiled ({backend}) {mode} n_txt={n_txt} n_img={n_img}"
+            torch.testing.assert_close(out, ref, **tol, msg=f"output, {what}")
+            for name, g in _grads(model).items():
+                dist.all_reduce(g)
+                g /= WORLD
+                torch.testing.assert_close(g, ref_grads[name], **tol, msg=f"grad {name}, {what}")
+
+
+def test_sp_with_compiled_blocks():
+    # padded by 1 with rank 1 getting no text; rank 0 getting no image tokens (text/image boundary on rank 1)
+    _launch(_compiled_worker, "aot_eager", [(6, 9), (9, 4)])
+
+
+@pytest.mark.slow  # inductor compiles C++ for every block shape: about a minute on 2 cores
+def test_sp_with_inductor_compiled_blocks():
+    _launch(_compiled_worker, "inductor", [(6, 9)])

@@ -15,10 +15,13 @@ Attention modes:
   (`models.mmdit.attention.attention`) runs on the full length over a head slice; one all-to-all turns it back.
   Needs num_heads % sp == 0.
 * "ring": K/V blocks travel around the ring (isend/irecv, the next block in flight while the current one is
-  computed); per-block outputs are merged with log-sum-exp rescaling in fp32. The backward is a custom
-  autograd.Function that recomputes each block's probabilities from the saved LSE and sends dK/dV (fp32
-  accumulators) around the ring along with K/V. The per-block kernel here is plain fp32 matmul/softmax
-  (portable, CPU-testable); on GPU it is the place to call a flash kernel that returns the LSE.
+  computed); each block runs a fused attention kernel that returns the log-sum-exp (flash on CUDA bf16/fp16,
+  memory-efficient on other CUDA dtypes, the CPU flash kernel on CPU; `ring_kernels.py`), and block outputs
+  are merged with LSE rescaling in fp32. The backward is a custom autograd.Function that feeds each K/V block,
+  with the *global* output and LSE, to the matching fused backward kernel (which then yields exactly that
+  block's dQ share and dK/dV) and sends fp32 dK/dV accumulators around the ring along with K/V. Pad keys are
+  dropped by slicing each block to its valid keys. The old fp32 matmul/softmax kernel remains as "matmul", run
+  only when asked for or where no fused kernel exists (logged).
 
 Padding: if L_txt + L_img is not a multiple of sp, zero tokens are appended at the *end* of the joint sequence
 (after the image tokens, identity RoPE) and excluded from attention as keys (`kv_len`), so the real tokens'
@@ -42,6 +45,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from models.mmdit import attention as attn_mod
+from training.parallel import ring_kernels as rk
 
 MODES = ("ulysses", "ring")
 
@@ -132,6 +136,7 @@ class _AllToAll(torch.autograd.Function):
 # Ulysses
 
 
+@torch.compiler.disable  # collectives inside: under compiled blocks, run eagerly behind a graph break
 def ulysses_attention(q, k, v, group=None, kv_len: int | None = None, attn_fn=None) -> torch.Tensor:
     """Sequence-sharded attention by head all-to-all.
 
@@ -189,91 +194,80 @@ def _block_valid(kv_len: int | None, src: int, chunk: int) -> int:
     return max(0, min(chunk, kv_len - src * chunk))
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: fp32, or the input's own if wider (fp64 in tests)."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _block_forward(q, k, v, scale):
-    """Attention of q over one K/V block in the accumulation dtype: (out [B,H,Lq,D], lse [B,H,Lq])."""
-    acc = _acc_dtype(q.dtype)
-    s = torch.matmul(q.to(acc), k.to(acc).transpose(-2, -1)) * scale
-    lse = torch.logsumexp(s, dim=-1)
-    out = torch.matmul(torch.exp(s - lse.unsqueeze(-1)), v.to(acc))
-    return out, lse
+def _ring_blocks(kv: torch.Tensor, group, kv_len: int | None):
+    """Yield this rank's view of every K/V block in ring order, sliced to its valid keys, while the next block
+    is already in flight (the consumer's compute on the current block overlaps the transfer)."""
+    sp, rank = _size(group), _rank(group)
+    lc = kv.shape[3]
+    for step in range(sp):
+        if step + 1 < sp:
+            nxt, reqs = _ring_exchange(kv, group)
+        n = _block_valid(kv_len, (rank - step) % sp, lc)
+        yield kv[0, :, :, :n], kv[1, :, :, :n]
+        if step + 1 < sp:
+            _wait(reqs)
+            kv = nxt
 
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, group, kv_len):
-        sp, rank = _size(group), _rank(group)
-        b, h, lc, d = q.shape
-        scale = 1.0 / math.sqrt(d)
-        acc = _acc_dtype(q.dtype)
-        out = torch.zeros(b, h, lc, d, dtype=acc, device=q.device)
-        lse = torch.full((b, h, lc), -math.inf, dtype=acc, device=q.device)
-        kv = torch.stack((k, v))
-        for step in range(sp):
-            if step + 1 < sp:
-                nxt, reqs = _ring_exchange(kv, group)  # next block in flight during this block's compute
-            n = _block_valid(kv_len, (rank - step) % sp, lc)
-            if n > 0:
-                o_s, lse_s = _block_forward(q, kv[0, :, :, :n], kv[1, :, :, :n], scale)
-                new = torch.logaddexp(lse, lse_s)
-                out = out * torch.exp(lse - new).unsqueeze(-1) + o_s * torch.exp(lse_s - new).unsqueeze(-1)
-                lse = new
-            if step + 1 < sp:
-                _wait(reqs)
-                kv = nxt
+    def forward(ctx, q, k, v, group, kv_len, kernel):
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        out, lse, aux = rk.forward_over_blocks(q, _ring_blocks(torch.stack((k, v)), group, kv_len), kernel, scale)
+        out = out.to(q.dtype)
+        # The global output in the input dtype (what the caller gets) and the global LSE are all the fused
+        # backward kernels need besides q and each K/V block.
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.group, ctx.kv_len = group, kv_len
-        return out.to(q.dtype)
+        ctx.group, ctx.kv_len, ctx.kernel, ctx.aux, ctx.scale = group, kv_len, kernel, aux, scale
+        return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        group, kv_len = ctx.group, ctx.kv_len
+        group, kv_len, kernel = ctx.group, ctx.kv_len, ctx.kernel
         sp, rank = _size(group), _rank(group)
-        lc, d = q.shape[2], q.shape[3]
-        scale = 1.0 / math.sqrt(d)
-        acc = _acc_dtype(q.dtype)
-        qf, do = q.to(acc), dout.to(acc)
-        delta = (do * out).sum(-1, keepdim=True)  # rowsum(dO * O) [B, H, Lc, 1]
-        dq = torch.zeros_like(qf)
+        lc = q.shape[2]
+        acc = rk.acc_dtype(q.dtype)
+        dq = torch.zeros(q.shape, dtype=acc, device=q.device)
         kv = torch.stack((k, v))
-        # dK/dV accumulator of the block currently held; it travels around the ring with the K/V block.
+        # dK/dV accumulator (fp32) of the block currently held; it travels around the ring with the K/V block.
         dkv = torch.zeros(kv.shape, dtype=acc, device=kv.device)
         for step in range(sp):
             if step + 1 < sp:
                 nxt, reqs = _ring_exchange(kv, group)
             n = _block_valid(kv_len, (rank - step) % sp, lc)
-            if n > 0:
-                kb, vb = kv[0, :, :, :n].to(acc), kv[1, :, :, :n].to(acc)
-                p = torch.exp(torch.matmul(qf, kb.transpose(-2, -1)) * scale - lse.unsqueeze(-1))
-                dkv[1, :, :, :n] += torch.matmul(p.transpose(-2, -1), do)
-                ds = p * (torch.matmul(do, vb.transpose(-2, -1)) - delta)
-                dq += torch.matmul(ds, kb) * scale
-                dkv[0, :, :, :n] += torch.matmul(ds.transpose(-2, -1), qf) * scale
+            if n > 0:  # a block wholly beyond kv_len is padding: no contribution
+                gq, gk, gv = kernel.backward(dout, q, kv[0, :, :, :n], kv[1, :, :, :n], out, lse, ctx.aux, ctx.scale)
+                dq += gq
+                dkv[0, :, :, :n] += gk
+                dkv[1, :, :, :n] += gv
             # Pass the accumulator on; after sp hops each rank holds its own block's complete dK/dV.
             dkv, dreqs = _ring_exchange(dkv, group, tag=1)
             _wait(dreqs)
             if step + 1 < sp:
                 _wait(reqs)
                 kv = nxt
-        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None
+        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
 
 
-def ring_attention(q, k, v, group=None, kv_len: int | None = None) -> torch.Tensor:
+# Kernel used by ring_attention when none is passed ("auto": fused with LSE where one exists, see ring_kernels).
+RING_KERNEL = "auto"
+
+
+@torch.compiler.disable  # P2P inside: under compiled blocks, dynamo breaks the graph here and runs this eagerly
+def ring_attention(q, k, v, group=None, kv_len: int | None = None, kernel: str | None = None) -> torch.Tensor:
     """Sequence-sharded attention by K/V rotation (non-causal, no mask, scale 1/sqrt(D)).
 
     q, k, v: [B, H, L/sp, D], this rank's contiguous chunk. Returns [B, L/sp, H*D]. Keys at global positions
-    >= kv_len are ignored (padding at the end of the global sequence).
+    >= kv_len are ignored (padding at the end of the global sequence). `kernel`: the per-block kernel name
+    (`ring_kernels.KERNELS`; default `RING_KERNEL`).
     """
     b, h, lc, d = q.shape
     if _size(group) == 1:
         n = lc if kv_len is None else kv_len
         return attn_mod.attention(q, k[:, :, :n], v[:, :, :n])
-    out = _RingAttention.apply(q, k, v, group, kv_len)
+    impl = rk.select_kernel(q.device, q.dtype, d, RING_KERNEL if kernel is None else kernel)
+    out = _RingAttention.apply(q, k, v, group, kv_len, impl)
     return out.transpose(1, 2).reshape(b, lc, h * d)
 
 
@@ -295,13 +289,15 @@ def _unwrap(model):
 class SequenceParallel:
     """Installed on an MMDiT as its `sequence_parallel_forward`; see `sequence_parallel`."""
 
-    def __init__(self, model, group=None, mode: str = "ring"):
+    def __init__(self, model, group=None, mode: str = "ring", ring_kernel: str = "auto"):
         if mode not in MODES:
             raise ValueError(f"unknown sequence-parallel mode {mode!r}; choose from {MODES}")
         if not dist.is_initialized():
             raise RuntimeError("sequence parallelism needs torch.distributed to be initialised")
         model = _unwrap(model)
-        self.group, self.mode = group, mode
+        if ring_kernel not in rk.KERNELS:
+            raise ValueError(f"unknown ring attention kernel {ring_kernel!r}; choose from {rk.KERNELS}")
+        self.group, self.mode, self.ring_kernel = group, mode, ring_kernel
         self.sp = _size(group)
         heads = model.config.num_heads
         if mode == "ulysses" and heads % self.sp:
@@ -327,8 +323,9 @@ class SequenceParallel:
         return self
 
     def attention_fn(self, kv_len: int | None):
-        fn = ulysses_attention if self.mode == "ulysses" else ring_attention
-        return functools.partial(fn, group=self.group, kv_len=kv_len)
+        if self.mode == "ulysses":
+            return functools.partial(ulysses_attention, group=self.group, kv_len=kv_len)
+        return functools.partial(ring_attention, group=self.group, kv_len=kv_len, kernel=self.ring_kernel)
 
     def __call__(self, model, img, txt, vec, pe):
         """Embedded (img [B,Li,d], txt [B,Lt,d], vec, pe over [txt; img]) -> full output [B, Li, C_out]."""
@@ -358,7 +355,7 @@ class SequenceParallel:
         return out[:, n_txt:n]
 
 
-def sequence_parallel(model, group=None, mode: str = "ring") -> SequenceParallel:
+def sequence_parallel(model, group=None, mode: str = "ring", ring_kernel: str = "auto") -> SequenceParallel:
     """Run `model` (an MMDiT, possibly inside DDP / torch.compile) sequence-parallel over `group`.
 
     Installs the SP forward and returns its handle: `model(**inputs)` on every rank of the group, given the same
@@ -366,6 +363,7 @@ def sequence_parallel(model, group=None, mode: str = "ring") -> SequenceParallel
     manager (`with sequence_parallel(model, group, "ulysses"): ...`) or call `.remove()` to switch back. The
     distributed attention is passed to the blocks as an argument, so backward (and activation-checkpoint
     recomputation) after leaving the context is still correct. Parameter gradients: see the module docstring
-    (mean over the SP group = single-process gradient).
+    (mean over the SP group = single-process gradient). `ring_kernel` picks ring attention's per-block kernel
+    (`ring_kernels.select_kernel`; "auto" = fused with LSE, "matmul" = the portable reference path).
     """
-    return SequenceParallel(model, group, mode)
+    return SequenceParallel(model, group, mode, ring_kernel)
