@@ -403,8 +403,13 @@ def _run_pipeline_local(args) -> int:
 
     run = run_pipeline_locally(args.out_dir, raw_manifest=args.raw, overrides=_step_kv(args.override, "override"),
                                recipes=_step_kv(args.recipe, "recipe"), nproc=args.nproc, eval_suite=args.suite)
-    print(json.dumps({"seconds": round(run.seconds, 1), "artifacts": str(run.run_dir),
-                      "report": str(run.report_html) if run.report_html else None}, indent=2))
+    print(f"pipeline finished in {run.seconds:.0f} s; every step's artifacts: {run.run_dir}")
+    labels = {"curated": "curated dataset", "dcae": "Video DC-AE", "stage1": "DiT stage 1",
+              "stage2": "DiT stage 2", "stage3": "DiT stage 3", "distilled": "distilled DiT",
+              "eval_results": "eval results"}
+    for name, label in labels.items():
+        print(f"  {label:16s} {run.outputs[name]}")
+    print(f"  {'eval report':16s} {run.report_html}")
     return 0
 
 
@@ -486,11 +491,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from pipelines.local_run import PipelineRunError
+
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"soraflow {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except PipelineRunError as exc:  # the step's own message; its artifacts and log are above
+        print(f"soraflow {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@ of `ClusterSettings`, so one setting pins every image (by digest for released pi
 # No `from __future__ import annotations`: KFP reads the pipeline signature's annotations as types.
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp import kubernetes as k8s
+from kfp.dsl import HTML, Artifact, Dataset, Model
 
 from pipelines.settings import ClusterSettings
 
@@ -106,6 +108,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         hunyuan_vae: str = "",
         text_encoders: str = "",
         run_root: str = "",
+        run_tag: str = "",
         train_scheduler: str = "local_cwd" if s.train_launcher == "in_pod" else "kubernetes",
         nnodes: int = 1,
         nproc: int = 1,
@@ -118,7 +121,9 @@ def build_pipeline(settings: ClusterSettings | None = None):
         eval_steps: int = 4,
         vbench_python: str = "",
         vbench_weights: str = "",
-    ):
+    ) -> NamedTuple("Outputs", [("curated", Dataset), ("dcae", Model), ("stage1", Model), ("stage2", Model),
+                                ("stage3", Model), ("distilled", Model), ("eval_results", Artifact),
+                                ("eval_report", HTML)]):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         ingest = c.ingest(raw_manifest=raw_manifest, clip_store=clip_store, data_revision=data_revision,
                           overrides=overrides)
@@ -130,7 +135,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         _on_cpu_pool(curate, s, cache=True)
         curated = curate.outputs["curated"]
 
-        common = dict(curated=curated, run_root=run_root, run_id=run_id, scheduler=train_scheduler, nnodes=nnodes,
+        common = dict(curated=curated, run_root=run_root, run_id=run_id, run_tag=run_tag, scheduler=train_scheduler, nnodes=nnodes,
                       nproc=nproc, image=s.gpu_image, queue=s.volcano_queue, overrides=overrides)
 
         def place_training(task):
@@ -168,6 +173,15 @@ def build_pipeline(settings: ClusterSettings | None = None):
                           vbench_python=vbench_python, vbench_weights=vbench_weights)
         evaluate.set_display_name("eval")
         _on_gpu_pool(evaluate, s, timeout_s=s.eval_timeout_s, retries=0)  # sampling restarts from scratch
+
+        # the pipeline's own outputs: what a run produced, wherever each step ran (or was served from cache)
+        outputs = NamedTuple("Outputs", [("curated", Dataset), ("dcae", Model), ("stage1", Model),
+                                         ("stage2", Model), ("stage3", Model), ("distilled", Model),
+                                         ("eval_results", Artifact), ("eval_report", HTML)])
+        return outputs(curated=curated, dcae=vae.outputs["model"], stage1=stage_tasks[0].outputs["model"],
+                       stage2=stage_tasks[1].outputs["model"], stage3=previous,
+                       distilled=distill.outputs["model"], eval_results=evaluate.outputs["results"],
+                       eval_report=evaluate.outputs["report"])
 
     return soraflow
 

@@ -1,20 +1,38 @@
 """The embedded default (design §4): the whole DAG through KFP's local runner, on generated sample videos, with
 the tiny CPU recipes. Each step runs as a subprocess of this interpreter with the real KFP executor; training
-steps start torchrun through torchx `local_cwd`."""
+steps start torchrun through torchx `local_cwd`.
+
+Re-running in the same output folder after a failure resumes: ingest and filter come from KFP's local cache
+(their inputs are unchanged), and each training stage resumes from its last checkpoint: its run folder is named
+by a hash of its recipe, overrides and input bytes (`components.train_stage.artifacts.stage_key`), so an
+unchanged stage finds its folder again and a changed one starts fresh.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import logging
+import re
 import shutil
+import sys
 import time
-from dataclasses import dataclass
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.dag import TINY_RECIPES, build_pipeline
 from pipelines.settings import ClusterSettings
 
-STEPS = ("ingest", "filter", "vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill", "eval")
+TASKS = {"ingest": "ingest-component", "filter": "filter-component", "vae_train": "vae-train-component",
+         "dit_stage1": "dit-stage-component", "dit_stage2": "dit-stage-component-2",
+         "dit_stage3": "dit-stage-component-3", "distill": "distill-component", "eval": "eval-component"}
+_ERROR_LINE = re.compile(r"^\s*(\w+\.)*\w*(Error|Exception|Exit)\b.*:")
+
+
+class PipelineRunError(RuntimeError):
+    """A step failed; the message names the step and its own error."""
 
 
 @dataclass
@@ -24,19 +42,35 @@ class LocalRun:
     seconds: float
     report_html: Path | None
     summary_md: Path | None
+    outputs: dict = field(default_factory=dict)  # the pipeline's outputs (curated, stage1..3, distilled, ...) -> path
 
 
-def _newest_run(pipeline_root: Path, before: set[Path]) -> Path:
+class _TailStdout(io.TextIOBase):
+    """Passes the runner's output through and keeps the last lines, to name a failed step's own error."""
+
+    def __init__(self, stream, keep: int = 400):
+        self.stream, self.lines = stream, deque(maxlen=keep)
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self.lines.extend(text.splitlines())
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def last_error(self) -> str | None:
+        return next((line.strip() for line in reversed(self.lines) if _ERROR_LINE.match(line)), None)
+
+
+def _newest_run(pipeline_root: Path, before: set[Path]) -> Path | None:
     runs = [p for p in pipeline_root.iterdir() if p.is_dir() and p not in before]
-    if not runs:
-        raise RuntimeError(f"{pipeline_root}: the local runner wrote no run folder")
-    return max(runs, key=lambda p: p.stat().st_mtime)
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
 
 def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overrides: dict | None = None,
-                         recipes: dict | None = None, nproc: int = 1, eval_suite: str = "mini",
-                         quiet: bool = True) -> LocalRun:
-    """Run the DAG; returns where its artifacts are. Raises RuntimeError naming the failed step."""
+                         recipes: dict | None = None, nproc: int = 1, eval_suite: str = "mini") -> LocalRun:
+    """Run the DAG; returns where its artifacts are. Raises PipelineRunError naming the failed step's error."""
     from kfp import local
 
     out = Path(out_dir).resolve()
@@ -44,34 +78,48 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
     if raw_manifest is None:
         from components.sample_data import make_sample_videos
 
-        raw_manifest = str(make_sample_videos(out / "raw"))
+        manifest = out / "raw" / "manifest.csv"
+        raw_manifest = str(manifest if manifest.is_file() else make_sample_videos(out / "raw"))
     recipes = {**TINY_RECIPES, **(recipes or {})}
     unknown = set(recipes) - set(TINY_RECIPES)
     if unknown:
         raise ValueError(f"recipes for unknown step(s) {sorted(unknown)}; steps: {sorted(TINY_RECIPES)}")
+    overrides = overrides or {}
     root = out / "pipeline-root"
     root.mkdir(exist_ok=True)
     before = set(root.iterdir())
-    if quiet:  # the runner logs every task's full output at INFO; keep the task status lines
-        logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-    pipeline = build_pipeline(ClusterSettings(train_launcher="in_pod"))
+    # KFP's local cache serves ingest/filter again on a re-run; the others opt out (set_caching_options(False))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
+               enable_caching=True, cache_root=str(out / "kfp-cache"))
+    # no task retries here: torchrun already restarts crashed workers, and a bad input fails the same way again
+    pipeline = build_pipeline(ClusterSettings(train_launcher="in_pod", train_retries=0))
+    tail = _TailStdout(sys.stdout)
     t0 = time.time()
     try:
-        pipeline(raw_manifest=str(raw_manifest), vae_recipe=recipes["vae_train"],
-                 stage1_recipe=recipes["dit_stage1"], stage2_recipe=recipes["dit_stage2"],
-                 stage3_recipe=recipes["dit_stage3"], distill_recipe=recipes["distill"], run_root=str(out / "runs"),
-                 train_scheduler="local_cwd", nproc=nproc, overrides=json.dumps(overrides or {}),
-                 eval_suite=eval_suite)
+        with contextlib.redirect_stdout(tail), warnings.catch_warnings():
+            # expected here: the local runner ignores pod settings and runs the images' code in this interpreter
+            warnings.filterwarnings("ignore", message=r".*(have no effect in the current local runner|"
+                                                      r"non-Python base image).*")
+            task = pipeline(raw_manifest=str(raw_manifest), vae_recipe=recipes["vae_train"],
+                     stage1_recipe=recipes["dit_stage1"], stage2_recipe=recipes["dit_stage2"],
+                     stage3_recipe=recipes["dit_stage3"], distill_recipe=recipes["distill"],
+                     run_root=str(out / "runs"), run_tag="local",
+                     train_scheduler="local_cwd", nproc=nproc, overrides=json.dumps(overrides),
+                     eval_suite=eval_suite)
     except RuntimeError as exc:
-        raise RuntimeError(f"local pipeline run failed: {exc} (task folders under {root})") from exc
+        failed = re.search(r"Inner task failed: \W*\[?\d*m?'?([\w-]+)", str(exc))
+        step = next((s for s, t in TASKS.items() if failed and t == failed.group(1)), "a step")
+        run_dir = _newest_run(root, before)
+        raise PipelineRunError(
+            f"local pipeline run failed in {step}: {tail.last_error() or exc}\n"
+            f"earlier steps' artifacts are kept under {run_dir or root}; re-run the same command to resume"
+        ) from exc
     seconds = time.time() - t0
     run_dir = _newest_run(root, before)
-    report = next(run_dir.glob("eval-component/report"), None)
-    summary = next(run_dir.glob("eval-component/summary"), None)
-    if report is not None:
-        shutil.copyfile(report, out / "report.html")
-    if summary is not None:
-        shutil.copyfile(summary, out / "report.md")
-    return LocalRun(out, run_dir, seconds, out / "report.html" if report else None,
-                    out / "report.md" if summary else None)
+    if run_dir is None:
+        raise RuntimeError(f"{root}: the local runner wrote no run folder")
+    # artifacts served from KFP's cache live in the earlier run's folder: the pipeline outputs say where
+    outputs = {name: Path(artifact.uri) for name, artifact in task.outputs.items()}
+    shutil.copyfile(outputs["eval_results"] / "report.html", out / "report.html")
+    shutil.copyfile(outputs["eval_results"] / "report.md", out / "report.md")
+    return LocalRun(out, run_dir, seconds, out / "report.html", out / "report.md", outputs)

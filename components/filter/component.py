@@ -30,3 +30,6 @@ def filter_component(clips: Input[Dataset], curated: Output[Dataset], validation
     for key in ("input", "kept_256", "kept_768", "needs_caption"):
         metrics.log_metric(key, counts[key])
     metrics.log_metric("seconds", round(result.seconds, 3))
+    # the numbers as a file too: readable beside the artifacts, and KFP's local cache reuses a task only when
+    # every output artifact exists on disk
+    Path(metrics.path).write_text(json.dumps(metrics.metadata, indent=1))

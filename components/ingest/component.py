@@ -14,6 +14,7 @@ def ingest_component(raw_manifest: str, clips: Output[Dataset], metrics: Output[
     import json
     import os
     import shutil
+    from pathlib import Path
 
     from components.ingest import ingest
 
@@ -29,3 +30,6 @@ def ingest_component(raw_manifest: str, clips: Output[Dataset], metrics: Output[
     metrics.log_metric("clips", len(result.clips))
     metrics.log_metric("sources_rejected", int(sum(result.counts.values())))
     metrics.log_metric("seconds", round(result.seconds, 3))
+    # the numbers as a file too: readable beside the artifacts, and KFP's local cache reuses a task only when
+    # every output artifact exists on disk
+    Path(metrics.path).write_text(json.dumps(metrics.metadata, indent=1))

@@ -3,6 +3,7 @@ holds. Plain functions, so they are tested without KFP; the components in compon
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -31,11 +32,29 @@ def step_overrides(stage: str, overrides_json: str) -> dict:
     return dict(allsteps.get(stage, {}))
 
 
-def stage_run_dir(run_root: str, run_id: str, stage: str, artifact_path: str) -> str:
-    """Checkpoints live on the data volume keyed by pipeline run and stage, so a retried task (a new pod) finds
-    and resumes them; without a run root they sit beside the artifact (local runs)."""
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def stage_key(stage: str, recipe: str, overrides: dict, inputs: list[str | None]) -> str:
+    """What a stage's checkpoints are a function of: recipe, overrides and the bytes of its input weights. A task
+    with the same key resumes the same run folder; any change starts a fresh one (never a wrong resume)."""
+    h = hashlib.sha256(json.dumps([stage, recipe, overrides], sort_keys=True, default=str).encode())
+    for path in inputs:
+        h.update((_file_sha256(path) if path else "-").encode())
+    return h.hexdigest()[:12]
+
+
+def stage_run_dir(run_root: str, run_id: str, stage: str, artifact_path: str, key: str = "") -> str:
+    """Checkpoints live on the data volume keyed by pipeline run, stage and `stage_key`, so a retried task (a new
+    pod) or a re-run with the same run tag finds and resumes them; without a run root they sit beside the
+    artifact."""
     root = run_root or os.path.join(os.path.dirname(artifact_path), "run")
-    return os.path.join(root, run_id or "local", stage)
+    return os.path.join(root, run_id or "local", f"{stage}-{key}" if key else stage)
 
 
 def model_file(artifact_path: str | None) -> str | None:
@@ -83,7 +102,9 @@ def train_step(stage: str, *, recipe: str, dataset_path: str, model_artifact_pat
                queue: str = "default", namespace: str | None = None) -> dict:
     """Run one training stage on the filter step's dataset and fill the Model artifact; returns its metadata."""
     table = os.path.join(dataset_path, f"{DATA_SET_BY_STAGE[stage]}.parquet")
-    run_dir = stage_run_dir(run_root, run_id, stage, model_artifact_path)
+    overrides = {**text_encoder_overrides(text_encoders), **step_overrides(stage, overrides_json)}
+    key = stage_key(stage, recipe, overrides, [init_from, autoencoder, table])
+    run_dir = stage_run_dir(run_root, run_id, stage, model_artifact_path, key)
     if scheduler == "kubernetes":  # the job's pods see the shared volume, not this task's artifact folder
         if not run_root:
             raise ValueError(f"{stage}: a kubernetes-scheduled stage needs run_root on the shared data volume")
@@ -91,7 +112,6 @@ def train_step(stage: str, *, recipe: str, dataset_path: str, model_artifact_pat
         shared.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(table, shared)
         table = str(shared)
-    overrides = {**text_encoder_overrides(text_encoders), **step_overrides(stage, overrides_json)}
     outputs = run_stage(stage, recipe=recipe, run_dir=run_dir, data_table=table, init_from=init_from,
                         autoencoder=autoencoder, overrides=overrides, nproc=nproc, scheduler=scheduler,
                         nnodes=nnodes, image=image, queue=queue, namespace=namespace)

@@ -9,22 +9,66 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.train_stage.artifacts import model_file, stage_run_dir, step_overrides
-from pipelines.local_run import run_pipeline_locally
+from components.train_stage.artifacts import model_file, stage_key, stage_run_dir, step_overrides
+from pipelines.local_run import PipelineRunError, run_pipeline_locally
 
 pytestmark = pytest.mark.slow
+STEPS = {s: {"max_steps": 2} for s in ("vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill")}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def failed_then_rerun(tmp_path_factory):
+    """A run that fails in dit_stage2 (a recipe name that does not exist), then the same command with the name
+    fixed in the same folder: the re-run must resume from what the first run produced."""
     out = tmp_path_factory.mktemp("pipeline")
-    # two steps per training stage keep the run to about a minute on 2 cores; the eval suite is trimmed the same way
-    steps = {s: {"max_steps": 2} for s in ("vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill")}
-    return run_pipeline_locally(str(out), overrides=steps)
+    # two steps per training stage keep each stage to seconds on 2 cores
+    with pytest.raises(PipelineRunError) as failure:
+        run_pipeline_locally(str(out), overrides=STEPS, recipes={"dit_stage2": "no-such-recipe"})
+    (first,) = [p for p in (out / "pipeline-root").iterdir() if p.is_dir()]
+    stage1_runs = sorted((out / "runs" / "local").glob("dit_stage1-*"))
+    stage1_mtime = (stage1_runs[0] / "model.safetensors").stat().st_mtime_ns if stage1_runs else None
+    run = run_pipeline_locally(str(out), overrides=STEPS)
+    return {"error": str(failure.value), "first": first, "run": run, "out": out, "stage1_runs": stage1_runs,
+            "stage1_mtime": stage1_mtime}
+
+
+@pytest.fixture(scope="module")
+def run(failed_then_rerun):
+    return failed_then_rerun["run"]
+
+
+def test_a_failed_step_names_its_error_and_keeps_earlier_work(failed_then_rerun):
+    error, first = failed_then_rerun["error"], failed_then_rerun["first"]
+    assert "failed in dit_stage2" in error and "unknown recipe 'no-such-recipe'" in error
+    for task in ("ingest-component", "filter-component", "dit-stage-component"):
+        assert (first / task / "executor_output.json").is_file(), task
+    assert not (first / "dit-stage-component-2" / "executor_output.json").exists()
+
+
+def test_the_rerun_resumes_instead_of_redoing(failed_then_rerun):
+    run = failed_then_rerun["run"]
+    # ingest and filter come from KFP's local cache: the curated dataset is the first run's artifact
+    curated, _ = _artifact(run, "filter-component", "curated")
+    assert str(curated).startswith(str(failed_then_rerun["first"]))
+    # stage 1 found its own run folder again (same recipe, overrides and input bytes) and did not train again
+    assert sorted((failed_then_rerun["out"] / "runs" / "local").glob("dit_stage1-*")) == \
+        failed_then_rerun["stage1_runs"] and len(failed_then_rerun["stage1_runs"]) == 1
+    ckpts = sorted((failed_then_rerun["stage1_runs"][0] / "checkpoints").glob("step-*"))
+    assert ckpts and ckpts[-1].name.endswith("2")  # still the checkpoint of the last of its 2 steps
+
+
+OUTPUT_OF = {"ingest-component": "curated", "filter-component": "curated", "vae-train-component": "dcae",
+             "dit-stage-component": "stage1", "dit-stage-component-2": "stage2", "dit-stage-component-3": "stage3",
+             "distill-component": "distilled", "eval-component": "eval_results"}
 
 
 def _artifact(run, task, name):
-    out = json.loads((run.run_dir / task / "executor_output.json").read_text())
+    """A task's output artifact: found through the pipeline's outputs, since a task served from KFP's cache
+    keeps the folder of the run that produced it."""
+    task_dir = run.outputs[OUTPUT_OF[task]].parent
+    if task == "ingest-component":  # ingest's folder: the filter's input, named in the filter's executor input
+        task_dir = task_dir.parent / "ingest-component"
+    out = json.loads((task_dir / "executor_output.json").read_text())
     (art,) = out["artifacts"][name]["artifacts"]
     return Path(art["uri"]), art.get("metadata", {})
 
@@ -82,7 +126,14 @@ def test_step_glue_rejects_bad_parameters(tmp_path):
         step_overrides("dit_stage1", '{"dit_stage9": {}}')
     with pytest.raises(ValueError, match="not JSON"):
         step_overrides("dit_stage1", "{max_steps: 3}")
-    assert stage_run_dir("/mnt/runs", "job-1", "distill", "/x/model") == "/mnt/runs/job-1/distill"
+    assert stage_run_dir("/mnt/runs", "job-1", "distill", "/x/model", "abc") == "/mnt/runs/job-1/distill-abc"
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"one")
+    key = stage_key("distill", "r", {"lr": 1}, [str(weights), None])
+    assert key == stage_key("distill", "r", {"lr": 1}, [str(weights), None])
+    assert key != stage_key("distill", "r", {"lr": 2}, [str(weights), None])
+    weights.write_bytes(b"two")  # different input weights: a different run folder, never a wrong resume
+    assert key != stage_key("distill", "r", {"lr": 1}, [str(weights), None])
     assert stage_run_dir("", "", "distill", str(tmp_path / "model")) == str(tmp_path / "run" / "local" / "distill")
     assert model_file(None) is None
     with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
