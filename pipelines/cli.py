@@ -344,6 +344,8 @@ def _add_pipeline_commands(sub) -> None:
 
     p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
     p.add_argument("--out", default="pipelines/compiled/soraflow.yaml")
+    p.add_argument("--k8s-manifests", metavar="DIR",
+                   help="also render KFP Pipeline/PipelineVersion manifests for GitOps (Argo CD) into DIR")
     _add_cluster_flags(p)
     p.set_defaults(func=_run_compile)
 
@@ -355,6 +357,10 @@ def _add_pipeline_commands(sub) -> None:
     p.add_argument("--namespace")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="pipeline parameter, e.g. raw_manifest=gs://bucket/raw/manifest.csv (repeatable)")
+    p.add_argument("--recipe", action="append", default=[], metavar="STEP=RECIPE",
+                   help="a step's recipe, e.g. dit_stage1=stage1-256px-h200x8 (repeatable)")
+    p.add_argument("--schedule", metavar="CRON",
+                   help="create a recurring run instead, e.g. '0 0 3 * * 1' (KFP cron: seconds first)")
     _add_cluster_flags(p)
     p.set_defaults(func=_run_submit)
 
@@ -420,20 +426,29 @@ def _run_compile(args) -> int:
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     print(compile_pipeline(args.out, _cluster_settings(args), release=args.release))
+    if args.k8s_manifests:
+        import subprocess
+
+        renderer = Path(__file__).resolve().parents[1] / "infra" / "gitops" / "render_kfp_manifests.py"
+        if not renderer.is_file():
+            raise FileNotFoundError(f"{renderer}: --k8s-manifests needs a checkout of the repository")
+        subprocess.run([sys.executable, str(renderer), args.out, "--out-dir", args.k8s_manifests], check=True)
+        print(args.k8s_manifests)
     return 0
 
 
 def _run_submit(args) -> int:
-    from pipelines.submit import submit
+    from pipelines.submit import recipe_params, submit
 
-    params = {}
+    params = recipe_params(_step_kv(args.recipe, "recipe"))
     for item in args.param:
         name, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--param expects NAME=VALUE, got {item!r}")
         params[name] = value
     print(json.dumps(submit(args.host, _cluster_settings(args), params=params, experiment=args.experiment,
-                            version_name=args.version_name, run_name=args.run_name, namespace=args.namespace),
+                            version_name=args.version_name, run_name=args.run_name, namespace=args.namespace,
+                            schedule=args.schedule),
                      indent=2))
     return 0
 

@@ -27,9 +27,9 @@ PIPELINE_NAME = "soraflow"
 # Local defaults: the tiny CPU recipes on the generated sample videos. Cluster runs pass the hardware recipes.
 TINY_RECIPES = {"vae_train": "tiny-cpu-vae", "dit_stage1": "tiny-cpu-stage1", "dit_stage2": "tiny-cpu-stage2",
                 "dit_stage3": "tiny-cpu-stage3", "distill": "tiny-cpu-distill"}
-CLUSTER_RECIPES = {"vae_train": "vae-256px-h200x8", "dit_stage1": "stage1-256px-h200x8",
+CLUSTER_RECIPES = {"vae_train": "vae-dcae-256px-h200x8", "dit_stage1": "stage1-256px-h200x8",
                    "dit_stage2": "stage2-256px-i2v-h200x8", "dit_stage3": "stage3-768px-sp4-h200x8",
-                   "distill": "distill-768px-h200x8"}
+                   "distill": "distill-768px-dcae-h200x8"}
 
 
 @dataclass

@@ -105,3 +105,27 @@ def test_golden_compiled_pipeline_is_current(tmp_path):
     assert GOLDEN.is_file(), "pipelines/compiled/soraflow.yaml missing: run `soraflow compile`"
     assert _normalise(text) == _normalise(GOLDEN.read_text()), (
         "pipelines/compiled/soraflow.yaml is stale: run `soraflow compile` and review the diff")
+
+
+def test_default_recipes_exist_for_their_steps():
+    from pipelines.dag import CLUSTER_RECIPES, TINY_RECIPES
+    from pipelines.submit import recipe_params
+    from training.recipes import get_recipe
+
+    for table in (TINY_RECIPES, CLUSTER_RECIPES):
+        for step, name in table.items():
+            assert get_recipe(name).stage == step, name
+    assert recipe_params(CLUSTER_RECIPES)["stage3_recipe"] == "stage3-768px-sp4-h200x8"
+    with pytest.raises(ValueError, match="is a dit_stage2 recipe, not a dit_stage1 one"):
+        recipe_params({"dit_stage1": "stage2-256px-i2v-h200x8"})
+    with pytest.raises(ValueError, match="unknown step"):
+        recipe_params({"stage1": "stage1-256px-h200x8"})
+
+
+def test_compile_cli_renders_gitops_manifests(tmp_path):
+    from pipelines.cli import main
+
+    assert main(["compile", "--out", str(tmp_path / "p.yaml"), "--k8s-manifests", str(tmp_path / "m")]) == 0
+    docs = [yaml.safe_load(p.read_text()) for p in (tmp_path / "m").rglob("*.yaml") if p.name != "kustomization.yaml"]
+    assert sorted(d["kind"] for d in docs) == ["Pipeline", "PipelineVersion"]
+    assert all(d["apiVersion"] == "pipelines.kubeflow.org/v2beta1" for d in docs)
