@@ -17,7 +17,6 @@ a failed validation leaves the previous good dataset untouched.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from common.atomic import atomic_path, write_text_atomic
+from common.digests import table_record
 from common.video_io import VideoReadError
 from components.filter.scorers import Clip, Scorer, default_scorers, find_duplicates
 from models.text.captions import training_caption
@@ -97,19 +97,6 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
         else:
             df.to_parquet(tmp, index=False)
     return path
-
-
-def _table_record(path: Path, relative_to: Path | None = None) -> dict[str, Any]:
-    """md5 (what DVC records for a file) and sha256 (what training's data_revision hashes) of a table file."""
-    from components.filter.versioning import file_md5
-
-    path = Path(path)
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(chunk)
-    name = str(path.relative_to(relative_to)) if relative_to is not None else str(path)
-    return {"table": name, "md5": file_md5(path), "sha256": sha.hexdigest(), "bytes": path.stat().st_size}
 
 
 def _write_json(obj, path: Path) -> None:
@@ -343,8 +330,8 @@ def run_filter(
         stats["validation"] = validation
         # lineage: what this run read and wrote, by content (no timings here, so identical input gives a
         # byte-identical dataset and the same DVC hash); sha256 is the digest the trainer's data_revision hashes
-        stats["input"] = _table_record(table_path) if table_path is not None else {"table": "<DataFrame>"}
-        stats["outputs"] = {k: _table_record(v, relative_to=tmp) for k, v in files.items()}
+        stats["input"] = table_record(table_path) if table_path is not None else {"table": "<DataFrame>"}
+        stats["outputs"] = {k: table_record(v, relative_to=tmp) for k, v in files.items()}
         _write_json(stats, tmp / "stats.json")
         # swap: the old dataset moves aside only once the new one is complete and valid
         old = None

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.atomic import atomic_path, write_bytes_atomic
+from common.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from common.digests import table_record
 
 from common.video_io import VideoReadError, probe_video, scan_video, transcode_clip
 
@@ -310,6 +311,18 @@ def process_source(job: dict, out_dir: str, p: IngestParams) -> dict:
 
 # --- the batch ------------------------------------------------------------------------------------------------------
 
+def _lineage(inputs, jobs: list[dict], clips_path: Path, rejected_path: Path) -> dict:
+    """What this run read and wrote, by digest: the manifest file (md5 as DVC records it), every source's
+    sha256 (one digest over the sorted list), and the two tables."""
+    sources = sorted(f"{j['source']}" for j in jobs)
+    record = {"input": {"sources": len(sources),
+                        "sources_digest": hashlib.sha256("\n".join(sources).encode()).hexdigest()},
+              "outputs": {p.name: table_record(p, relative_to=p.parent) for p in (clips_path, rejected_path)}}
+    if isinstance(inputs, (str, Path)) and Path(inputs).is_file():
+        record["input"]["manifest"] = table_record(inputs)
+    return record
+
+
 def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_bpp: float = 0.02,
            min_fps: float = 16, ar_range=(1 / 3, 3), clip_min: float = 2.0, clip_max: float = 8.0,
            max_fps: float = 30, max_long_side: int = 1080, scene_threshold: float = 15.0, crop_limit: int = 24,
@@ -386,6 +399,7 @@ def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_
     clips_path, rejected_path = out / "clips.parquet", out / "rejected.parquet"
     _atomic_parquet(clips, clips_path)
     _atomic_parquet(rejected, rejected_path)
+    write_text_atomic(out / "lineage.json", json.dumps(_lineage(inputs, jobs, clips_path, rejected_path), indent=1))
     return IngestResult(clips_path=clips_path, rejected_path=rejected_path, clips=clips, rejected=rejected,
                         processed=len(todo), skipped=skipped,
                         counts=rejected["reason"].value_counts().to_dict(), seconds=time.perf_counter() - t0)

@@ -1,8 +1,10 @@
 """Ingest on the generated sample set: cuts, borders, rules, broken files, clip lengths, table, idempotency."""
 
+import hashlib
 import json
 import shutil
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -112,11 +114,20 @@ def test_second_run_does_no_work(sample):
     before = pd.read_parquet(sample["out"] / "clips.parquet")
     clip_files = sorted((sample["out"] / "clips").glob("*.mp4"))
     mtimes = [p.stat().st_mtime_ns for p in clip_files]
+    first_lineage = json.loads((sample["out"] / "lineage.json").read_text())
     r = ingest(sample["manifest"], sample["out"], workers=2, progress=False)
     assert r.processed == 0 and r.skipped == len(sample["truth"])
     # no clip was re-encoded: the files are the very ones the first run wrote
     assert sorted((sample["out"] / "clips").glob("*.mp4")) == clip_files
     assert [p.stat().st_mtime_ns for p in clip_files] == mtimes
+    # the lineage names what was read and written by digest, and an unchanged input gives the same table hash
+    lineage = json.loads((sample["out"] / "lineage.json").read_text())
+    table = (sample["out"] / "clips.parquet").read_bytes()
+    assert lineage["outputs"]["clips.parquet"]["md5"] == hashlib.md5(table).hexdigest()
+    assert lineage["outputs"]["clips.parquet"]["sha256"] == hashlib.sha256(table).hexdigest()
+    assert lineage["input"]["manifest"]["md5"] == hashlib.md5(Path(sample["manifest"]).read_bytes()).hexdigest()
+    assert lineage["input"]["sources"] == len(sample["truth"])
+    assert lineage == first_lineage
     pd.testing.assert_frame_equal(before, pd.read_parquet(sample["out"] / "clips.parquet"))
     pd.testing.assert_frame_equal(sample["result"].rejected, r.rejected)
 
