@@ -71,6 +71,8 @@ def _on_cpu_pool(task, s: ClusterSettings, *, cache: bool, timeout_s: int | None
     k8s.use_secret_as_env(task, secret_name=s.bucket_secret,
                           secret_key_to_env={key: env for env, key in s.bucket_secret_env.items()}, optional=True)
     k8s.set_timeout(task, timeout_s or s.cpu_step_timeout_s)
+    if s.pushgateway:
+        task.set_env_variable("SORAFLOW_PUSHGATEWAY", s.pushgateway)
 
 
 def _on_gpu_pool(task, s: ClusterSettings, *, timeout_s: int, retries: int) -> None:
@@ -126,11 +128,12 @@ def build_pipeline(settings: ClusterSettings | None = None):
                                 ("eval_report", HTML)]):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         ingest = c.ingest(raw_manifest=raw_manifest, clip_store=clip_store, data_revision=data_revision,
-                          overrides=overrides)
+                          run_id=run_id, overrides=overrides)
         ingest.set_display_name("ingest")
         _on_cpu_pool(ingest, s, cache=True)
 
-        curate = c.filter(clips=ingest.outputs["clips"], data_revision=data_revision, overrides=overrides)
+        curate = c.filter(clips=ingest.outputs["clips"], data_revision=data_revision, run_id=run_id,
+                          overrides=overrides)
         curate.set_display_name("filter")
         _on_cpu_pool(curate, s, cache=True)
         curated = curate.outputs["curated"]

@@ -92,7 +92,7 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
                enable_caching=True, cache_root=str(out / "kfp-cache"))
     # no task retries here: torchrun already restarts crashed workers, and a bad input fails the same way again
-    pipeline = build_pipeline(ClusterSettings(train_launcher="in_pod", train_retries=0))
+    pipeline = build_pipeline(ClusterSettings(train_launcher="in_pod", train_retries=0, pushgateway=""))
     tail = _TailStdout(sys.stdout)
     t0 = time.time()
     try:

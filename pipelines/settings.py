@@ -42,6 +42,8 @@ class ClusterSettings:
     train_step_timeout_s: int = 7 * 24 * 3600
     eval_timeout_s: int = 12 * 3600
     train_retries: int = 3  # a retried training task resumes from its last checkpoint on the PVC
+    # batch steps push completion counts here (infra's prometheus-pushgateway release); "" = no push
+    pushgateway: str = "prometheus-pushgateway.monitoring.svc:9091"
 
     def require_digests(self) -> None:
         """Released pipelines reference images by digest, so a run is reproducible after a tag moves."""

@@ -5,7 +5,7 @@ from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
 
 def filter_component(clips: Input[Dataset], curated: Output[Dataset], validation_report: Output[Markdown],
                      metrics: Output[Metrics], workers: int = 2, aesthetic_weights: str = "", ocr_weights: str = "",
-                     data_revision: str = "", overrides: str = "{}"):
+                     data_revision: str = "", run_id: str = "", overrides: str = "{}"):
     """Clip table -> the 256px / 768px sets with rejection reasons, validated (a failing suite fails the task)."""
     import json
     import os
@@ -33,3 +33,8 @@ def filter_component(clips: Input[Dataset], curated: Output[Dataset], validation
     # the numbers as a file too: readable beside the artifacts, and KFP's local cache reuses a task only when
     # every output artifact exists on disk
     Path(metrics.path).write_text(json.dumps(metrics.metadata, indent=1))
+    if os.environ.get("SORAFLOW_PUSHGATEWAY"):  # completion counts for Prometheus (a failed push only warns)
+        from monitoring.batch import filter_groups, push_or_warn
+
+        push_or_warn(os.environ["SORAFLOW_PUSHGATEWAY"], "filter", filter_groups(counts, seconds=result.seconds),
+                     run_id=run_id or None)

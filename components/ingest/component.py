@@ -5,7 +5,7 @@ from kfp.dsl import Dataset, Metrics, Output
 
 
 def ingest_component(raw_manifest: str, clips: Output[Dataset], metrics: Output[Metrics], workers: int = 2,
-                     clip_store: str = "", data_revision: str = "", overrides: str = "{}"):
+                     clip_store: str = "", data_revision: str = "", run_id: str = "", overrides: str = "{}"):
     """Raw videos (a folder or a manifest on local disk, http(s), s3 or gs) -> clips + `clips.parquet`.
 
     With `clip_store` (a folder on the shared data volume) the clip files go there, keyed by data revision, and
@@ -33,3 +33,7 @@ def ingest_component(raw_manifest: str, clips: Output[Dataset], metrics: Output[
     # the numbers as a file too: readable beside the artifacts, and KFP's local cache reuses a task only when
     # every output artifact exists on disk
     Path(metrics.path).write_text(json.dumps(metrics.metadata, indent=1))
+    if os.environ.get("SORAFLOW_PUSHGATEWAY"):  # completion counts for Prometheus (a failed push only warns)
+        from monitoring.batch import ingest_groups, push_or_warn
+
+        push_or_warn(os.environ["SORAFLOW_PUSHGATEWAY"], "ingest", ingest_groups(result), run_id=run_id or None)

@@ -141,6 +141,7 @@ module "addons" {
   prometheus_storage_size       = var.prometheus_storage_size
   enable_dcgm_exporter          = var.enable_dcgm_exporter && var.enable_kube_prometheus_stack
   dcgm_exporter_version         = var.dcgm_exporter_version
+  pushgateway_version           = var.pushgateway_version
   enable_argocd                 = true # installs KFP itself
   argocd_version                = var.argocd_version
   argocd_apps_version           = var.argocd_apps_version

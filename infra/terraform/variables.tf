@@ -429,6 +429,12 @@ variable "dcgm_exporter_version" {
   default     = "4.1.1"
 }
 
+variable "pushgateway_version" {
+  description = "prometheus-pushgateway Helm chart version: where ingest, filter and eval push their completion metrics."
+  type        = string
+  default     = "3.0.0"
+}
+
 variable "argocd_version" {
   description = "argo-cd Helm chart version."
   type        = string

@@ -70,6 +70,8 @@ def test_kubernetes_settings_per_step(tmp_path, launcher):
         else:
             assert cfg["nodeSelector"]["labels"] == {s.pool_label: s.cpu_pool}
             assert "tolerations" not in cfg and "accelerator" not in container.get("resources", {})
+            # CPU steps push their completion counts to the cluster's Pushgateway
+            assert {"name": "SORAFLOW_PUSHGATEWAY", "value": s.pushgateway} in container["env"]
         # caching only for the deterministic CPU steps; retries only where a retry resumes from a checkpoint
         assert tasks[task].get("cachingOptions", {}).get("enableCache", False) == (task in {"ingest-component",
                                                                                            "filter-component"})

@@ -69,6 +69,24 @@ resource "helm_release" "dcgm_exporter" {
   depends_on = [helm_release.kube_prometheus_stack]
 }
 
+# The batch steps (ingest, filter, eval) push their completion counts here; monitoring/k8s's ServiceMonitor
+# scrapes it with honorLabels so the pushed job/run_id/stage labels survive.
+resource "helm_release" "pushgateway" {
+  count            = var.enable_kube_prometheus_stack ? 1 : 0
+  name             = "prometheus-pushgateway"
+  repository       = "https://prometheus-community.github.io/helm-charts"
+  chart            = "prometheus-pushgateway"
+  version          = var.pushgateway_version
+  namespace        = "monitoring"
+  create_namespace = true
+  atomic           = true
+  values = [yamlencode({
+    nodeSelector = local.system_node_selector
+  })]
+
+  depends_on = [helm_release.kube_prometheus_stack]
+}
+
 resource "helm_release" "argocd" {
   count            = var.enable_argocd ? 1 : 0
   name             = "argocd"

@@ -63,6 +63,11 @@ variable "dcgm_exporter_version" {
   type        = string
 }
 
+variable "pushgateway_version" {
+  description = "prometheus-pushgateway chart version (installed with kube-prometheus-stack)."
+  type        = string
+}
+
 variable "enable_argocd" {
   description = "Install Argo CD and the soraflow Applications (KFP, cluster objects, monitoring, pipelines)."
   type        = bool
