@@ -166,11 +166,12 @@ class ColossalAIStrategy(Strategy):
 
     def prepare(self, model, device, optim):
         from colossalai.booster import Booster
-        from colossalai.nn.optimizer import HybridAdam
 
         model = model.to(device)
-        opt = HybridAdam(model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps,
-                         weight_decay=optim.weight_decay, adamw_mode=True)
+        # torch's fused AdamW: ColossalAI's HybridAdam JIT-builds a C++/CUDA extension (ninja, nvcc) and only
+        # pays off with CPU offload, which the recipes do not use; ZeRO wraps whichever optimizer it is given.
+        opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps,
+                                weight_decay=optim.weight_decay, fused=device.type == "cuda")
         self.booster = Booster(plugin=self._plugin())
         model, opt, *_ = self.booster.boost(model, opt)
         return model, opt
