@@ -9,6 +9,13 @@ Cases (issue 10):
 `--dit-steps K` (< 50) times K sampler steps after warm-up and projects the 50-step time as
 text + 50 x (measured time per step) + decode + write; the record says which figures are projected.
 
+`--offload`: text encoders and autoencoder wait on the CPU and visit the GPU for their phase; the record has the
+peak memory of every phase (`peak_memory_by_phase_gb`).
+
+`--fp8`: after the bf16 run, the same pipeline's DiT is converted to e4m3 block linears (models/mmdit/fp8.py),
+warmed up again and run on the same prompt and seed; the record adds its times and the quality cost: relative
+error of the final latent vs bf16, PSNR of the decoded uint8 frames vs bf16 (per frame and over the video).
+
 Usage (CUDA): python benchmarks/bench_generate.py --case 256 --tokenizers .gl/tok --out gen.json
 """
 
@@ -24,6 +31,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
 
 from components.generate.generate import GenerateOptions, build_pipeline, generate  # noqa: E402
 from models.mmdit import mmdit_forward_flops  # noqa: E402
@@ -62,6 +71,30 @@ def write_random_text_encoders(root: Path, tokenizers: Path) -> tuple[Path, Path
     return t5_dir, clip_dir
 
 
+def _times(result, dit_steps: int):
+    s = dict(result.seconds)
+    s.pop("load", None)
+    dit_per_step = s["dit"] / dit_steps
+    projected = {**s, "dit": dit_per_step * 50}
+    return s, projected, sum(s.values()), sum(projected.values()), dit_per_step
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def quality_cost(ref, other) -> dict:
+    """Output difference of `other` vs `ref` on the same seed: final latent and decoded uint8 frames."""
+    la, lb = ref.latents[0].double(), other.latents[0].double()
+    fa, fb = ref.frames[0].numpy(), other.frames[0].numpy()
+    per_frame = [psnr(fa[i], fb[i]) for i in range(fa.shape[0])]
+    return dict(latent_rel_error=float((lb - la).norm() / la.norm()),
+                latent_max_abs_error=float((lb - la).abs().max()),
+                psnr_db=psnr(fa, fb), psnr_db_min_frame=min(per_frame), psnr_db_first_frame=per_frame[0],
+                frames_mean_abs_diff=float(np.abs(fa.astype(np.int16) - fb.astype(np.int16)).mean()))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--case", choices=sorted(CASES), default="256")
@@ -69,6 +102,7 @@ def main():
     ap.add_argument("--encoders-dir", default="/tmp/soraflow-random-encoders")
     ap.add_argument("--dit-steps", type=int, default=50, help="sampler steps actually run (projected to 50)")
     ap.add_argument("--offload", action="store_true")
+    ap.add_argument("--fp8", action="store_true", help="also run the FP8 DiT and measure its cost vs bf16")
     ap.add_argument("--out")
     args = ap.parse_args()
     case = CASES[args.case]
@@ -85,13 +119,9 @@ def main():
     warmup_s = time.perf_counter() - t0
     torch.cuda.reset_peak_memory_stats()
     prompt = "a red kite flies over a beach at sunset, waves rolling in, aerial camera slowly panning"
-    result = generate(GenerateOptions(prompts=[prompt], steps=args.dit_steps, **common), pipeline=pipe)
-    s = dict(result.seconds)
-    s.pop("load", None)
-    dit_per_step = s["dit"] / args.dit_steps
-    total_measured = sum(s.values())
-    projected = {**s, "dit": dit_per_step * 50}
-    total_50 = sum(projected.values())
+    result = generate(GenerateOptions(prompts=[prompt], steps=args.dit_steps, keep_outputs=args.fp8, **common),
+                      pipeline=pipe)
+    s, projected, total_measured, total_50, dit_per_step = _times(result, args.dit_steps)
 
     ae = pipe.ae
     lat_t = (case["num_frames"] - 1) // ae.time_compression + 1 if ae.is_causal else case["num_frames"] // ae.time_compression
@@ -106,7 +136,22 @@ def main():
                total_measured_s=total_measured, projected=args.dit_steps != 50, dit_per_step_s=dit_per_step,
                dit_flops_50_steps=dit_flops, dit_floor_s=dit_flops / MATMUL_CEILING,
                dit_tflops=dit_flops / (dit_per_step * 50) / 1e12, peak_memory_gb=result.peak_memory_gb,
-               load_s=load_s, warmup_s=warmup_s, offload=args.offload)
+               load_s=load_s, warmup_s=warmup_s, offload=args.offload,
+               peak_memory_by_phase_gb=result.peak_memory_by_phase_gb)
+    if args.fp8:
+        t0 = time.perf_counter()
+        generate(GenerateOptions(prompts=["a warm up prompt"], steps=2, fp8=True, **common), pipeline=pipe)
+        fp8_warmup_s = time.perf_counter() - t0
+        torch.cuda.reset_peak_memory_stats()
+        r8 = generate(GenerateOptions(prompts=[prompt], steps=args.dit_steps, fp8=True, keep_outputs=True, **common),
+                      pipeline=pipe)
+        s8, proj8, meas8, total8, step8 = _times(r8, args.dit_steps)
+        row["fp8"] = dict(seconds_measured=s8, seconds_50_steps=proj8, total_50_steps_s=total8,
+                          total_measured_s=meas8, dit_per_step_s=step8, dit_speedup=dit_per_step / step8,
+                          dit_tflops_bf16_equivalent=dit_flops / (step8 * 50) / 1e12, warmup_s=fp8_warmup_s,
+                          peak_memory_gb=r8.peak_memory_gb, peak_memory_by_phase_gb=r8.peak_memory_by_phase_gb,
+                          quality_vs_bf16=quality_cost(result, r8), dit_steps_run=args.dit_steps,
+                          note="random weights: the difference measures the FP8 numerics, not image quality")
     print(json.dumps(row, indent=2), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(row, indent=2))

@@ -40,7 +40,16 @@ def _add_generate(sub) -> None:
     p.add_argument("--out", help="output file (one prompt)")
     p.add_argument("--out-dir", default="samples", help="output folder: '{prompt}-{index}.mp4'")
     p.add_argument("--no-fast", action="store_true", help="plain eager DiT (no fused projections / compile)")
-    p.add_argument("--offload", action="store_true", help="text encoders on the CPU")
+    p.add_argument("--offload", action="store_true",
+                   help="text encoders and autoencoders (and the t2i2v image model) wait on the CPU and visit the "
+                        "GPU only for their phase")
+    p.add_argument("--fp8", action="store_true", help="e4m3 matmuls for the DiT's block linears (Hopper)")
+    p.add_argument("--t2i2v", action="store_true",
+                   help="text-to-image-to-video: a FLUX-layout image model draws the first frame, then i2v_head")
+    p.add_argument("--image-model", help="t2i2v image model: preset (flux1-dev, tiny-flux) or a FLUX-layout file")
+    p.add_argument("--image-ae", help="t2i2v FLUX autoencoder: diffusers folder or ae.safetensors")
+    p.add_argument("--image-resolution", default="768px", help="t2i2v image resolution (same aspect ratio)")
+    p.add_argument("--image-guidance", type=float, default=4.0, help="t2i2v embedded (distilled) guidance")
     p.set_defaults(func=_run_generate)
 
 
@@ -61,10 +70,12 @@ def _run_generate(args) -> int:
         guidance_text=args.guidance, guidance_image=args.guidance_img, seed=args.seed, fps=args.fps,
         motion_score=None if args.motion_score < 0 else args.motion_score, cond_type=args.cond_type,
         ref_image=args.ref, negative_prompt=args.negative_prompt, device=args.device, dtype=args.dtype,
-        out=args.out, out_dir=args.out_dir, fast=not args.no_fast, offload=args.offload,
+        out=args.out, out_dir=args.out_dir, fast=not args.no_fast, offload=args.offload, fp8=args.fp8,
+        t2i2v=args.t2i2v, image_model=args.image_model, image_ae=args.image_ae,
+        image_resolution=args.image_resolution, image_guidance=args.image_guidance,
     )
     result = generate(opts)
-    for path in result.paths:
+    for path in result.images + result.paths:
         print(path)
     print(json.dumps({"seconds": {k: round(v, 3) for k, v in result.seconds.items()},
                       "peak_memory_gb": result.peak_memory_gb, "size": [result.num_frames, result.height, result.width]}),

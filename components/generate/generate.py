@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +85,19 @@ class GenerateOptions:
     out: str | None = None  # a file (one prompt) ...
     out_dir: str = "samples"  # ... or a folder: "{prompt}-{index}.mp4" (VBench naming)
     fast: bool = True  # fused projections + compiled blocks on CUDA
-    offload: bool = False  # keep text encoders / AE on the CPU while the DiT runs
+    # Text encoders and autoencoder(s) live on the CPU and visit the GPU only for their phase, so the GPU holds
+    # the DiT alone while it samples; the t2i2v image model likewise.
+    offload: bool = False
+    fp8: bool = False  # e4m3 weights/activations for the DiT's block linears (models/mmdit/fp8.py)
+    # Text-to-image-to-video (spec §C.6): a FLUX-layout image model draws the first frame, then i2v_head.
+    t2i2v: bool = False
+    image_model: str | None = None  # preset ("flux1-dev", "tiny-flux") or a FLUX-layout file
+    image_ae: str | None = None  # FLUX autoencoder: diffusers folder or ae.safetensors
+    image_resolution: str = "768px"  # the image is drawn here (same aspect ratio), then resized to the video
+    image_height: int | None = None
+    image_width: int | None = None
+    image_guidance: float = 4.0  # FLUX.1-dev's embedded (distilled) guidance
+    keep_outputs: bool = False  # GenerateResult.latents / .frames (CPU) for comparisons
     progress: bool = True
 
 
@@ -96,6 +109,10 @@ class GenerateResult:
     height: int = 0
     width: int = 0
     num_frames: int = 0
+    peak_memory_by_phase_gb: dict[str, float] = field(default_factory=dict)
+    images: list[Path] = field(default_factory=list)  # t2i2v first frames (PNG)
+    latents: list[torch.Tensor] = field(default_factory=list)  # keep_outputs: [C, T, H, W] float32
+    frames: list[torch.Tensor] = field(default_factory=list)  # keep_outputs: [T, H, W, 3] uint8
 
 
 @dataclass
@@ -104,6 +121,7 @@ class Pipeline:
     dit: torch.nn.Module
     ae: torch.nn.Module
     text: TextConditioner
+    image: object | None = None  # t2i.ImagePipeline when t2i2v
 
 
 def _resolve(explicit: str | None, weights_dir: str | None, name: str, what: str) -> Path:
@@ -138,6 +156,7 @@ def build_pipeline(opts: GenerateOptions, device: torch.device, dtype: torch.dty
         raise ValueError(f"unknown model preset {opts.model!r}; known: {sorted(PIPELINES)}")
     preset = PIPELINES[opts.model]
     torch.manual_seed(opts.seed)  # random-init weights are reproducible for a seed
+    side_device = "cpu" if opts.offload else device  # where the encoders/autoencoders wait between phases
     if opts.random_init:
         if opts.t5 and opts.clip:
             t5_dir, clip_dir = Path(opts.t5), Path(opts.clip)
@@ -149,7 +168,7 @@ def build_pipeline(opts: GenerateOptions, device: torch.device, dtype: torch.dty
                 "and CLIP folders: pass --t5 and --clip, or use a tiny preset"
             )
         dit = build_mmdit(get_config(preset.dit_config), None, device=device, dtype=dtype)
-        ae = _build_ae(preset.autoencoder, preset.tiny, None, device, dtype)
+        ae = _build_ae(preset.autoencoder, preset.tiny, None, side_device, dtype)
     else:
         dit_path = _resolve(opts.dit, opts.weights_dir, preset.dit_file, "DiT")
         ae_path = _resolve(opts.ae, opts.weights_dir, preset.ae_file, "autoencoder")
@@ -159,13 +178,80 @@ def build_pipeline(opts: GenerateOptions, device: torch.device, dtype: torch.dty
             t5_dir = _resolve(opts.t5, opts.weights_dir, preset.t5_dir, "T5")
             clip_dir = _resolve(opts.clip, opts.weights_dir, preset.clip_dir, "CLIP")
         dit = build_mmdit(get_config(preset.dit_config), dit_path, device=device, dtype=dtype)
-        ae = _build_ae(preset.autoencoder, preset.tiny, ae_path, device, dtype)
-    text_device = "cpu" if opts.offload else device
+        ae = _build_ae(preset.autoencoder, preset.tiny, ae_path, side_device, dtype)
     text = TextConditioner.from_pretrained(
-        t5_dir, clip_dir, dtype=dtype, device=text_device, cache_dir=_cache_dir() / "text-embeddings"
+        t5_dir, clip_dir, dtype=dtype, device=side_device, cache_dir=_cache_dir() / "text-embeddings"
     )
     dit = dit.eval().requires_grad_(False)
-    return Pipeline(preset, dit, ae, text)
+    image = None
+    if opts.t2i2v:
+        from .t2i import build_image_pipeline
+
+        image = build_image_pipeline(opts.image_model, opts.image_ae, opts.weights_dir, opts.random_init,
+                                     side_device, dtype)
+    return Pipeline(preset, dit, ae, text, image)
+
+
+@contextmanager
+def _on_device(modules, device: torch.device, offload: bool):
+    """With offload on CUDA: move `modules` to the GPU for the block, back to the CPU after (freeing the memory)."""
+    if not offload or device.type != "cuda":
+        yield
+        return
+    for m in modules:
+        m.to(device)
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.to("cpu")
+        torch.cuda.empty_cache()
+
+
+def _image_size(opts: GenerateOptions, divisor: int) -> tuple[int, int]:
+    if opts.image_height and opts.image_width:
+        return opts.image_height, opts.image_width
+    return inference_size(opts.image_resolution, opts.aspect_ratio, divisor)
+
+
+def _save_png(image: torch.Tensor, path: Path) -> Path:
+    from PIL import Image
+
+    arr = ((image[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    Image.fromarray(arr).save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _prepare_dit(pipe: Pipeline, opts: GenerateOptions, device: torch.device):
+    """The DiT callable for sampling: FP8 block linears if asked, then (CUDA, fast) compiled blocks replayed from
+    a CUDA graph. Converting a DiT that already ran compiled drops its compiled code and captured graphs."""
+    dit = pipe.dit
+    if opts.fp8 and not getattr(dit, "_soraflow_fp8", None):
+        from models.mmdit.fp8 import quantize_fp8
+
+        if getattr(dit, "_soraflow_fast", False):
+            import torch._dynamo
+
+            dit._soraflow_graph = None  # its graphs read the bf16 weights
+            torch._dynamo.reset()
+        quantize_fp8(dit)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if not (opts.fast and device.type == "cuda"):
+        return dit
+    if not getattr(dit, "_soraflow_fast", False):
+        # Fused projections + compiled blocks + CUDA-graph replay (benchmarks/: 0.289 s vs 0.432 s eager, 11B).
+        # FP8 layers are per-row scaled, so they need no fusing to give the fused result.
+        if not getattr(dit, "_soraflow_fp8", None):
+            dit.fuse_projections()
+        dit.compile_blocks()
+        dit._soraflow_fast = True
+    if getattr(dit, "_soraflow_graph", None) is None:
+        dit._soraflow_graph = CUDAGraphRunner(dit)
+    return dit._soraflow_graph
 
 
 def _load_reference(path: str, height: int, width: int) -> torch.Tensor:
@@ -191,13 +277,22 @@ def _file_name(prompt: str, index: int) -> str:
 def generate(opts: GenerateOptions, pipeline: Pipeline | None = None) -> GenerateResult:
     if not opts.prompts:
         raise ValueError("no prompts given")
-    if opts.cond_type != "t2v" and not opts.ref_image:
+    if opts.t2i2v and opts.ref_image:
+        raise ValueError("--t2i2v draws the reference image itself: drop --ref")
+    if opts.cond_type != "t2v" and not opts.ref_image and not opts.t2i2v:
         raise ValueError(f"cond_type {opts.cond_type!r} needs a reference image (--ref)")
     device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, None: None}[opts.dtype]
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     timings: dict[str, float] = {}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    peaks: dict[str, float] = {}
+
+    def phase_peak(name: str) -> None:
+        if device.type == "cuda":
+            peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
+            torch.cuda.reset_peak_memory_stats()
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -214,16 +309,14 @@ def generate(opts: GenerateOptions, pipeline: Pipeline | None = None) -> Generat
         1, opts.num_frames, height, width, latent_channels=ae.latent_channels, time_compression=ae.time_compression,
         spatial_compression=ae.spatial_compression, is_causal=ae.is_causal, patch_size=pipe.dit.config.patch_size,
     )
-    denoiser = pipe.dit
-    if opts.fast and device.type == "cuda":
-        # Fused projections + compiled blocks + CUDA-graph replay (benchmarks/: 0.289 s vs 0.432 s eager, 11B).
-        if not getattr(pipe.dit, "_soraflow_fast", False):
-            pipe.dit.fuse_projections().compile_blocks()
-            pipe.dit._soraflow_fast = True
-            pipe.dit._soraflow_graph = CUDAGraphRunner(pipe.dit)
-        denoiser = pipe.dit._soraflow_graph
+    if opts.t2i2v and pipe.image is None:
+        raise ValueError("t2i2v needs a pipeline built with t2i2v=True (it holds the image model)")
+    cond_type = "i2v_head" if opts.t2i2v else opts.cond_type
+    denoiser = _prepare_dit(pipe, opts, device)
     sync()
     timings["load"] = time.perf_counter() - t0
+    phase_peak("load")
+    side = [pipe.text.t5, pipe.text.clip]
 
     ref_latent = None
     if opts.ref_image:
@@ -231,45 +324,86 @@ def generate(opts: GenerateOptions, pipeline: Pipeline | None = None) -> Generat
         # The reference is encoded at the padded size of the noise (latent size x spatial compression).
         ref = _load_reference(opts.ref_image, latent_shape[3] * ae.spatial_compression,
                               latent_shape[4] * ae.spatial_compression)
-        with torch.no_grad():
+        with torch.no_grad(), _on_device([ae], device, opts.offload):
             ref_latent = ae.encode(ref.to(device=device, dtype=dtype), generator=torch.Generator(device).manual_seed(opts.seed))
         sync()
         timings["reference_encode"] = time.perf_counter() - t0
+        phase_peak("reference_encode")
 
     paths: list[Path] = []
+    images: list[Path] = []
+    result_latents: list[torch.Tensor] = []
+    result_frames: list[torch.Tensor] = []
     out_dir = Path(opts.out_dir)
     for index, prompt in enumerate(opts.prompts):
         t0 = time.perf_counter()
         caption = inference_caption(prompt, fps=opts.fps, motion_score=opts.motion_score) if opts.motion_score is not None else prompt
-        with torch.no_grad():
+        with torch.no_grad(), _on_device(side, device, opts.offload):
             text = pipe.text.encode([caption])
             null = pipe.text.encode([opts.negative_prompt]) if opts.negative_prompt else pipe.text.null()
+            image_text = pipe.text.encode([prompt]) if opts.t2i2v else None  # the image prompt has no suffix
         text = {k: v.to(device=device, dtype=dtype) for k, v in text.items()}
         null = {k: v.to(device=device, dtype=dtype) for k, v in null.items()}
         sync()
         timings["text"] = timings.get("text", 0.0) + time.perf_counter() - t0
+        phase_peak("text")
+        path = Path(opts.out) if (opts.out and len(opts.prompts) == 1) else out_dir / _file_name(prompt, index)
+
+        if opts.t2i2v:
+            from .t2i import text_to_image
+
+            t0 = time.perf_counter()
+            image_pipe = pipe.image
+            ih, iw = _image_size(opts, image_pipe.spatial_compression * image_pipe.dit.config.patch_size)
+            image_text = {k: v.to(device=device, dtype=dtype) for k, v in image_text.items()}
+            with torch.no_grad(), _on_device([image_pipe.dit, image_pipe.ae], device, opts.offload):
+                image = text_to_image(image_pipe, image_text, height=ih, width=iw, steps=opts.steps,
+                                      guidance=opts.image_guidance, seed=opts.seed, device=device, dtype=dtype,
+                                      progress=opts.progress)
+            png = _save_png(image, path.with_suffix(".png"))
+            sync()
+            timings["image"] = timings.get("image", 0.0) + time.perf_counter() - t0
+            phase_peak("image")
+            t0 = time.perf_counter()
+            # As Open-Sora does: the PNG, resized/cropped to the video's (padded) size, is the i2v_head reference.
+            ref = _load_reference(str(png), latent_shape[3] * ae.spatial_compression,
+                                  latent_shape[4] * ae.spatial_compression)
+            with torch.no_grad(), _on_device([ae], device, opts.offload):
+                ref_latent = ae.encode(ref.to(device=device, dtype=dtype),
+                                       generator=torch.Generator(device).manual_seed(opts.seed))
+            sync()
+            timings["reference_encode"] = timings.get("reference_encode", 0.0) + time.perf_counter() - t0
+            phase_peak("reference_encode")
+            images.append(png)
 
         t0 = time.perf_counter()
         with torch.no_grad():
             latent = sample(
-                denoiser, text=text, null_text=null, latent_shape=latent_shape, cond_type=opts.cond_type,
+                denoiser, text=text, null_text=null, latent_shape=latent_shape, cond_type=cond_type,
                 ref_latent=ref_latent, steps=opts.steps, guidance_text=opts.guidance_text,
                 guidance_image=opts.guidance_image, seed=opts.seed, device=device, dtype=dtype,
                 progress=opts.progress, is_causal=ae.is_causal, time_compression=ae.time_compression,
             )
         sync()
         timings["dit"] = timings.get("dit", 0.0) + time.perf_counter() - t0
+        phase_peak("dit")
 
         t0 = time.perf_counter()
-        with torch.no_grad():
-            video = ae.decode(latent.to(dtype))[0, :, : opts.num_frames, :height, :width]
+        with torch.no_grad(), _on_device([ae], device, opts.offload):
+            video = ae.decode(latent.to(device=device, dtype=dtype))[0, :, : opts.num_frames, :height, :width]
         sync()
         timings["vae_decode"] = timings.get("vae_decode", 0.0) + time.perf_counter() - t0
+        phase_peak("vae_decode")
 
         t0 = time.perf_counter()
-        path = Path(opts.out) if (opts.out and len(opts.prompts) == 1) else out_dir / _file_name(prompt, index)
-        paths.append(write_video(path, to_uint8_frames(video), fps=opts.fps))
+        frames = to_uint8_frames(video)
+        paths.append(write_video(path, frames, fps=opts.fps))
+        if opts.keep_outputs:
+            result_latents.append(latent[0].float().cpu())
+            result_frames.append(torch.from_numpy(frames))
         timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
+        phase_peak("write")
 
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return GenerateResult(paths, timings, peak, height, width, opts.num_frames)
+    peak = max(peaks.values()) if peaks else None
+    return GenerateResult(paths, timings, peak, height, width, opts.num_frames, peaks, images, result_latents,
+                          result_frames)
