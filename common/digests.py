@@ -18,6 +18,15 @@ def file_digests(path: str | Path) -> tuple[str, str]:
     return md5.hexdigest(), sha.hexdigest()
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in chunks (sources, weight files, checkpoints of any size)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
 def table_record(path: str | Path, relative_to: str | Path | None = None) -> dict[str, Any]:
     """{"table", "md5", "sha256", "bytes"} for a table file (its name relative to `relative_to` if given)."""
     path = Path(path)

@@ -12,12 +12,13 @@ file lists: `{"files": {dimension: [relative paths]}, "sha256": {relative path: 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common.digests import file_sha256
 
 from .vbench_scores import DIMENSIONS
 
@@ -56,14 +57,6 @@ class WeightCheck:
     root: str | None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_weights(weights_root: str | None, dimensions=None, mode: str = "vbench_standard") -> WeightCheck:
     """Which dimensions can run: every listed file exists (and matches its sha256 when the manifest gives one)."""
     dims = list(dimensions or DIMENSIONS)
@@ -95,7 +88,7 @@ def check_weights(weights_root: str | None, dimensions=None, mode: str = "vbench
         if missing:
             skipped[d] = "weights_missing: " + ", ".join(str(root / f) for f in missing)
             continue
-        bad = [f for f in files[d] if f in sums and (root / f).is_file() and _sha256(root / f) != sums[f]]
+        bad = [f for f in files[d] if f in sums and (root / f).is_file() and file_sha256(root / f) != sums[f]]
         if bad:
             skipped[d] = "weights_mismatch: sha256 differs for " + ", ".join(bad)
             continue

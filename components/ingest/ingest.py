@@ -36,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.atomic import atomic_path, write_bytes_atomic, write_text_atomic
-from common.digests import table_record
+from common.digests import file_sha256, table_record
 
 from common.video_io import VideoReadError, probe_video, scan_video, transcode_clip
 
@@ -150,14 +150,6 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
     with atomic_path(path, suffix=".parquet") as tmp:
         df.to_parquet(tmp, index=False)
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fetch(url: str, cache: Path) -> str:
@@ -275,7 +267,7 @@ def process_source(job: dict, out_dir: str, p: IngestParams) -> dict:
         if n == 0 or (scan.returncode != 0 and n < 0.98 * expected) or n < 0.9 * expected:
             why = scan.errors.splitlines()[-1] if scan.errors else "decode stopped early"
             return _reject(job, "broken", f"{src}: {n} of {expected} frames decodable ({why})")
-        sha = _sha256(local)
+        sha = file_sha256(local)
         plan = plan_clips(scan.frames, info.fps, p)
         if not plan:
             return _reject(job, "no_clips", f"{src}: no shot of at least {p.clip_min} s")

@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+from common.digests import file_sha256
 from components.train_stage.stage import StageOutputs, run_stage
 
 MODEL_FILE = "model.safetensors"
@@ -32,20 +33,12 @@ def step_overrides(stage: str, overrides_json: str) -> dict:
     return dict(allsteps.get(stage, {}))
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def stage_key(stage: str, recipe: str, overrides: dict, inputs: list[str | None]) -> str:
     """What a stage's checkpoints are a function of: recipe, overrides and the bytes of its input weights. A task
     with the same key resumes the same run folder; any change starts a fresh one (never a wrong resume)."""
     h = hashlib.sha256(json.dumps([stage, recipe, overrides], sort_keys=True, default=str).encode())
     for path in inputs:
-        h.update((_file_sha256(path) if path else "-").encode())
+        h.update((file_sha256(path) if path else "-").encode())
     return h.hexdigest()[:12]
 
 
