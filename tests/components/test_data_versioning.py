@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytest.importorskip("dvc")
 pytestmark = pytest.mark.skipif(shutil.which("git") is None or shutil.which("ffmpeg") is None,
                                 reason="needs git and ffmpeg")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TF_ROOT = REPO / "infra" / "terraform"
@@ -29,7 +28,8 @@ def clean(obj: Any) -> Any:
 
 
 def parse_tf(path: Path) -> dict:
-    hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 is not installed (pip install python-hcl2)")
+    import hcl2  # declared in the test extra
+
     with path.open() as f:
         return clean(hcl2.load(f))
 

@@ -14,7 +14,7 @@ import yaml
 
 from infra_helpers import GITOPS, REPO
 
-kfp = pytest.importorskip("kfp")
+import kfp  # noqa: E402
 from kfp import compiler, dsl  # noqa: E402
 
 SCRIPT = GITOPS / "render_kfp_manifests.py"
