@@ -38,14 +38,10 @@ def inputs(cfg, b=1, t=33, h=32, w=32, n_txt=512):
                 cond=torch.randn(b, n, cfg.cond_channels, device=dev, dtype=dt))
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out")
-    ap.add_argument("--variants", default="eager,compiled")
-    ap.add_argument("--skip-checkpoint", action="store_true")
-    args = ap.parse_args()
+def setup_slice(port: int):
+    """One-GPU NCCL group, the 6-block slice's config and inputs, its forward+backward FLOPs, a result record."""
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29512")
+    os.environ.setdefault("MASTER_PORT", str(port))
     dist.init_process_group("nccl", rank=0, world_size=1)
     torch.cuda.set_device(0)
     prefer_sdpa_backend("cudnn")
@@ -53,6 +49,16 @@ def main():
     x = inputs(cfg)
     flops = 3 * mmdit_forward_flops(cfg, x["img"].shape[1], x["txt"].shape[1])
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "fwd_bwd_flops": flops, "rows": []}
+    return cfg, x, flops, res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out")
+    ap.add_argument("--variants", default="eager,compiled")
+    ap.add_argument("--skip-checkpoint", action="store_true")
+    args = ap.parse_args()
+    cfg, x, flops, res = setup_slice(29512)
     model = opt = mgr = None
     for variant in args.variants.split(","):  # eager | compiled, optionally "-flash" for the SDPA flash kernels
         prefer_sdpa_backend("flash" if variant.endswith("-flash") else "cudnn")

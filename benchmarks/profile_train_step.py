@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from collections import defaultdict
@@ -20,10 +19,9 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_train_step import inputs  # noqa: E402
+from benchmarks.bench_train_step import setup_slice  # noqa: E402
 from benchmarks.cuda_timing import cuda_time  # noqa: E402
-from models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
-from models.mmdit.attention import prefer_sdpa_backend  # noqa: E402
+from models.mmdit import MMDiT  # noqa: E402
 from training.strategies import FSDP2Strategy, OptimConfig  # noqa: E402
 
 KINDS = [  # first match wins; names as they appear in CUDA kernel symbols
@@ -72,15 +70,7 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--variants", default="fsdp2,fsdp2-root-only,plain-bf16")
     args = ap.parse_args()
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29513")
-    dist.init_process_group("nccl", rank=0, world_size=1)
-    torch.cuda.set_device(0)
-    prefer_sdpa_backend("cudnn")
-    cfg = get_config("opensora2-11b", depth=2, depth_single_blocks=4)
-    x = inputs(cfg)
-    flops = 3 * mmdit_forward_flops(cfg, x["img"].shape[1], x["txt"].shape[1])
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "fwd_bwd_flops": flops, "rows": []}
+    cfg, x, flops, res = setup_slice(29513)
     for variant in args.variants.split(","):
         torch._dynamo.reset()
         torch.manual_seed(0)
