@@ -346,7 +346,8 @@ def _add_pipeline_commands(sub) -> None:
                                    "stages 1-3 -> distill -> eval, each step a KFP task run by kfp.local.")
     p.add_argument("--out-dir", default="soraflow-run")
     p.add_argument("--raw", help="a folder of videos or a manifest (default: generate the sample videos)")
-    p.add_argument("--recipe", action="append", default=[], metavar="STEP=RECIPE", help="e.g. dit_stage1=tiny-cpu-stage1")
+    p.add_argument("--recipe", action="append", default=[], metavar="STEP=RECIPE",
+                   help="e.g. dit_stage1=tiny-cpu-stage1")
     p.add_argument("--override", action="append", default=[], metavar="STEP.KEY=JSON",
                    help="a step's setting, e.g. dit_stage1.max_steps=4 or ingest.clip_max=4 (repeatable)")
     p.add_argument("--nproc", type=int, default=1, help="training processes per step (gloo)")

@@ -32,6 +32,12 @@ CLUSTER_RECIPES = {"vae_train": "vae-dcae-256px-h200x8", "dit_stage1": "stage1-2
                    "distill": "distill-768px-dcae-h200x8"}
 
 
+# The pipeline's own outputs: what a run produced, wherever each step ran (or was served from cache).
+PipelineOutputs = NamedTuple("Outputs", [("curated", Dataset), ("dcae", Model), ("stage1", Model),
+                                         ("stage2", Model), ("stage3", Model), ("distilled", Model),
+                                         ("eval_results", Artifact), ("eval_report", HTML)])
+
+
 @dataclass
 class Components:
     ingest: object
@@ -75,11 +81,11 @@ def _on_cpu_pool(task, s: ClusterSettings, *, cache: bool, timeout_s: int | None
         task.set_env_variable("SORAFLOW_PUSHGATEWAY", s.pushgateway)
 
 
-def _on_gpu_pool(task, s: ClusterSettings, *, timeout_s: int, retries: int) -> None:
-    """GPU steps: the GPU pool (toleration + selector), all GPUs of a node, /dev/shm in memory, the data and
-    checkpoint volume, bucket credentials, a timeout, and retries only where a retry resumes."""
+def _on_gpu_pool(task, s: ClusterSettings, *, timeout_s: int, retries: int, gpus: int | None = None) -> None:
+    """GPU steps: the GPU pool (toleration + selector), `gpus` (default all of a node), /dev/shm in memory, the
+    data and checkpoint volume, bucket credentials, a timeout, and retries only where a retry resumes."""
     task.set_caching_options(False)
-    task.set_accelerator_type(s.accelerator).set_accelerator_limit(s.gpus_per_node)
+    task.set_accelerator_type(s.accelerator).set_accelerator_limit(gpus or s.gpus_per_node)
     k8s.add_toleration(task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
     k8s.add_node_selector(task, label_key=s.pool_label, label_value=s.gpu_pool)
     k8s.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=s.shm_size)
@@ -123,9 +129,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         eval_steps: int = 4,
         vbench_python: str = "",
         vbench_weights: str = "",
-    ) -> NamedTuple("Outputs", [("curated", Dataset), ("dcae", Model), ("stage1", Model), ("stage2", Model),
-                                ("stage3", Model), ("distilled", Model), ("eval_results", Artifact),
-                                ("eval_report", HTML)]):
+    ) -> PipelineOutputs:
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         ingest = c.ingest(raw_manifest=raw_manifest, clip_store=clip_store, data_revision=data_revision,
                           run_id=run_id, overrides=overrides)
@@ -138,8 +142,8 @@ def build_pipeline(settings: ClusterSettings | None = None):
         _on_cpu_pool(curate, s, cache=True)
         curated = curate.outputs["curated"]
 
-        common = dict(curated=curated, run_root=run_root, run_id=run_id, run_tag=run_tag, scheduler=train_scheduler, nnodes=nnodes,
-                      nproc=nproc, image=s.gpu_image, queue=s.volcano_queue, overrides=overrides)
+        common = dict(curated=curated, run_root=run_root, run_id=run_id, run_tag=run_tag, scheduler=train_scheduler,
+                      nnodes=nnodes, nproc=nproc, image=s.gpu_image, queue=s.volcano_queue, overrides=overrides)
 
         def place_training(task):
             if s.train_launcher == "volcano":  # the job's pods get the GPUs; this task only follows the job
@@ -175,13 +179,10 @@ def build_pipeline(settings: ClusterSettings | None = None):
                           width=eval_width, steps=eval_steps,
                           vbench_python=vbench_python, vbench_weights=vbench_weights)
         evaluate.set_display_name("eval")
-        _on_gpu_pool(evaluate, s, timeout_s=s.eval_timeout_s, retries=0)  # sampling restarts from scratch
+        # one GPU samples one video at a time; no retries: sampling would restart from scratch
+        _on_gpu_pool(evaluate, s, timeout_s=s.eval_timeout_s, retries=0, gpus=1)
 
-        # the pipeline's own outputs: what a run produced, wherever each step ran (or was served from cache)
-        outputs = NamedTuple("Outputs", [("curated", Dataset), ("dcae", Model), ("stage1", Model),
-                                         ("stage2", Model), ("stage3", Model), ("distilled", Model),
-                                         ("eval_results", Artifact), ("eval_report", HTML)])
-        return outputs(curated=curated, dcae=vae.outputs["model"], stage1=stage_tasks[0].outputs["model"],
+        return PipelineOutputs(curated=curated, dcae=vae.outputs["model"], stage1=stage_tasks[0].outputs["model"],
                        stage2=stage_tasks[1].outputs["model"], stage3=previous,
                        distilled=distill.outputs["model"], eval_results=evaluate.outputs["results"],
                        eval_report=evaluate.outputs["report"])

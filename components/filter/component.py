@@ -24,7 +24,8 @@ def filter_component(clips: Input[Dataset], curated: Output[Dataset], validation
         Path(validation_report.path).write_text(
             "\n\n".join(p.read_text() for p in reports) or "no validation report was written\n")
     counts = result.counts
-    curated.metadata.update({"data_revision": data_revision, "set_256px": "set_256px.parquet", "set_768px": "set_768px.parquet",
+    curated.metadata.update({"data_revision": data_revision, "set_256px": "set_256px.parquet",
+                             "set_768px": "set_768px.parquet",
                              "input": counts["input"], "kept_256": counts["kept_256"],
                              "kept_768": counts["kept_768"]})
     for key in ("input", "kept_256", "kept_768", "needs_caption"):

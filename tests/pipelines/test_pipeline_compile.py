@@ -66,7 +66,8 @@ def test_kubernetes_settings_per_step(tmp_path, launcher):
             assert {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": s.shm_size,
                     "volumeName": "dshm"} in cfg["emptyDirMounts"]
             acc = container["resources"]["accelerator"]
-            assert acc["resourceType"] == "nvidia.com/gpu" and int(acc["resourceCount"]) == s.gpus_per_node
+            gpus = 1 if task == "eval-component" else s.gpus_per_node  # eval samples on one GPU
+            assert acc["resourceType"] == "nvidia.com/gpu" and int(acc["resourceCount"]) == gpus
         else:
             assert cfg["nodeSelector"]["labels"] == {s.pool_label: s.cpu_pool}
             assert "tolerations" not in cfg and "accelerator" not in container.get("resources", {})
