@@ -27,6 +27,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, push_to_gateway
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+# Label values shared with the goodput accounting (training/goodput.py) and the dashboards (design §5).
+BADPUT_KINDS = ("init", "data_loading", "checkpoint_save", "checkpoint_restore", "wasted_progress", "other")
+RESTART_REASONS = ("worker_failure", "loss_spike", "hang", "preemption")
+
 PREFIX = "soraflow_"
 LABELS = ("run_id", "stage", "recipe")
 FORBIDDEN_LABELS = ("step", "rank", "path", "file", "filename", "local_rank")
@@ -93,7 +97,11 @@ class _SummaryCollector:
         rst = CounterMetricFamily(
             "soraflow_train_restarts", "Failures that forced a restart or rollback, by reason.",
             labels=LABELS + ("reason",))
-        for reason, n in (s.get("restarts_by_reason") or {}).items():
+        # every known reason from the start, at 0: a series that first appears at 1 hides that increase from
+        # increase()/rate(), so the RestartLoop alert would miss a run's first restart
+        by_reason = {reason: 0 for reason in RESTART_REASONS}
+        by_reason.update(s.get("restarts_by_reason") or {})
+        for reason, n in by_reason.items():
             rst.add_metric(lv + [reason], float(n))
         yield rst
         steps = CounterMetricFamily("soraflow_train_steps", "Training steps run (redone steps included).", labels=LABELS)

@@ -38,12 +38,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-
-from common.atomic import write_text_atomic
 from typing import Any
 
-BADPUT_KINDS = ("init", "data_loading", "checkpoint_save", "checkpoint_restore", "wasted_progress", "other")
-RESTART_REASONS = ("worker_failure", "loss_spike", "hang", "preemption")
+from common.atomic import write_text_atomic
+from monitoring.metrics import BADPUT_KINDS, RESTART_REASONS  # the metric labels are the accounting's kinds
 EVENTS_FILE = "goodput_events.jsonl"
 METRICS_FILE = "metrics.json"
 

@@ -260,7 +260,9 @@ def test_training_metrics_names_and_labels(tmp_path):
         assert n in samples, n
     assert samples["soraflow_train_goodput_ratio"].value == pytest.approx(4.0 / 10.0)
     restarts = [s for f in fams for s in f.samples if s.name == "soraflow_train_restarts_total"]
-    assert [(s.labels["reason"], s.value) for s in restarts] == [("loss_spike", 1.0)]
+    # every known reason is exported from the start (0 until it happens), so increase() sees the first restart
+    assert {s.labels["reason"]: s.value for s in restarts} == {"worker_failure": 0.0, "loss_spike": 1.0,
+                                                              "hang": 0.0, "preemption": 0.0}
     kinds = {s.labels["kind"] for f in fams for s in f.samples if s.name == "soraflow_train_badput_seconds"}
     assert kinds == {"init", "data_loading", "checkpoint_save", "checkpoint_restore", "wasted_progress", "other"}
     assert samples["soraflow_build_info"].labels == {"version": "0.1.0", "git_commit": "abc",
