@@ -121,8 +121,9 @@ def train_tokens_per_frame(latent_shape: Sequence[int]) -> int:
     """N_hw in training: (H·W) // 4 **regardless of the patch size** (the released train script).
 
     For the HunyuanVideo VAE (patch 2) this equals the inference value; for the Video DC-AE (patch 1) it is
-    4× smaller, so training and inference use different α (768px 128f: 5.33 vs 6.60). The spec flags this as
-    "[code; likely unintended]"; we reproduce it because the released DC-AE model was trained that way.
+    4× smaller, so upstream trains and samples with different α (768px 128f: 5.33 vs 6.60). The spec flags this
+    as "[code; likely unintended]". Kept to document and test that mismatch: soraflow's trainer uses
+    ``inference_shift_alpha`` (the same patch-aware α the sampler uses) for every stage.
     """
     _, h, w = _latent_thw(latent_shape)
     return (h * w) // TRAIN_TOKEN_DIVISOR
