@@ -7,11 +7,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
-
-cv2 = pytest.importorskip("cv2")
 
 from components.filter import (  # noqa: E402
     AestheticScorer,
@@ -225,7 +224,6 @@ def test_failed_validation_keeps_previous_dataset(result, table, tmp_path):
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_dvc_round_trip(result, tmp_path):
-    pytest.importorskip("dvc")
     from components.filter.versioning import file_md5, status, track, version_dataset
 
     repo = tmp_path / "repo"
