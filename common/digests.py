@@ -8,23 +8,30 @@ from pathlib import Path
 from typing import Any
 
 
-def file_digests(path: str | Path) -> tuple[str, str]:
-    """(md5, sha256) of a file's bytes, read once."""
-    md5, sha = hashlib.md5(), hashlib.sha256()
+def _hash_file(path: str | Path, *algorithms: str) -> list[str]:
+    """Hex digests of a file's bytes for each named hashlib algorithm, reading the file once in chunks."""
+    hashes = [hashlib.new(name) for name in algorithms]
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
-            md5.update(chunk)
-            sha.update(chunk)
-    return md5.hexdigest(), sha.hexdigest()
+            for h in hashes:
+                h.update(chunk)
+    return [h.hexdigest() for h in hashes]
+
+
+def file_md5(path: str | Path) -> str:
+    """md5 of a file's bytes: what DVC 3 records for a file output."""
+    return _hash_file(path, "md5")[0]
 
 
 def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes, read in chunks (sources, weight files, checkpoints of any size)."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
+    """sha256 of a file's bytes (sources, weight files, checkpoints of any size)."""
+    return _hash_file(path, "sha256")[0]
+
+
+def file_digests(path: str | Path) -> tuple[str, str]:
+    """(md5, sha256) of a file's bytes, read once."""
+    md5, sha = _hash_file(path, "md5", "sha256")
+    return md5, sha
 
 
 def table_record(path: str | Path, relative_to: str | Path | None = None) -> dict[str, Any]:

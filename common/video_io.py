@@ -37,13 +37,26 @@ class VideoInfo:
     bit_rate: int | None
 
 
-def probe_video(path: str | Path, count_frames: bool = False) -> VideoInfo:
-    """Stream metadata of the first video stream. `count_frames` decodes packets when the header has no count."""
-    path = str(path)
+
+def _require_nonempty_file(path: str) -> None:
     if not os.path.exists(path):
         raise VideoReadError(f"{path}: file does not exist")
     if os.path.getsize(path) == 0:
         raise VideoReadError(f"{path}: file is empty (0 bytes)")
+
+
+def _decoding_stream(container, path: str):
+    """The first video stream, set up for threaded decoding; a file without one is a VideoReadError."""
+    if not container.streams.video:
+        raise VideoReadError(f"{path}: no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return stream
+
+def probe_video(path: str | Path, count_frames: bool = False) -> VideoInfo:
+    """Stream metadata of the first video stream. `count_frames` decodes packets when the header has no count."""
+    path = str(path)
+    _require_nonempty_file(path)
     try:
         with av.open(path) as container:
             if not container.streams.video:
@@ -114,20 +127,14 @@ def read_video_frames(path: str | Path, indices) -> tuple[np.ndarray, float]:
         raise ValueError("read_video_frames needs at least one frame index")
     if min(wanted) < 0:
         raise ValueError(f"frame indices must be >= 0, got {min(wanted)}")
-    if not os.path.exists(path):
-        raise VideoReadError(f"{path}: file does not exist")
-    if os.path.getsize(path) == 0:
-        raise VideoReadError(f"{path}: file is empty (0 bytes)")
+    _require_nonempty_file(path)
     need = set(wanted)
     last = max(wanted)
     got: dict[int, np.ndarray] = {}
     count = 0
     try:
         with av.open(path) as container:
-            if not container.streams.video:
-                raise VideoReadError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            stream = _decoding_stream(container, path)
             rate = stream.average_rate or stream.guessed_rate
             fps = float(rate) if rate else 0.0
             for i, frame in enumerate(container.decode(stream)):
@@ -180,18 +187,12 @@ def iter_luma_frames(path: str | Path, rgb_indices=()) -> Iterator[LumaFrame]:
     and scorers that need a few RGB frames (blur, hashes). Decoder errors raise `VideoReadError` naming the
     file and the frame reached."""
     path = str(path)
-    if not os.path.exists(path):
-        raise VideoReadError(f"{path}: file does not exist")
-    if os.path.getsize(path) == 0:
-        raise VideoReadError(f"{path}: file is empty (0 bytes)")
+    _require_nonempty_file(path)
     want = {int(i) for i in rgb_indices}
     i = -1
     try:
         with av.open(path) as container:
-            if not container.streams.video:
-                raise VideoReadError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            stream = _decoding_stream(container, path)
             for i, frame in enumerate(container.decode(stream)):
                 luma, bits = _luma_plane(frame)
                 yield LumaFrame(i, luma, bits, frame.to_ndarray(format="rgb24") if i in want else None)

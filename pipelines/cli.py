@@ -7,6 +7,16 @@ import json
 import sys
 
 
+def _add_video_size_flags(p) -> None:
+    """What a generated video is: frames, size (a resolution name + aspect ratio, or explicit pixels), steps."""
+    p.add_argument("--num-frames", type=int, default=129)
+    p.add_argument("--resolution", default="256px")
+    p.add_argument("--aspect-ratio", default="16:9")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--steps", type=int, default=50)
+
+
 def _add_generate(sub) -> None:
     from components.generate import PIPELINES
 
@@ -21,12 +31,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--t5", help="T5 folder (overrides --weights-dir)")
     p.add_argument("--clip", help="CLIP folder (overrides --weights-dir)")
     p.add_argument("--random-init", action="store_true", help="random DiT/AE weights (timing, local demo)")
-    p.add_argument("--num-frames", type=int, default=129)
-    p.add_argument("--resolution", default="256px")
-    p.add_argument("--aspect-ratio", default="16:9")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--steps", type=int, default=50)
+    _add_video_size_flags(p)
     p.add_argument("--guidance", type=float, default=7.5, help="text guidance scale")
     p.add_argument("--guidance-img", type=float, default=3.0, help="image guidance scale")
     p.add_argument("--seed", type=int, default=42)
@@ -281,12 +286,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--suite", default="mini", help="'mini' (shipped) or a VBench_full_info.json-format file")
     p.add_argument("--max-prompts", type=int)
     p.add_argument("--seeds", default="0", help="comma-separated; sample i of every prompt uses seed i")
-    p.add_argument("--num-frames", type=int, default=129)
-    p.add_argument("--resolution", default="256px")
-    p.add_argument("--aspect-ratio", default="16:9")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--steps", type=int, default=50)
+    _add_video_size_flags(p)
     p.add_argument("--fps", type=int, default=24)
     p.add_argument("--random-init", action="store_true", help="random DiT/AE weights for every model (local run)")
     p.add_argument("--weights-dir", help="default weights folder for models without their own paths")

@@ -14,3 +14,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def isolated_soraflow_cache(tmp_path_factory, monkeypatch):
+    """Generated tiny text encoders and embeddings go to this session's temp dir, not the user's cache."""
+    monkeypatch.setenv("SORAFLOW_CACHE", str(tmp_path_factory.getbasetemp() / "soraflow-cache"))

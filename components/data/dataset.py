@@ -18,7 +18,6 @@ Layout, in the repository root:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -28,7 +27,8 @@ from typing import Any
 import pandas as pd
 
 from common.atomic import atomic_path
-from components.filter.versioning import DvcError, _dvc, _pointer, ensure_dvc_repo, file_md5, track
+from common.digests import file_digests
+from components.filter.versioning import DvcError, _dvc, _pointer, ensure_dvc_repo, track
 
 __all__ = ["DataError", "DATA_DIR", "POINTER", "TABLES", "version", "push", "pull", "status", "revision"]
 
@@ -137,8 +137,8 @@ def version(repo: str | Path, curated_dir: str | Path | None = None, *, remote: 
     tables = {}
     for name in TABLES:
         if (data / name).exists():
-            tables[name] = {"md5": file_md5(data / name),
-                            "sha256": hashlib.sha256((data / name).read_bytes()).hexdigest()}
+            md5, sha256 = file_digests(data / name)
+            tables[name] = {"md5": md5, "sha256": sha256}
     return {"data_revision": v.md5, "pointer": str(repo / POINTER), "nfiles": v.nfiles, "size": v.size,
             "tables": tables,
             "next": f"git add {POINTER} .gitignore && git commit -m 'data: {v.md5}'; soraflow data push"}

@@ -10,7 +10,6 @@ on data and no component has to `dvc pull` the whole set.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,8 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from common.digests import file_md5  # DVC's md5 of a file; also re-exported here
 
 __all__ = ["DvcError", "DvcVersion", "dvc_available", "ensure_dvc_repo", "track", "push", "status", "file_md5",
            "version_dataset"]
@@ -138,15 +139,6 @@ def status(repo_dir: str | Path, cloud: bool = True) -> dict:
     """`dvc status [--cloud] --json` as a dict; `{}` means clean (workspace = pointers, remote has it all)."""
     out = _dvc(Path(repo_dir), "status", *(["--cloud"] if cloud else []), "--json").stdout.strip()
     return json.loads(out) if out else {}
-
-
-def file_md5(path: str | Path) -> str:
-    """md5 of a single file's bytes (what DVC 3 records for a file output)."""
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def version_dataset(repo_dir: str | Path, data_path: str | Path, *, input_path: str | Path | None = None,

@@ -20,9 +20,7 @@ def table(tmp_path_factory):
     return str(make_video_table(d, specs))
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("SORAFLOW_CACHE", str(tmp_path_factory.getbasetemp() / "soraflow-cache"))
+pytestmark = pytest.mark.usefixtures("isolated_soraflow_cache")
 
 
 def _trainer(table, run_dir, recipe="tiny-cpu-vae", **fields):

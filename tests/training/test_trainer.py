@@ -26,9 +26,7 @@ def table(tmp_path_factory):
     return str(make_video_table(d, specs))
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("SORAFLOW_CACHE", str(tmp_path_factory.getbasetemp() / "soraflow-cache"))
+pytestmark = pytest.mark.usefixtures("isolated_soraflow_cache")
 
 
 def _train_in_subprocess(table, run_dir, steps, ckpt_every=2, recipe="tiny-cpu-stage2", extra=()):
