@@ -116,9 +116,10 @@ class SelfAttention(nn.Module):
     def qkv(self, x):
         fused = getattr(self, "_fused", None)
         if fused is not None:
-            q, k, v = (_heads(t, self.num_heads) for t in F.linear(x, *fused).chunk(3, dim=-1))
+            qkv = F.linear(x, *fused).chunk(3, dim=-1)
         else:
-            q, k, v = (_heads(p(x), self.num_heads) for p in (self.q_proj, self.k_proj, self.v_proj))
+            qkv = project(x, [self.q_proj, self.k_proj, self.v_proj])
+        q, k, v = (_heads(t, self.num_heads) for t in qkv)
         q, k = self.norm(q, k, v)
         return q, k, v
 
@@ -128,6 +129,40 @@ class SelfAttention(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         self._fused = None  # moving or casting the weights breaks the fused views; fuse again afterwards
         return super()._apply(fn, *args, **kwargs)
+
+
+# One GEMM for the projections that share an input (below); False runs them one by one (benchmarks compare).
+CONCAT_PROJECTIONS = True
+
+
+def project(x: torch.Tensor, linears: list[nn.Linear]) -> tuple[torch.Tensor, ...]:
+    """The outputs of several Linears over the same input, as one GEMM over their concatenated weights.
+
+    Training path: the weights are concatenated per call (a copy of the weights, small next to the activations),
+    autograd hands each weight its slice of the gradient, and the input's gradient comes out of one GEMM rather
+    than a sum of several. One wide GEMM also fills the GPU's waves better than several narrow ones.
+    """
+    biases = [m.bias for m in linears]
+    plain = all(type(m) is nn.Linear for m in linears)  # e.g. FP8Linear keeps its own GEMM
+    same_bias = all(b is None for b in biases) or all(b is not None for b in biases)
+    if not (CONCAT_PROJECTIONS and plain and same_bias):
+        return tuple(m(x) for m in linears)
+    bias = None if biases[0] is None else torch.cat(biases)
+    out = F.linear(x, torch.cat([m.weight for m in linears]), bias)
+    return out.split([m.out_features for m in linears], dim=-1)
+
+
+def linear_k_aligned(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """linear(x), with the reduction dim zero-padded to a multiple of 8 on CUDA.
+
+    cuBLAS needs 16-byte-aligned rows for its fast bf16 kernels; an in_features of 68 (the I2V condition token)
+    otherwise falls back to a slow align-1 kernel. Zero columns add nothing to the product.
+    """
+    k = linear.in_features
+    pad = -k % 8
+    if not x.is_cuda or pad == 0:
+        return linear(x)
+    return F.linear(F.pad(x, (0, pad)), F.pad(linear.weight, (0, pad)), linear.bias)
 
 
 def _fuse_linears(owner: nn.Module, linears: list[nn.Linear]) -> None:
@@ -230,8 +265,8 @@ class SingleStreamBlock(nn.Module):
             q, k, v = F.linear(a, w[: 3 * d], b[: 3 * d]).chunk(3, dim=-1)
             h_act = linear_gelu_tanh(a, w[3 * d :], b[3 * d :])
         else:
-            q, k = self.q_proj(a), self.k_proj(a)
-            v, h = torch.split(self.v_mlp(a), [d, self.mlp_hidden], dim=-1)
+            q, k, v_h = project(a, [self.q_proj, self.k_proj, self.v_mlp])
+            v, h = torch.split(v_h, [d, self.mlp_hidden], dim=-1)
             h_act = self.mlp_act(h)
         q, k, v = (_heads(t, self.num_heads) for t in (q, k, v))
         q, k = self.norm(q, k, v)

@@ -7,7 +7,8 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import MMDiTConfig, get_config
-from .layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, timestep_embedding
+from .layers import (DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, linear_k_aligned,
+                     timestep_embedding)
 from .rope import rope_tables
 
 
@@ -75,7 +76,7 @@ class MMDiT(nn.Module):
         self._check_inputs(img, img_ids, txt, txt_ids, timesteps, y_vec, cond)
         img = self.img_in(img)
         if self.cond_in is not None and cond is not None:
-            img = img + self.cond_in(cond)
+            img = img + linear_k_aligned(cond, self.cond_in)
         dtype = img.dtype
         vec = self.time_in(timestep_embedding(timesteps).to(dtype))
         if self.guidance_in is not None:
@@ -128,7 +129,8 @@ class MMDiT(nn.Module):
         return self
 
     def compile_blocks(self, **compile_kwargs) -> "MMDiT":
-        """torch.compile each block: fuses norms, modulation, RoPE and gating around the matmuls.
+        """torch.compile each block and the final layer: fuses norms, modulation, RoPE and gating around the
+        matmuls (and, in training, the bias and modulation gradients' reductions).
 
         All blocks of a kind share one compiled graph (parameters are graph inputs); the cache limit is raised
         so dynamo never falls back to eager for the later blocks.
@@ -138,7 +140,7 @@ class MMDiT(nn.Module):
         for name in ("cache_size_limit", "recompile_limit"):
             if hasattr(dynamo.config, name):
                 setattr(dynamo.config, name, max(getattr(dynamo.config, name), 128))
-        for block in list(self.double_blocks) + list(self.single_blocks):
+        for block in list(self.double_blocks) + list(self.single_blocks) + [self.final_layer]:
             block.compile(**compile_kwargs)
         return self
 

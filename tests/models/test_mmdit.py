@@ -376,3 +376,34 @@ def test_fused_projections_keep_outputs_and_state_dict():
     assert model.single_blocks[0]._fused is None and model.double_blocks[0].img_attn._fused is None
     with torch.no_grad():
         assert torch.allclose(model(**{k: v.double() for k, v in x.items()}).float(), ref, atol=1e-5)
+
+
+def test_concatenated_projections_give_the_separate_linears_values_and_gradients(monkeypatch):
+    from models.mmdit import layers
+
+    cfg = get_config("tiny")
+    x = _inputs(cfg)
+    results = {}
+    for concat in (True, False):
+        monkeypatch.setattr(layers, "CONCAT_PROJECTIONS", concat)
+        torch.manual_seed(0)
+        model = _randomize(MMDiT(cfg).double())
+        out = model(**{k: v.double() for k, v in x.items()})
+        (out * torch.linspace(-1, 1, out.shape[-1], dtype=torch.float64)).sum().backward()
+        results[concat] = (out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (out_cat, g_cat), (out_sep, g_sep) = results[True], results[False]
+    torch.testing.assert_close(out_cat, out_sep, rtol=1e-12, atol=1e-12)
+    assert g_cat.keys() == g_sep.keys() and "single_blocks.0.v_mlp.weight" in g_cat
+    for name in g_sep:  # every projection weight gets exactly its own slice of the gradient
+        torch.testing.assert_close(g_cat[name], g_sep[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_k_aligned_linear_pads_with_zeros_only():
+    from models.mmdit.layers import linear_k_aligned
+
+    lin = torch.nn.Linear(68, 16).double()
+    x = torch.randn(5, 68, dtype=torch.float64)
+    padded = torch.nn.functional.linear(torch.nn.functional.pad(x, (0, 4)),
+                                        torch.nn.functional.pad(lin.weight, (0, 4)), lin.bias)
+    torch.testing.assert_close(padded, lin(x), rtol=1e-14, atol=1e-14)  # what the CUDA path computes
+    torch.testing.assert_close(linear_k_aligned(x, lin), lin(x), rtol=0, atol=0)  # CPU: the plain layer
