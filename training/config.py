@@ -19,6 +19,8 @@ class ModelSpec:
     from_pretrained: str | None = None  # an Open-Sora-layout checkpoint (previous stage's output)
     from_flux: str | None = None  # a FLUX-layout checkpoint (stage 1 init)
     grad_ckpt_settings: tuple[int, int] | None = None
+    # torch.compile each block and the final layer (fused norms, modulation, RoPE, gating); GPU recipes set it.
+    compile: bool = False
     # Key prefixes left at their fresh init when loading `from_pretrained` (the DC-AE adaptation, spec §B.4:
     # img_in, cond_in and final_layer.linear change shape with the latent space); every other key loads strictly.
     reinit: tuple[str, ...] = ()

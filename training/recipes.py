@@ -41,7 +41,7 @@ def stage1_256px_h200x8() -> TrainConfig:
     """Paper stage 1 (`stage1.py`): 256px text-to-video from FLUX, ZeRO-2 DP, cond_in off."""
     return TrainConfig(
         name="stage1-256px-h200x8", stage="dit_stage1",
-        model=ModelSpec("opensora2-11b", {"cond_embed": False}, grad_ckpt_settings=(8, 100)),
+        model=ModelSpec("opensora2-11b", {"cond_embed": False}, grad_ckpt_settings=(8, 100), compile=True),
         ae=AESpec("hunyuan", path="ckpts/hunyuan_vae.safetensors", tiny=False),
         text=TextSpec("ckpts/google/t5-v1_1-xxl", "ckpts/openai/clip-vit-large-patch14", tiny=False),
         data=DataSpec(bucket_config={"256px": bucket_256px(45, 12, 6, 4, 3), "768px": {1: (0.5, 13)},
@@ -55,7 +55,7 @@ def stage2_256px_i2v_h200x8() -> TrainConfig:
     """Paper stage 2 (`stage1_i2v.py`): 256px text/image-to-video, cond_in on, the T/I2V condition mix."""
     cfg = stage1_256px_h200x8()
     cfg.name, cfg.stage = "stage2-256px-i2v-h200x8", "dit_stage2"
-    cfg.model = ModelSpec("opensora2-11b", grad_ckpt_settings=(8, 100))
+    cfg.model = ModelSpec("opensora2-11b", grad_ckpt_settings=(8, 100), compile=True)
     cfg.optim = OptimConfig(lr=1e-5, eps=1e-15)
     cfg.condition_config = dict(I2V_MIX)
     cfg.max_steps = 13_000
@@ -85,7 +85,7 @@ def distill_768px_dcae_h200x8() -> TrainConfig:
     table for 25K steps (restrict the buckets with an override to reproduce the first phase)."""
     return TrainConfig(
         name="distill-768px-dcae-h200x8", stage="distill",
-        model=ModelSpec("opensora2-hc", grad_ckpt_settings=(100, 100), reinit=DISTILL_REINIT),
+        model=ModelSpec("opensora2-hc", grad_ckpt_settings=(100, 100), reinit=DISTILL_REINIT, compile=True),
         ae=AESpec("dcae", path="ckpts/F32T4C128_AE.safetensors", tiny=False),
         text=TextSpec("ckpts/google/t5-v1_1-xxl", "ckpts/openai/clip-vit-large-patch14", tiny=False),
         data=DataSpec(bucket_config={"768px": {1: (1.0, 20), **_frames(16, 32, (1.0, 8)), **_frames(36, 64, (1.0, 4)),

@@ -46,8 +46,10 @@ class Strategy:
 
     def build_optimizer(self, model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]
+        # The fused CUDA kernel: one pass over parameter, gradient and both moments (FSDP2's DTensors included).
+        fused = bool(params) and all(p.is_cuda for p in params)
         return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                                 foreach=True)
+                                 fused=fused, foreach=None if fused else True)
 
     # -- step -----------------------------------------------------------------------------------------------
     def backward(self, loss: torch.Tensor, optimizer) -> None:
@@ -78,10 +80,30 @@ class Strategy:
         return model
 
 
+def _autocast(strategy: Strategy):
+    """Autocast to the strategy's compute dtype on the device its model lives on (fp32: off)."""
+    device_type = getattr(strategy, "device_type", "cuda")
+    return torch.autocast(device_type, dtype=strategy.param_dtype, enabled=strategy.param_dtype != torch.float32)
+
+
 class SingleDevice(Strategy):
-    """One process, no collective: the reference the distributed strategies are tested against."""
+    """One process, no collective: the reference the distributed strategies are tested against, and what a
+    one-GPU run uses (an FSDP2 or DDP recipe started as one process lands here).
+
+    Same precision as FSDP2's mixed-precision policy: the parameters, their gradients and the optimizer state
+    stay fp32 (master weights); on CUDA the forward runs under autocast in `param_dtype`, so matmuls and
+    attention compute in bf16. On one GPU this costs one weight cast per step and one fp32 gradient cast inside
+    the backward (benchmarks/README.md); CPU autocast likewise for a bf16 run on a CPU.
+    """
 
     name = "single"
+
+    def wrap(self, model, device):
+        self.device_type = device.type
+        return model.to(device=device, dtype=torch.float32)
+
+    def forward_context(self):
+        return _autocast(self)
 
 
 class DDPStrategy(Strategy):
@@ -93,13 +115,14 @@ class DDPStrategy(Strategy):
     def wrap(self, model, device):
         from torch.nn.parallel import DistributedDataParallel
 
+        self.device_type = device.type
         model = model.to(device=device)
         ids = [device.index] if device.type == "cuda" else None
         # Different ranks may run different bucket shapes; parameters are the same, so no unused-param search.
         return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
 
     def forward_context(self):
-        return torch.autocast("cuda", dtype=self.param_dtype, enabled=self.param_dtype != torch.float32)
+        return _autocast(self)
 
     def unwrap(self, model):
         return model.module
@@ -122,9 +145,14 @@ class FSDP2Strategy(Strategy):
         model = model.to(device=device, dtype=torch.float32)  # fp32 master weights
         mesh = init_device_mesh(device.type, (dist.get_world_size(),))
         mp = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype)
+        # Blocks take their inputs as the root made them: the root casts the model's inputs, while the fp32
+        # RoPE tables must reach the blocks in fp32. (A block-level cast also broke activation checkpointing:
+        # FSDP skips it when the block is recomputed in backward, so the recomputed tables were fp32.)
+        block_mp = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype,
+                                        cast_forward_inputs=False)
         blocks = list(getattr(model, "double_blocks", [])) + list(getattr(model, "single_blocks", []))
         for block in blocks:
-            fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=self.reshard_after_forward)
+            fully_shard(block, mesh=mesh, mp_policy=block_mp, reshard_after_forward=self.reshard_after_forward)
         fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=self.reshard_after_forward)
         return model
 

@@ -40,6 +40,17 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def effective_strategy(name: str, world: int, device_type: str) -> str:
+    """The strategy a run uses for the recipe's `parallel.strategy` at this world size and device.
+
+    Several processes: the recipe's. One process: DDP has nothing to replicate, so "single" (which keeps DDP's
+    fp32 parameters and bf16 autocast); FSDP2 on a GPU stays FSDP2 on a one-rank group (the trainer creates it);
+    FSDP2 on a CPU becomes "single" (the tiny CPU recipes compute in fp32, where both are the same)."""
+    if world > 1 or name not in ("fsdp2", "ddp"):
+        return name
+    return "fsdp2" if name == "fsdp2" and device_type == "cuda" else "single"
+
+
 def all_mean(value: float, device) -> float:
     if not dist.is_initialized():
         return value
@@ -109,12 +120,16 @@ class Trainer:
             # The stage decides the model, its objective and its extra state (training/stages.py).
             self.stage = build_stage(cfg, self.device, dtype, self.rank, self.world)
             module = self.stage.build_model()
-            strategy = cfg.parallel.strategy
-            if strategy in ("fsdp2", "ddp") and self.world == 1 and not dist.is_initialized():
-                strategy = "single"  # one process: no collective to wrap
+            strategy = effective_strategy(cfg.parallel.strategy, self.world, self.device.type)
+            if strategy == "fsdp2" and not dist.is_initialized():
+                # One GPU, no launcher: a one-rank group keeps FSDP2's precision (fp32 master weights and
+                # gradients, bf16 compute) and the code path the benchmarks measure.
+                dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1)
             self.strategy = build_strategy(strategy, param_dtype=cfg.parallel.param_dtype)
             self.model, self.optimizer = self.strategy.prepare(module, self.device, cfg.optim)
             self.sp_handle = self._setup_sequence_parallel()
+            if cfg.model.compile:
+                self._compile_model()
             self.loader = build_dataloader(
                 cfg.data.table, cfg.data.bucket_config, rank=self.dp_rank, world_size=self.dp_world, seed=cfg.seed,
                 num_workers=cfg.data.num_workers, prefetch_factor=cfg.data.prefetch_factor,
@@ -148,6 +163,13 @@ class Trainer:
             if self.metrics is not None:  # a restarted exporter serves the run's replayed totals at once
                 self.metrics.update_from_summary(self.goodput.summary())
         self._write_resolved_config()
+
+    def _compile_model(self) -> None:
+        model = self.strategy.unwrap(self.model)
+        if not hasattr(model, "compile_blocks"):
+            raise ValueError(f"model.compile: the {self.cfg.stage} model ({type(model).__name__}) has no compiled "
+                             "path; set model.compile=false")
+        model.compile_blocks()
 
     def _setup_sequence_parallel(self):
         if self.sp_size == 1:
@@ -224,6 +246,10 @@ class Trainer:
             inputs = self.stage.prepare(batch, self.generator)
             with self.strategy.forward_context():
                 loss = self.stage.loss(self.model, inputs) * weight
+            # Backward is queued before the loss is read: reading it first would drain the GPU between forward
+            # and backward every step. A rejected step wastes one backward; its gradients never reach the weights.
+            self.strategy.backward(loss, self.optimizer)
+            grad_norm = self.strategy.clip_grad_norm(self.model, cfg.optim.grad_clip)
             loss_value = all_mean(float(loss.detach()), self.device)
             verdict = self.guard.check(loss_value)
             if verdict != "ok":
@@ -233,8 +259,6 @@ class Trainer:
                     raise RuntimeError(f"loss guard tripped {rollbacks} times ({verdict}); stopping")
                 self._rollback(verdict)
                 continue
-            self.strategy.backward(loss, self.optimizer)
-            grad_norm = self.strategy.clip_grad_norm(self.model, cfg.optim.grad_clip)
             staging = self.ckpt.wait_staging()  # the last checkpoint's copy must finish before weights change
             if staging > 0:
                 self.goodput.record_badput("checkpoint_save", staging)
@@ -266,7 +290,7 @@ class Trainer:
                             seconds)
             every = cfg.samples.every
             if (every > 0 and self.step % every == 0) or self.step == cfg.max_steps:
-                with self.goodput.badput("other"):
+                with self.goodput.badput("other"), self.strategy.forward_context():
                     self.stage.write_samples(self.model, inputs, batch, self.step)
             if self.step % cfg.checkpoint.ckpt_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()

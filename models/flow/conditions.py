@@ -159,12 +159,14 @@ def draw_condition_types(
     generator: torch.Generator | None = None,
 ) -> list[str]:
     """One condition type per sample, drawn independently with probability ∝ weight (after
-    ``allowed_condition_weights``), using ``generator`` (CPU generator) for reproducibility."""
+    ``allowed_condition_weights``), using ``generator`` (on any device) for reproducibility."""
     allowed = allowed_condition_weights(
         weights, latent_frames, is_causal=is_causal, time_compression=time_compression
     )
     names = list(allowed)
-    probs = torch.tensor([allowed[n] for n in names], dtype=torch.float64)
+    # On the generator's device: the trainer's generator lives on the GPU, and multinomial needs them together.
+    device = generator.device if generator is not None else None
+    probs = torch.tensor([allowed[n] for n in names], dtype=torch.float64, device=device)
     idx = torch.multinomial(probs, batch, replacement=True, generator=generator)
     return [names[i] for i in idx.tolist()]
 

@@ -202,3 +202,42 @@ def test_incompatible_stage_inputs_are_named(table, tmp_path):
     cfg.ae.kind = "dcae"  # 8 latent channels into a DiT built for 16 x 2^2
     with pytest.raises(ValueError, match="takes 64 input channels .* gives 8 latent channels"):
         Trainer(cfg)
+
+
+def test_one_process_strategy_keeps_the_recipes_precision():
+    from training.trainer import effective_strategy
+
+    assert effective_strategy("fsdp2", 8, "cuda") == "fsdp2"
+    assert effective_strategy("fsdp2", 1, "cuda") == "fsdp2"  # one GPU: FSDP2 on a one-rank group
+    assert effective_strategy("fsdp2", 1, "cpu") == "single"
+    assert effective_strategy("ddp", 1, "cuda") == "single"
+    assert effective_strategy("colossalai", 1, "cuda") == "colossalai"
+
+
+def test_single_device_keeps_fp32_master_weights_and_gradients():
+    """Before: a bf16 recipe run as one process cast the parameters to bf16 (no master weights), so AdamW steps
+    below bf16's resolution were lost. Now parameters and gradients stay fp32; on CUDA the forward autocasts."""
+    from training.strategies import OptimConfig, build_strategy
+
+    strategy = build_strategy("single", param_dtype="bf16")
+    model, opt = strategy.prepare(torch.nn.Linear(4, 4), torch.device("cpu"), OptimConfig(lr=1e-6))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    before = model.weight.detach().clone()
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+    step = (model.weight.detach() - before).abs()
+    assert model.weight.grad.dtype == torch.float32
+    # AdamW's first step moves every weight by lr (1e-6): invisible in bf16 (spacing 2^-8 near 1), kept in fp32.
+    torch.testing.assert_close(step, torch.full_like(step, 1e-6), rtol=2e-2, atol=0)
+
+
+@pytest.mark.slow  # inductor compiles C++ for the tiny blocks' forward and backward: about a minute on 2 cores
+def test_compiled_training_follows_the_eager_losses(table, tmp_path):
+    _train_in_subprocess(table, tmp_path / "eager", 3, ckpt_every=10)
+    _train_in_subprocess(table, tmp_path / "compiled", 3, ckpt_every=10, extra=("--override", "model.compile=true"))
+    eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
+    assert sorted(eager) == sorted(compiled) == [1, 2, 3]
+    config = json.loads((tmp_path / "compiled" / "config.json").read_text())
+    assert config["model"]["compile"] is True
+    # fp32 on CPU: inductor reassociates sums, nothing else changes
+    assert [compiled[s] for s in (1, 2, 3)] == pytest.approx([eager[s] for s in (1, 2, 3)], rel=1e-4)
