@@ -241,3 +241,37 @@ def test_compiled_training_follows_the_eager_losses(table, tmp_path):
     assert config["model"]["compile"] is True
     # fp32 on CPU: inductor reassociates sums, nothing else changes
     assert [compiled[s] for s in (1, 2, 3)] == pytest.approx([eager[s] for s in (1, 2, 3)], rel=1e-4)
+
+
+def _rope_dtype_in_blocks(queue):
+    import torch.distributed as dist
+
+    from models.mmdit import MMDiT, get_config
+    from training.strategies import FSDP2Strategy, OptimConfig
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    cfg = get_config("tiny")
+    model, _ = FSDP2Strategy("bf16", "fp32").prepare(MMDiT(cfg), torch.device("cpu"), OptimConfig())
+    seen = []
+    model.double_blocks[0].register_forward_pre_hook(lambda m, args, kwargs: seen.append(args[3][0].dtype),
+                                                     with_kwargs=True)
+    from models.packing import image_position_ids, text_position_ids
+
+    b, n = 1, 2 * 2 * 3
+    model(img=torch.randn(b, n, cfg.in_channels), img_ids=image_position_ids(b, 2, 4, 6, 2),
+          txt=torch.randn(b, 5, cfg.context_in_dim), txt_ids=text_position_ids(b, 5),
+          timesteps=torch.rand(b), y_vec=torch.randn(b, cfg.vec_in_dim)).float().sum().backward()
+    queue.put([str(d) for d in seen])
+    dist.destroy_process_group()
+
+
+def test_fsdp2_blocks_get_the_rope_tables_in_fp32():
+    """The root casts the model inputs to bf16; the blocks must not cast again, or the fp32 RoPE tables become
+    bf16 (and checkpoint recomputation, where FSDP skips that cast, sees different tensors)."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_rope_dtype_in_blocks, args=(q,))
+    p.start()
+    seen = q.get(timeout=120)
+    p.join(timeout=60)
+    assert seen == ["torch.float32"]
