@@ -38,6 +38,18 @@ def inputs(cfg, b=1, t=33, h=32, w=32, n_txt=512):
                 cond=torch.randn(b, n, cfg.cond_channels, device=dev, dtype=dt))
 
 
+def matmul_ceiling_tflops(n: int = 8192) -> float:
+    """This GPU's bf16 matmul rate at n³ (design.md §7's ceiling: 765 TFLOP/s on the reference H100). H100s
+    differ by 10-15% in sustained clocks, so step times are also given scaled to the reference ceiling."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    med, _ = time_steps(lambda: a @ b, warmup=5, iters=20)
+    return 2 * n**3 / med / 1e12
+
+
+REFERENCE_CEILING_TFLOPS = 765.0  # design.md §7, the machine the 0.124 s reference step was measured on
+
+
 def setup_slice(port: int):
     """One-GPU NCCL group, the 6-block slice's config and inputs, its forward+backward FLOPs, a result record."""
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -48,7 +60,11 @@ def setup_slice(port: int):
     cfg = get_config("opensora2-11b", depth=2, depth_single_blocks=4)
     x = inputs(cfg)
     flops = 3 * mmdit_forward_flops(cfg, x["img"].shape[1], x["txt"].shape[1])
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "fwd_bwd_flops": flops, "rows": []}
+    ceiling = matmul_ceiling_tflops()
+    print(f"bf16 matmul ceiling here: {ceiling:.0f} TFLOP/s (reference machine {REFERENCE_CEILING_TFLOPS:.0f})",
+          flush=True)
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "fwd_bwd_flops": flops,
+           "matmul_ceiling_tflops": ceiling, "reference_ceiling_tflops": REFERENCE_CEILING_TFLOPS, "rows": []}
     return cfg, x, flops, res
 
 
@@ -57,6 +73,13 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--variants", default="eager,compiled")
     ap.add_argument("--skip-checkpoint", action="store_true")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps (the first one compiles)")
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--reserve-gib", type=float, default=0.0,
+                    help="allocate this much GPU memory before timing (tests the allocator-layout explanation)")
+    ap.add_argument("--adamw-steps-first", type=int, default=3,
+                    help="whole steps (with the AdamW update) before timing forward+backward")
+    ap.add_argument("--first-lr", type=float, default=1e-5, help="learning rate of those steps")
     args = ap.parse_args()
     cfg, x, flops, res = setup_slice(29512)
     model = opt = mgr = None
@@ -69,8 +92,7 @@ def main():
         strategy = FSDP2Strategy("bf16", "fp32", reshard_after_forward=False)
         model, opt = strategy.prepare(MMDiT(cfg), torch.device("cuda"), OptimConfig(lr=1e-5))
         if variant.startswith("compiled"):
-            for block in list(model.double_blocks) + list(model.single_blocks):
-                block.compile()
+            model.compile_blocks()
         target = torch.randn_like(x["img"], dtype=torch.float32)
 
         def fwd_bwd():  # gradients start from None, as after the trainer's zero_grad(set_to_none=True)
@@ -85,10 +107,15 @@ def main():
             opt.step()
             opt.zero_grad(set_to_none=True)
 
+        for group in opt.param_groups:
+            group["lr"] = args.first_lr
+        for _ in range(args.adamw_steps_first):  # the steady state of training: updates between the steps
+            full_step()
+        reserve = torch.empty(int(args.reserve_gib * 2**30), dtype=torch.uint8, device="cuda")  # noqa: F841
         torch.cuda.reset_peak_memory_stats()
-        med, all_t = time_steps(fwd_bwd)
+        med, all_t = time_steps(fwd_bwd, warmup=args.warmup, iters=args.iters)
         med_step, _ = time_steps(full_step, warmup=1, iters=5)
-        row = dict(variant=variant, fwd_bwd_s=med, min=min(all_t), max=max(all_t), tflops=flops / med / 1e12,
+        row = dict(variant=variant, reserve_gib=args.reserve_gib, adamw_steps_first=args.adamw_steps_first, first_lr=args.first_lr, fwd_bwd_s=med, min=min(all_t), max=max(all_t), tflops=flops / med / 1e12,
                    step_with_adamw_s=med_step, peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30)
         res["rows"].append(row)
         print(f"{variant:9s} fwd+bwd {med:.4f}s ({min(all_t):.4f}-{max(all_t):.4f}) {row['tflops']:.0f} TFLOP/s; "
