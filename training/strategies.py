@@ -88,12 +88,12 @@ def _autocast(strategy: Strategy):
 
 class SingleDevice(Strategy):
     """One process, no collective: the reference the distributed strategies are tested against, and what a
-    one-GPU run uses (an FSDP2 or DDP recipe started as one process lands here).
+    DDP recipe (or an FSDP2 recipe on a CPU) runs as when started as one process.
 
     Same precision as FSDP2's mixed-precision policy: the parameters, their gradients and the optimizer state
-    stay fp32 (master weights); on CUDA the forward runs under autocast in `param_dtype`, so matmuls and
-    attention compute in bf16. On one GPU this costs one weight cast per step and one fp32 gradient cast inside
-    the backward (benchmarks/README.md); CPU autocast likewise for a bf16 run on a CPU.
+    stay fp32 (master weights); the forward runs under autocast in `param_dtype` on the model's device. On the
+    H100 slice benchmark autocast's per-op casts cost more than FSDP2's one-rank copies (benchmarks/README.md),
+    which is why an FSDP2 recipe on one GPU stays FSDP2.
     """
 
     name = "single"
