@@ -104,6 +104,7 @@ class Trainer:
         from training.strategies import build_strategy
 
         self.cfg = cfg
+        self._caller_group = dist.is_initialized()  # a group the caller made is the caller's to destroy
         self.rank, self.world, self.device = init_distributed()
         sp = max(1, cfg.parallel.sp_size)
         if self.world % sp:
@@ -349,5 +350,5 @@ class Trainer:
     def close(self) -> None:
         self.watchdog.stop()
         self.ckpt.wait()
-        if dist.is_initialized():
+        if dist.is_initialized() and not self._caller_group:
             dist.destroy_process_group()

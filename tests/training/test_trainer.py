@@ -275,3 +275,26 @@ def test_fsdp2_blocks_get_the_rope_tables_in_fp32():
     seen = q.get(timeout=120)
     p.join(timeout=60)
     assert seen == ["torch.float32"]
+
+
+def _close_keeps_callers_group(table, run_dir, queue):
+    import torch.distributed as dist
+
+    from training.config import apply_overrides
+    from training.trainer import Trainer
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    cfg = apply_overrides(get_recipe("tiny-cpu-stage1"), {"data.table": table, "run_dir": run_dir,
+                                                          "checkpoint.dir": run_dir + "/ckpt"})
+    Trainer(cfg).close()
+    queue.put(dist.is_initialized())
+
+
+def test_trainer_close_leaves_the_callers_process_group(table, tmp_path):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_close_keeps_callers_group, args=(table, str(tmp_path / "run"), q))
+    p.start()
+    still_there = q.get(timeout=180)
+    p.join(timeout=60)
+    assert still_there is True
