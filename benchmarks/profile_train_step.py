@@ -28,6 +28,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train_step import setup_slice  # noqa: E402
+from benchmarks.cuda_timing import cuda_time  # noqa: E402
 from models.mmdit import MMDiT, layers  # noqa: E402
 from training.strategies import FSDP2Strategy, OptimConfig  # noqa: E402
 
@@ -107,18 +108,6 @@ class Runner:
         self.opt.step()
 
 
-def synced_times(fn, iters: int) -> list[float]:
-    out = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        out.append(start.elapsed_time(end) / 1e3)
-    return out
-
-
 def back_to_back(fn, steps: int = 10) -> float:
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -138,7 +127,7 @@ def interleaved(runners: list[Runner], rounds: int) -> dict:
     synced, b2b, full = defaultdict(list), defaultdict(list), defaultdict(list)
     for _ in range(rounds):
         for r in runners:
-            synced[r.name] += synced_times(r, 3)
+            synced[r.name] += cuda_time(r, warmup=0, iters=3)[1]
             b2b[r.name].append(back_to_back(r))
             full[r.name].append(back_to_back(r.step, steps=5))
     return {r.name: {"synced_median_s": statistics.median(synced[r.name]), "synced_min_s": min(synced[r.name]),
