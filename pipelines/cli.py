@@ -159,7 +159,7 @@ def _add_ingest(sub) -> None:
     p.add_argument("--clip-max", type=float, default=8.0)
     p.add_argument("--max-fps", type=float, default=30)
     p.add_argument("--max-long-side", type=int, default=1080)
-    p.add_argument("--scene-threshold", type=float, default=15.0, help="ffmpeg scdet score (0-100) for a cut")
+    p.add_argument("--scene-threshold", type=float, default=15.0, help="scene score (FFmpeg scdet, 0-100) that starts a new shot")
     p.add_argument("--no-progress", action="store_true")
     _add_pushgateway_flag(p)
     p.set_defaults(func=_run_ingest)
@@ -527,6 +527,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except PipelineRunError as exc:  # the step's own message; its artifacts and log are above
         print(f"soraflow {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # a curation step that cannot go on says why in one line
+        from common.video_io import VideoBackendError
+        from components.filter.filter import FilterError
+        from components.ingest.ingest import IngestError
+
+        if not isinstance(exc, (VideoBackendError, IngestError, FilterError)):
+            raise
+        print(f"soraflow {args.command}: error: {exc}", file=sys.stderr)
         return 1
 
 

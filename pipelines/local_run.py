@@ -120,6 +120,11 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
         raise RuntimeError(f"{root}: the local runner wrote no run folder")
     # artifacts served from KFP's cache live in the earlier run's folder: the pipeline outputs say where
     outputs = {name: Path(artifact.uri) for name, artifact in task.outputs.items()}
+    # the curated set where people and the next commands look for it (`soraflow data version --from D/curated`)
+    link = out / "curated"
+    if link.is_symlink() or link.exists():
+        link.unlink() if link.is_symlink() else shutil.rmtree(link)
+    link.symlink_to(outputs["curated"], target_is_directory=True)
     shutil.copyfile(outputs["eval_results"] / "report.html", out / "report.html")
     shutil.copyfile(outputs["eval_results"] / "report.md", out / "report.md")
     return LocalRun(out, run_dir, seconds, out / "report.html", out / "report.md", outputs)
