@@ -21,7 +21,7 @@ RULES = MON / "rules" / "soraflow.rules.yml"
 RULE_TESTS = sorted((MON / "rules" / "tests").glob("*.yml"))
 DASHBOARDS = sorted((MON / "dashboards").glob("*.json"))
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="needs Debian promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="needs Debian promtool (package prometheus): sudo make test-deps")
 
 
 def _promtool(*args: str) -> str:

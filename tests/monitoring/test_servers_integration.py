@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "rules" / "soraflow.rules.yml"
 pytestmark = pytest.mark.skipif(
     not (shutil.which("prometheus") and shutil.which("prometheus-pushgateway")),
-    reason="needs Debian prometheus and prometheus-pushgateway (installed by .ci/run)")
+    reason="needs Debian prometheus and prometheus-pushgateway: sudo make test-deps")
 
 RUN_ID = "it-crash"
 CKPT_EVERY = 2
