@@ -41,15 +41,18 @@ def train_app(spec: LaunchSpec) -> specs.AppDef:
         endpoint = "localhost:0"  # one agent: let it pick a free port
     else:
         endpoint = f"$${{{specs.macros.rank0_env}:=localhost}}:{spec.rdzv_port}"
+    # The whole config is resolved and validated here, in the launching process: a typo or a wrong type fails
+    # before torchrun or a cluster job starts, and every worker runs exactly this config.
+    from training.config import resolve
+
+    cfg = resolve(spec.recipe, spec.overrides, run_dir=spec.run_dir)
     cmd = [
         spec.python, "-m", "torch.distributed.run",
         "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", specs.macros.app_id,
         "--nnodes", str(spec.nnodes), "--nproc_per_node", str(spec.nproc_per_node),
         "--max_restarts", str(spec.max_restarts), "--tee", "3",
-        "-m", "training.train", "--recipe", spec.recipe, "--run-dir", spec.run_dir,
+        "-m", "training.train", "--config-json", json.dumps(cfg.to_dict(), sort_keys=True, default=str),
     ]
-    for key, value in (spec.overrides or {}).items():
-        cmd += ["--override", f"{key}={json.dumps(value)}"]
     env = {"LOGLEVEL": "WARNING", "PYTHONUNBUFFERED": "1", **(spec.env or {})}
     # Keep NVLink multicast off on shared hosts (see the device notes); harmless elsewhere.
     env.setdefault("NCCL_NVLS_ENABLE", "0")
@@ -64,7 +67,8 @@ def train_app(spec: LaunchSpec) -> specs.AppDef:
                 name="trainer",
                 image=spec.image,
                 entrypoint="bash",
-                args=["-c", " ".join(shlex.quote(c) if "$" not in c else c for c in cmd)],
+                # the endpoint holds a shell expansion (rank 0's host); everything else is quoted
+                args=["-c", " ".join(c if c is endpoint else shlex.quote(c) for c in cmd)],
                 num_replicas=spec.nnodes,
                 min_replicas=spec.nnodes,  # gang: all nodes or none
                 resource=specs.Resource(cpu=spec.cpu, gpu=spec.gpus_per_node, memMB=spec.mem_mb),
@@ -77,8 +81,23 @@ def train_app(spec: LaunchSpec) -> specs.AppDef:
     )
 
 
-def run_local(spec: LaunchSpec, log_dir: str | None = None, wait: bool = True):
-    """Run on this machine through the `local_cwd` scheduler; returns the final torchx AppStatus."""
+STEP_LINE = r"step \d+ loss"  # what the trainer's rank 0 logs every `log_every` steps
+
+
+def _follow_steps(runner, handle, progress) -> None:
+    """Pass rank 0's step lines to `progress` while the job runs (best effort: logs are a convenience)."""
+    try:
+        for line in runner.log_lines(handle, "trainer", k=0, regex=STEP_LINE, should_tail=True):
+            progress(line.rstrip("\n"))
+    except Exception:  # noqa: BLE001 - a log that cannot be followed never fails the run
+        pass
+
+
+def run_local(spec: LaunchSpec, log_dir: str | None = None, wait: bool = True, progress=None):
+    """Run on this machine through the `local_cwd` scheduler; returns the final torchx AppStatus.
+    `progress(line)` (e.g. print to stderr) gets each step line of rank 0 as it is logged."""
+    import threading
+
     from torchx.runner import get_runner
 
     spec = LaunchSpec(**{**spec.__dict__, "python": sys.executable})
@@ -87,7 +106,13 @@ def run_local(spec: LaunchSpec, log_dir: str | None = None, wait: bool = True):
     handle = runner.run(train_app(spec), scheduler="local_cwd", cfg=cfg)
     if not wait:
         return handle
+    follower = None
+    if progress is not None and log_dir:
+        follower = threading.Thread(target=_follow_steps, args=(runner, handle, progress), daemon=True)
+        follower.start()
     status = runner.wait(handle, wait_interval=1)
+    if follower is not None:
+        follower.join(timeout=5)  # the tail ends with the job; never wait long for it
     return status
 
 

@@ -21,7 +21,31 @@ class OptimConfig:
     eps: float = 1e-15
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warmup from warmup_start_lr over this many updates (0 = none, the recipes')
+    warmup_start_lr: float = 1e-6
+    # piecewise-constant schedule after warmup: ((step, lr), ...), e.g. the paper's ((40_000, 3e-5),)
+    lr_milestones: tuple[tuple[int, float], ...] = ()
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of update `step` (0-based). Warmup follows Open-Sora's LinearWarmupLR:
+        start + (step + 1) / (warmup + 1) * (lr - start) while step < warmup; then `lr`, replaced by the lr of
+        the last milestone whose step has been reached."""
+        if step < self.warmup_steps:
+            return self.warmup_start_lr + (step + 1) / (self.warmup_steps + 1) * (self.lr - self.warmup_start_lr)
+        lr = self.lr
+        for at, value in self.lr_milestones:
+            if step >= at:
+                lr = value
+        return lr
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every param group's learning rate (a tensor lr, as capturable/fused optimizers may hold, is filled)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 def _dtype(name: str) -> torch.dtype:

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from common.atomic import atomic_path, write_text_atomic
+from common.atomic import write_text_atomic
 from training.config import TrainConfig
+from training.strategies import set_lr
 
 log = logging.getLogger("soraflow.train")
 
@@ -263,6 +264,7 @@ class Trainer:
             staging = self.ckpt.wait_staging()  # the last checkpoint's copy must finish before weights change
             if staging > 0:
                 self.goodput.record_badput("checkpoint_save", staging)
+            set_lr(self.optimizer, cfg.optim.lr_at(self.step))  # a function of the step: nothing to checkpoint
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.stage.after_step(weight)  # e.g. the discriminator's step and the EMA update
@@ -326,18 +328,16 @@ class Trainer:
     def export_model(self) -> Path:
         """Full (unsharded) weights in the official layout, for the next stage's `from_pretrained` (the DiT's
         own weights; the autoencoder's EMA weights for vae_train)."""
-        from safetensors.torch import save_file
+        from common.safetensors_io import save_safetensors
 
         state = self.stage.export_state(self.model)
         path = self.run_dir / "model.safetensors"
         if self.rank == 0:
-            with atomic_path(path) as tmp:
-                save_file({k: v.contiguous() for k, v in state.items()}, tmp,
-                          metadata={"config": self.stage.config_name, "step": str(self.step),
-                                    "recipe": self.cfg.name, "stage": self.cfg.stage})
+            # byte-deterministic: identical tensors give an identical file, and so the same key downstream
+            save_safetensors(state, path, metadata={"config": self.stage.config_name, "step": str(self.step),
+                                                    "recipe": self.cfg.name, "stage": self.cfg.stage})
             for name, extra in self.stage.extra_exports().items():
-                with atomic_path(self.run_dir / name) as tmp:
-                    save_file({k: v.contiguous() for k, v in extra.items()}, tmp)
+                save_safetensors(extra, self.run_dir / name)
         if dist.is_initialized():
             dist.barrier()
         return path

@@ -187,7 +187,14 @@ def test_kubernetes_job_spec_dry_run():
     container = tasks[0]["template"].spec.containers[0]
     cmd = " ".join(container.command + (container.args or []))
     assert "--max_restarts 3" in cmd and "--nproc_per_node 8" in cmd and "--nnodes 4" in cmd
-    assert "-m training.train --recipe stage1-256px-h200x8 --run-dir /ckpt/run1" in " ".join(cmd.split())
+    # the workers get the config the launcher resolved and validated, as one argument
+    import shlex
+
+    argv = shlex.split((container.args or container.command)[-1])
+    cfg = json.loads(argv[argv.index("--config-json") + 1])
+    assert argv[argv.index("-m", argv.index("torch.distributed.run")) + 1] == "training.train"
+    assert cfg["name"] == "stage1-256px-h200x8" and cfg["run_dir"] == "/ckpt/run1"
+    assert cfg["checkpoint"]["dir"] == "/ckpt/run1/checkpoints" and cfg["metrics_port"] == 9464
     assert container.image == "registry/soraflow-train-gpu@sha256:abc"
     assert container.resources.limits["nvidia.com/gpu"] == "8"
     env = {e.name: e.value for e in container.env}
