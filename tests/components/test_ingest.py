@@ -181,7 +181,7 @@ def test_cli_sample_data_and_ingest(tmp_path, capsys):
     table = pd.read_parquet(tmp_path / "o" / "clips.parquet")
     assert len(table) == 1
     assert sorted(pd.read_parquet(tmp_path / "o" / "rejected.parquet").reason) == ["broken", "fps"]
-    assert main(["ingest", str(tmp_path / "missing.csv"), "--out-dir", str(tmp_path / "o")]) == 2
+    assert main(["ingest", str(tmp_path / "missing.csv"), "--out-dir", str(tmp_path / "o")]) == 1  # bad input
     assert "missing.csv" in capsys.readouterr().err
 
 
