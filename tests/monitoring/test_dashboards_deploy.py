@@ -16,7 +16,8 @@ from monitoring.manifests import K8S_DIR, KUSTOMIZATION_DIR, kustomize_build, ku
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "monitoring" / "dashboards").glob("*.json"))
 KUSTOMIZATION = KUSTOMIZATION_DIR / "kustomization.yaml"
-CHART_VALUES = ROOT / "infra" / "terraform" / "modules" / "cluster_addons" / "values" / "kube-prometheus-stack.yaml.tftpl"
+CHART_VALUES = (ROOT / "infra" / "terraform" / "modules" / "cluster_addons" / "values"
+                / "kube-prometheus-stack.yaml.tftpl")
 # Argo CD applies with client-side apply: the whole object is copied into the last-applied annotation,
 # and a ConfigMap's annotations may total 256 KiB at most.
 ANNOTATION_LIMIT = 262144
