@@ -128,7 +128,7 @@ def test_monitoring_app_builds_the_monitoring_kustomization_with_repo_runbook_li
     assert app["source"]["path"] == "monitoring" and (src / "kustomization.yaml").is_file()
     assert app["destination"]["namespace"] == "monitoring"
     if kustomize_command() is None:
-        pytest.skip("needs kustomize or kubectl on PATH for the build")
+        pytest.skip("needs kustomize or kubectl on PATH for the build: sudo make test-deps")
     work = tmp_path / "monitoring"
     work.mkdir()
     shutil.copy(src / "kustomization.yaml", work)

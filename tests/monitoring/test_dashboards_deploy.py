@@ -21,7 +21,7 @@ CHART_VALUES = (ROOT / "infra" / "terraform" / "modules" / "cluster_addons" / "v
 # Argo CD applies with client-side apply: the whole object is copied into the last-applied annotation,
 # and a ConfigMap's annotations may total 256 KiB at most.
 ANNOTATION_LIMIT = 262144
-needs_kustomize = pytest.mark.skipif(kustomize_command() is None, reason="needs kustomize or kubectl on PATH")
+needs_kustomize = pytest.mark.skipif(kustomize_command() is None, reason="needs kustomize or kubectl on PATH: sudo make test-deps")
 
 
 def _sidecar() -> dict:
