@@ -2,7 +2,7 @@
 # System tools that some tests use (`make demo` needs none of them):
 #   prometheus, prometheus-pushgateway (Debian): promtool rule tests and the monitoring integration test
 #   chromium (Debian): the test that opens the eval report headless
-#   kubectl (Debian): `kubectl kustomize` builds the monitoring and cluster kustomizations
+#   kubectl (Debian kubernetes-client): `kubectl kustomize` builds the monitoring and cluster kustomizations
 #   checkov 3.3.30 in its own venv, .venv-checkov/ (it pins old packaging/networkx, so not in .venv)
 # Run as root where apt-get exists, it installs what is missing. Otherwise it says what is missing: those
 # tests are skipped and pytest's summary (-rs) lists them, naming this script's make target.
@@ -10,7 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 declare -A PACKAGE=([promtool]=prometheus [prometheus]=prometheus [prometheus-pushgateway]=prometheus-pushgateway
-                    [chromium]=chromium [kubectl]=kubectl)
+                    [chromium]=chromium [kubectl]=kubernetes-client)
 missing=()
 for tool in "${!PACKAGE[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${PACKAGE[$tool]}")
