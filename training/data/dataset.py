@@ -66,13 +66,11 @@ def resize_crop(frames: torch.Tensor, height: int, width: int, mode: str = "bili
 
 
 def make_caption(text: str, fps: float | None, motion: float | None, fps_max: int = 24) -> str:
-    """Training caption (§C.7): `training_caption` when fps and motion score are known; fps only ->
-    "<text> {fps} FPS."; no usable fps -> the text unchanged."""
-    if fps is None or not math.isfinite(fps) or fps <= 0:
-        return text
-    if motion is not None and math.isfinite(motion):
-        return training_caption(text, fps, motion, max_fps=fps_max)
-    return f"{text} {map_target_fps(fps, fps_max)[0]} FPS."
+    """Training caption (§C.7): the raw caption from the table plus `training_caption`'s suffix. This is the one
+    place the suffix is appended (the curated tables store the raw caption with `fps` / `score_vmafmotion`).
+    A missing part is left out like the released dataset: no usable fps -> "<text> {m} motion score.", no
+    motion score -> "<text> {fps} FPS.", neither -> the text unchanged."""
+    return training_caption(text, fps, motion, max_fps=fps_max)
 
 
 def _num(value) -> float | None:
