@@ -141,7 +141,14 @@ def training_aspect_ratios(resolution: str, divisor: int = 16) -> dict[str, tupl
     return table
 
 
+def height_over_width(ratio: str) -> float:
+    """'16:9' -> 9 / 16, computed as that one division (1 / (16 / 9) can differ in the last bit, which moves
+    exact ties such as h/w = 1.925 between '1:2' and '1:1.85')."""
+    width, height = (float(x) for x in ratio.split(":"))
+    return height / width
+
+
 def closest_aspect_ratio(height: float, width: float, ratios) -> str:
     """The ratio name (w:h) in `ratios` whose h/w is closest to height/width; ties go to the earlier name."""
     ar = height / width
-    return min(ratios, key=lambda r: abs(ar - 1.0 / parse_aspect_ratio(r)))
+    return min(ratios, key=lambda r: abs(ar - height_over_width(r)))
