@@ -280,6 +280,18 @@ def test_caption_suffix(clips, tmp_path):
     assert VideoTextDataset(no_motion)["2-4-64-96"]["text"] == "a test clip number 2 15 FPS."
 
 
+def test_already_suffixed_captions_are_reported(clips, caplog):
+    old = pd.read_csv(clips)
+    old.loc[1, "text"] = old.loc[1, "text"] + " 24 FPS, 6 motion score."  # a table curated with the suffix
+    with caplog.at_level("WARNING", logger="training.data.dataset"):
+        VideoTextDataset(old)
+    assert "1 caption(s) already end with an FPS / motion-score suffix (first: row 1" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="training.data.dataset"):
+        VideoTextDataset(clips)
+    assert "suffix" not in caplog.text
+
+
 def test_cached_mode_returns_latents_and_text_features(tmp_path):
     from safetensors.torch import save_file
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections import Counter
 
 import numpy as np
@@ -63,6 +64,9 @@ def resize_crop(frames: torch.Tensor, height: int, width: int, mode: str = "bili
         x = F.interpolate(x, size=(sh, sw), mode=mode, align_corners=False, antialias=scale < 1)
     top, left = (sh - height) // 2, (sw - width) // 2
     return x[:, :, top: top + height, left: left + width]
+
+
+_SUFFIX = re.compile(r"\d+(\.\d+)? FPS(, \d+ motion score)?\.$|\d+ motion score\.$")
 
 
 def make_caption(text: str, fps: float | None, motion: float | None, fps_max: int = 24) -> str:
@@ -113,6 +117,11 @@ class VideoTextDataset(Dataset):
         self._fps = [_num(v) for v in self.table["fps"].tolist()]
         self._motion = [_num(v) for v in self.table["score_vmafmotion"].tolist()] if self.use_motion else None
         self._cache_paths = ({c: self.table[c].astype(str).tolist() for c in CACHED_COLUMNS} if self.cached else None)
+        suffixed = [i for i, t in enumerate(self._texts) if isinstance(t, str) and _SUFFIX.search(t)]
+        if suffixed:  # curated before the filter stored raw captions: the suffix would appear twice
+            log.warning("%d caption(s) already end with an FPS / motion-score suffix (first: row %d, %r); this "
+                        "dataset appends it once more. Re-run the filter step to store raw captions.",
+                        len(suffixed), suffixed[0], self._texts[suffixed[0]][-60:])
 
     def __len__(self) -> int:
         return len(self._paths)
