@@ -60,15 +60,17 @@ def inference_size(resolution: str, aspect_ratio: str, divisor: int = 16, rule: 
     """
     if rule not in SIZE_RULES:
         raise ValueError(f"unknown size rule {rule!r}; expected one of {SIZE_RULES}")
-    if resolution not in RESOLUTIONS:
-        raise ValueError(f"unknown resolution {resolution!r}; known: {sorted(RESOLUTIONS)}")
+    if "_" in resolution:
+        raise ValueError(f"inference resolution must be a plain name like '256px' or '720p', got {resolution!r} "
+                         f"(usual ones: {sorted(RESOLUTIONS)})")
+    pixels = num_pixels_from_name(resolution)  # any 'Npx' / 'Np', as the released sampler accepts
     ratio = parse_aspect_ratio(aspect_ratio)
     table = inference_table(resolution, divisor) if rule == "official" else {}
     key = _canonical(aspect_ratio)
     if key in table:
         h, w = table[key]
     else:
-        h, w = _floor_size(RESOLUTIONS[resolution], ratio, int(divisor))
+        h, w = _floor_size(pixels, ratio, int(divisor))
     return math.ceil(h / 16) * 16, math.ceil(w / 16) * 16
 
 
