@@ -25,8 +25,8 @@ v2v_tail_easy  T-k .. T-1              last 65 frames -> k = 17         last 64 
 encoded **separately** from the training clip (one posterior sample each) so the condition does not leak
 information from the frames being generated; a non-causal v2v reference is the slice of the whole clip's latent,
 as in the released training code (the released high-compression model was trained on those references). A
-one-frame reference needs an autoencoder that accepts a
-single frame (an image), for both AE kinds, as in the released code.
+one-frame reference needs an autoencoder that accepts a single frame (an image), for both AE kinds, as in the
+released code.
 """
 
 from __future__ import annotations
@@ -356,8 +356,8 @@ def prepare_train_condition(
             continue
         idx = [i for i, c in enumerate(cond_types) if c == ct]
         if is_v2v(ct) and not ae.is_causal:
-            # Released non-causal rule: the reference frames are a slice of the whole clip's latent (a frame
-            # group of a non-causal AE has no separate encoding that the clip's latent would leak).
+            # The released non-causal rule: the reference is the first/last k latent frames of the clip's own
+            # latent, not a separate encode (the released high-compression model was trained this way).
             refs = [x0[idx]]
         else:
             refs = encode_references(ae, video[idx], ct, generator=generator)
