@@ -7,7 +7,6 @@ manifest.json; docs/fidelity.md lists what must match and the deliberate deviati
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
