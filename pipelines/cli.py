@@ -55,7 +55,23 @@ def _add_generate(sub) -> None:
     p.add_argument("--image-ae", help="t2i2v FLUX autoencoder: diffusers folder or ae.safetensors")
     p.add_argument("--image-resolution", default="768px", help="t2i2v image resolution (same aspect ratio)")
     p.add_argument("--image-guidance", type=float, default=4.0, help="t2i2v embedded (distilled) guidance")
+    p.add_argument("--dcae-scaling-factor", default="preset",
+                   help="Video DC-AE latent scaling: 'preset' (default; none for opensora2-hc as released, 0.493 "
+                        "for tiny-hc), 'none', or a number such as 0.493 (the value the hc DiT was trained with)")
+    p.add_argument("--keep-i2v-pad-frames", action="store_true",
+                   help="non-causal AE i2v: keep the 3 decoded frames next to the reference frame that the "
+                        "released sampler drops")
     p.set_defaults(func=_run_generate)
+
+
+def _scaling_arg(value: str):
+    if value in ("preset", "none"):
+        return None if value == "none" else value
+    try:
+        return float(value)
+    except ValueError:
+        raise SystemExit(f"soraflow generate: --dcae-scaling-factor must be 'preset', 'none' or a number, "
+                         f"got {value!r}") from None
 
 
 def _run_generate(args) -> int:
@@ -78,6 +94,7 @@ def _run_generate(args) -> int:
         out=args.out, out_dir=args.out_dir, fast=not args.no_fast, offload=args.offload, fp8=args.fp8,
         t2i2v=args.t2i2v, image_model=args.image_model, image_ae=args.image_ae,
         image_resolution=args.image_resolution, image_guidance=args.image_guidance,
+        dcae_scaling_factor=_scaling_arg(args.dcae_scaling_factor), keep_i2v_pad_frames=args.keep_i2v_pad_frames,
     )
     result = generate(opts)
     for path in result.images + result.paths:

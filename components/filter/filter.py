@@ -2,7 +2,7 @@
 
     table (path,text,num_frames,height,width,aspect_ratio,resolution,fps,...) ──> scorers (parallel over clips)
         ──> full.parquet       every clip, its scores, `rejected_by` (first failing stage) and `reason`
-        ──> set_256px.parquet  the looser set, training-ready (text carries the fps + motion suffix)
+        ──> set_256px.parquet  the looser set, training-ready (raw text; the dataset adds the fps + motion suffix)
         ──> set_768px.parquet  the stricter set (a subset of the 256px set by construction)
         ──> needs_caption.parquet  clips that passed but have no caption, for a captioner step
         ──> stats.json         counts per stage and level, thresholds, validation summary
@@ -34,7 +34,6 @@ from common.atomic import atomic_path, write_text_atomic
 from common.digests import table_record
 from common.video_io import VideoReadError, check_video_backend
 from components.filter.scorers import Clip, Scorer, default_scorers, find_duplicates
-from models.text.captions import training_caption
 
 __all__ = ["FilterError", "FilterThresholds", "FilterResult", "run_filter", "read_table", "write_table", "REQUIRED_COLUMNS",
            "THRESHOLDS_256", "THRESHOLDS_768"]
@@ -175,11 +174,11 @@ def _has_caption(text) -> bool:
 
 
 def _training_set(df: pd.DataFrame) -> pd.DataFrame:
+    # The raw caption, next to its `fps` and `score_vmafmotion`: the training dataset appends the FPS / motion
+    # suffix (once) when it reads the row, as the released dataset does.
     out = df.copy()
+    out["text"] = pd.Series([str(t).strip() for t in out["text"]], index=out.index, dtype=object)
     out["caption"] = out["text"]
-    out["text"] = pd.Series([training_caption(str(t).strip(), float(f), float(m))
-                             for t, f, m in zip(out["text"], out["fps"], out["score_vmafmotion"])],
-                            index=out.index, dtype=object)
     return out.reset_index(drop=True)
 
 

@@ -190,13 +190,19 @@ def test_pyramid_and_files(result):
     assert not list(out.parent.glob(".curated.*")), "temporary folders left behind"
 
 
-def test_captions_get_fps_and_motion_suffix(result):
+def test_captions_get_fps_and_motion_suffix_once(result):
+    # The set stores the raw caption next to fps / score_vmafmotion; the training dataset appends the suffix.
+    from training.data import VideoTextDataset
+
     s = result.set_256.set_index(result.set_256["path"].map(lambda p: Path(p).name))
     a = s.loc["good_a.mp4"]
-    assert a["text"] == f"a clip named good_a 24 FPS, {round(a['score_vmafmotion'])} motion score."
-    assert a["caption"] == "a clip named good_a"
+    assert a["text"] == a["caption"] == "a clip named good_a"
+    ds = VideoTextDataset(result.out_dir / "set_256px.parquet")
+    texts = dict(zip(ds.table["path"].map(lambda p: Path(p).name), (ds._caption(i) for i in range(len(ds)))))
+    assert texts["good_a.mp4"] == f"a clip named good_a 24 FPS, {int(a['score_vmafmotion'] + 0.5)} motion score."
     b = s.loc["good_b.mp4"]  # 30 fps source -> 15 fps after subsampling (map_target_fps)
-    assert b["text"] == f"a clip named good_b 15 FPS, {round(b['score_vmafmotion'])} motion score."
+    assert texts["good_b.mp4"] == f"a clip named good_b 15 FPS, {int(b['score_vmafmotion'] + 0.5)} motion score."
+    assert all(t.count("FPS") == 1 for t in texts.values())
 
 
 def test_output_passes_validation(result):
