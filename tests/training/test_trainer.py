@@ -208,7 +208,7 @@ def test_one_process_strategy_keeps_the_recipes_precision():
     from training.trainer import effective_strategy
 
     assert effective_strategy("fsdp2", 8, "cuda") == "fsdp2"
-    assert effective_strategy("fsdp2", 1, "cuda") == "fsdp2"  # one GPU: FSDP2 on a one-rank group
+    assert effective_strategy("fsdp2", 1, "cuda") == "master"  # one GPU: FSDP2's precision, no FSDP2 copies
     assert effective_strategy("fsdp2", 1, "cpu") == "single"
     assert effective_strategy("ddp", 1, "cuda") == "single"
     assert effective_strategy("colossalai", 1, "cuda") == "colossalai"
