@@ -338,7 +338,6 @@ def _soraflow_step(strategy, model, opt, x, target, grad_clip):
 
 
 def train_rows(args, flux, device, timer, shape, rows, out):
-    from training.strategies import OptimConfig, build_strategy
     from training.trainer import effective_strategy
 
     cfg = args.slice_cfg
@@ -363,34 +362,45 @@ def train_rows(args, flux, device, timer, shape, rows, out):
     prefer_sdpa_backend("cudnn" if device.type == "cuda" else "all")
     world_strategy = effective_strategy("fsdp2", 1, device.type) if device.type == "cuda" else "master"
     for variant in args.train_variants:  # strategy[+fp8 recipe]
-        name, _, fp8 = variant.partition("+")
-        name = world_strategy if name == "trainer" else name
-        fresh(device)
-        torch.manual_seed(0)
-        module = MMDiT(cfg)
-        if fp8:
-            from models.mmdit.fp8 import convert_to_fp8_training
-
-            convert_to_fp8_training(module, fp8, fsdp_all_gather=name == "fsdp2", emulate=device.type != "cuda")
-        if name == "fsdp2" and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl", store=torch.distributed.HashStore(), rank=0, world_size=1)
-        strategy = build_strategy(name, param_dtype="bf16")
-        model, opt = strategy.prepare(module, device, OptimConfig(lr=1e-5, eps=1e-15))
-        if not args.smoke:
-            model.compile_blocks()  # model.compile = true in the GPU recipes
-        model.train()
-        step = _soraflow_step(strategy, model, opt, x, target, 1.0)
-        t0 = time.time()
-        med, ts = timer(step)
-        rows.append(dict(figure="train_step_6block", code="soraflow", variant=f"{name}{'+fp8-' + fp8 if fp8 else ''}"
-                         f"{'' if args.smoke else ', compiled'}", strategy=name, fp8=fp8 or None, seconds=med,
-                         min=min(ts), max=max(ts), tflops=flops / med / 1e12, peak_gib=peak_gib(device),
-                         first_call_and_timing_s=time.time() - t0))
-        print(_fmt(rows[-1]), flush=True)
+        try:
+            _soraflow_train_row(args, variant, world_strategy, cfg, device, timer, x, target, flops, rows)
+        except Exception as exc:  # noqa: BLE001 - one failing variant must not lose the others' figures
+            rows.append(dict(figure="train_step_6block", code="soraflow", variant=variant, error=repr(exc)[:500]))
+            print("FAILED", variant, repr(exc)[:500], flush=True)
         out()
-        del model, opt, strategy, step, module
     fresh(device)
     return rows
+
+
+def _soraflow_train_row(args, variant, world_strategy, cfg, device, timer, x, target, flops, rows):
+    """One soraflow variant of the slice's step: built, compiled and stepped as the trainer does."""
+    from training.strategies import OptimConfig, build_strategy
+
+    name, _, fp8 = variant.partition("+")
+    name = world_strategy if name == "trainer" else name
+    fresh(device)
+    torch.manual_seed(0)
+    module = MMDiT(cfg)
+    if fp8:
+        from models.mmdit.fp8 import convert_to_fp8_training
+
+        convert_to_fp8_training(module, fp8, fsdp_all_gather=name == "fsdp2", emulate=device.type != "cuda")
+    if name == "fsdp2" and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    strategy = build_strategy(name, param_dtype="bf16")
+    model, opt = strategy.prepare(module, device, OptimConfig(lr=1e-5, eps=1e-15))
+    if not args.smoke:
+        model.compile_blocks()  # model.compile = true in the GPU recipes
+    model.train()
+    step = _soraflow_step(strategy, model, opt, x, target, 1.0)
+    t0 = time.time()
+    med, ts = timer(step)
+    rows.append(dict(figure="train_step_6block", code="soraflow", variant=f"{name}{'+fp8-' + fp8 if fp8 else ''}"
+                     f"{'' if args.smoke else ', compiled'}", strategy=name, fp8=fp8 or None, seconds=med,
+                     min=min(ts), max=max(ts), tflops=flops / med / 1e12, peak_gib=peak_gib(device),
+                     first_call_and_timing_s=time.time() - t0))
+    print(_fmt(rows[-1]), flush=True)
+    del model, opt, strategy, step, module
 
 
 def check_fused_adamw(device) -> dict:
@@ -421,8 +431,8 @@ def check_fused_adamw(device) -> dict:
 def summarize(rows) -> list[dict]:
     table = []
     for fig in dict.fromkeys(r["figure"] for r in rows):
-        refs = [r for r in rows if r["figure"] == fig and r["code"] == "reference"]
-        ours = [r for r in rows if r["figure"] == fig and r["code"] == "soraflow"]
+        refs = [r for r in rows if r["figure"] == fig and r["code"] == "reference" and "seconds" in r]
+        ours = [r for r in rows if r["figure"] == fig and r["code"] == "soraflow" and "seconds" in r]
         if not refs or not ours:
             continue
         best_ref = min(refs, key=lambda r: r["seconds"])
@@ -510,10 +520,16 @@ def main():
         del a
         print(f"bf16 matmul 8192^3: {res['matmul_ceiling_tflops']:.0f} TFLOP/s", flush=True)
     write()
-    if "train" in figures:
-        train_rows(args, flux, device, timer, shape, res["rows"], write)
-    if "forward" in figures:
-        forward_rows(args, flux, cfg, device, timer, shape, res["rows"], write)
+    for fig, fn in (("train", lambda: train_rows(args, flux, device, timer, shape, res["rows"], write)),
+                    ("forward", lambda: forward_rows(args, flux, cfg, device, timer, shape, res["rows"], write))):
+        if fig in figures:
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - keep what was measured, go on with the next figure
+                res.setdefault("errors", []).append(f"{fig}: {exc!r}"[:1000])
+                print("FAILED", fig, repr(exc)[:1000], flush=True)
+                fresh(device)
+            write()
     for t in res["summary"]:
         print(f"{t['figure']:18s} reference {t['reference_s']:.4f}s ({t['reference_variant']}) | soraflow "
               f"{t['soraflow_s']:.4f}s ({t['soraflow_variant']}) | {t['ratio']:.3f}x", flush=True)

@@ -176,7 +176,11 @@ def train(args) -> None:
     except Exception:  # noqa: BLE001
         res["torchao"] = None
     for recipe in [""] + [r for r in args.recipes.split(",") if r]:
-        res["curves"].append(train_curve(data, recipe, args, device))
+        try:
+            res["curves"].append(train_curve(data, recipe, args, device))
+        except Exception as exc:  # noqa: BLE001 - keep the other curves
+            res.setdefault("errors", []).append(f"{recipe}: {exc!r}"[:1000])
+            print("FAILED", recipe, repr(exc)[:1000], flush=True)
         Path(args.out).write_text(json.dumps(res, indent=2))
     base = res["curves"][0]["losses"]
     k = args.smooth
