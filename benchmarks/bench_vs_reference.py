@@ -142,9 +142,6 @@ def load_reference(repo: Path, liger: str = "auto") -> tuple[object, dict]:
         if not (pkg / rel).is_file():
             raise FileNotFoundError(f"--reference-repo {repo}: no opensora/{rel} (expected an Open-Sora checkout)")
     notes = {"flash_attn": "stand-in: torch SDPA, (B, L, H, D) layout"}
-    sys.modules.pop("flash_attn", None)
-    _module("flash_attn", flash_attn_func=_flash_attn_func)
-    sys.modules["flash_attn_interface"] = None  # no FA3 here: the reference falls back to flash_attn_func
     real = False
     if liger == "real" or (liger == "auto" and torch.cuda.is_available()):
         try:
@@ -157,6 +154,10 @@ def load_reference(repo: Path, liger: str = "auto") -> tuple[object, dict]:
             if liger == "real":
                 raise
             notes["liger_kernel_import_error"] = repr(exc)[:200]
+    # After liger's own import: it probes for an installed flash_attn, which the stand-in module is not.
+    sys.modules.pop("flash_attn", None)
+    _module("flash_attn", flash_attn_func=_flash_attn_func)
+    sys.modules["flash_attn_interface"] = None  # no FA3 here: the reference falls back to flash_attn_func
     liger_names = ("liger_kernel", "liger_kernel.ops", "liger_kernel.ops.rope", "liger_kernel.ops.rms_norm")
     saved = {n: sys.modules.get(n) for n in liger_names}  # a real liger stays importable for an earlier build
     if not real:
@@ -560,16 +561,16 @@ def main():
         del a
         print(f"bf16 matmul 8192^3: {res['matmul_ceiling_tflops']:.0f} TFLOP/s", flush=True)
     write()
-    for fig, fn in (("train", lambda: train_rows(args, flux, device, timer, shape, res["rows"], write)),
-                    ("forward", lambda: forward_rows(args, flux, cfg, device, timer, shape, res["rows"], write))):
-        if fig in figures:
-            try:
-                fn()
-            except Exception as exc:  # noqa: BLE001 - keep what was measured, go on with the next figure
-                res.setdefault("errors", []).append(f"{fig}: {exc!r}"[:1000])
-                print("FAILED", fig, repr(exc)[:1000], flush=True)
-                fresh(device)
-            write()
+    runners = {"train": lambda: train_rows(args, flux, device, timer, shape, res["rows"], write),
+               "forward": lambda: forward_rows(args, flux, cfg, device, timer, shape, res["rows"], write)}
+    for fig in figures:  # in the order asked for
+        try:
+            runners[fig]()
+        except Exception as exc:  # noqa: BLE001 - keep what was measured, go on with the next figure
+            res.setdefault("errors", []).append(f"{fig}: {exc!r}"[:1000])
+            print("FAILED", fig, repr(exc)[:1000], flush=True)
+            fresh(device)
+        write()
     for t in res["summary"]:
         print(f"{t['figure']:18s} reference {t['reference_s']:.4f}s ({t['reference_variant']}) | soraflow "
               f"{t['soraflow_s']:.4f}s ({t['soraflow_variant']}) | {t['ratio']:.3f}x", flush=True)
