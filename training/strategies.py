@@ -101,7 +101,7 @@ class SingleDevice(Strategy):
     Same precision as FSDP2's mixed-precision policy: the parameters, their gradients and the optimizer state
     stay fp32 (master weights); the forward runs under autocast in `param_dtype` on the model's device. On the
     H100 slice benchmark autocast's per-op casts cost more than FSDP2's one-rank copies (benchmarks/README.md),
-    which is why an FSDP2 recipe on one GPU stays FSDP2.
+    which is why an FSDP2 recipe on one GPU runs as "master" (below), not as this.
     """
 
     name = "single"
