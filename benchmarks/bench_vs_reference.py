@@ -266,7 +266,7 @@ def capture_graph(model, inputs):
 
 # ---- the figures -------------------------------------------------------------------------------------------------
 
-def forward_rows(args, flux, cfg, device, timer, shape, rows, out):
+def forward_rows(args, cfg, device, timer, shape, rows, out):
     """11B forward at each batch: the reference under each of its variants (liger kernels x SDPA backend), then
     soraflow's generate path."""
     for label, builder, backends in args.ref_variants:
@@ -359,7 +359,7 @@ def _soraflow_step(strategy, model, opt, x, target, grad_clip):
     return step
 
 
-def train_rows(args, flux, device, timer, shape, rows, out):
+def train_rows(args, device, timer, shape, rows, out):
     from training.trainer import effective_strategy
 
     cfg = args.slice_cfg
@@ -531,7 +531,8 @@ def main():
         notes.update(n)
         args.ref_variants.append((label, builder, args.ref_backends if label == "real" or args.smoke
                                   else args.ref_backends[:1]))
-    flux = None
+    if not args.ref_variants:
+        raise RuntimeError(f"the reference could not be imported from {args.reference_repo}: {notes}")
     res = {"command": "python " + " ".join(sys.argv), "date": datetime.date.today().isoformat(),
            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
            "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
@@ -561,8 +562,8 @@ def main():
         del a
         print(f"bf16 matmul 8192^3: {res['matmul_ceiling_tflops']:.0f} TFLOP/s", flush=True)
     write()
-    runners = {"train": lambda: train_rows(args, flux, device, timer, shape, res["rows"], write),
-               "forward": lambda: forward_rows(args, flux, cfg, device, timer, shape, res["rows"], write)}
+    runners = {"train": lambda: train_rows(args, device, timer, shape, res["rows"], write),
+               "forward": lambda: forward_rows(args, cfg, device, timer, shape, res["rows"], write)}
     for fig in figures:  # in the order asked for
         try:
             runners[fig]()

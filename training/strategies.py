@@ -219,14 +219,11 @@ class OneRankMasterStrategy(Strategy):
         return FlatAdamW(self.flat, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
     def clip_grad_norm(self, model, max_norm):
-        self._last_norm = self._optimizer(model).grad_norm(max_norm)
-        return self._last_norm
-
-    def _optimizer(self, model):
+        # The norm now; the clip coefficient is applied inside the fused update (no separate pass).
         opt = getattr(self, "optimizer", None)
         if opt is None:
             raise RuntimeError("strategy 'master': clip_grad_norm before prepare()")
-        return opt
+        return opt.grad_norm(max_norm)
 
     def prepare(self, model, device, optim):
         model = self.wrap(model, device)
