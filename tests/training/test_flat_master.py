@@ -71,7 +71,7 @@ def _train(strategy_name, steps, ckpt_dir=None, load_dir=None):
         norms.append(float(strategy.clip_grad_norm(model, 0.05)))  # small: the clip engages
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     state = strategy.state_dict(model, opt)
     if ckpt_dir is not None:
         dcp.save(state, checkpoint_id=ckpt_dir)
@@ -110,7 +110,7 @@ def _hand_reference(steps):
         with torch.no_grad():
             for pm, pc in zip(master.parameters(), compute.parameters()):
                 pc.copy_(pm)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     moments = {n: opt.state[p]["exp_avg"] for n, p in master.named_parameters()}
     return losses, norms, {k: v.detach().clone() for k, v in master.state_dict().items()}, moments
 
