@@ -24,6 +24,8 @@ class ModelSpec:
     grad_ckpt_settings: tuple[int, int] | None = None
     # torch.compile each block and the final layer (fused norms, modulation, RoPE, gating); GPU recipes set it.
     compile: bool = False
+    # FP8 training of the blocks' big linears (torchao float8): "" (off), "tensorwise" or "rowwise".
+    fp8: str = ""
     # Key prefixes left at their fresh init when loading `from_pretrained` (the DC-AE adaptation, spec §B.4:
     # img_in, cond_in and final_layer.linear change shape with the latent space); every other key loads strictly.
     reinit: tuple[str, ...] = ()

@@ -45,11 +45,12 @@ def effective_strategy(name: str, world: int, device_type: str) -> str:
     """The strategy a run uses for the recipe's `parallel.strategy` at this world size and device.
 
     Several processes: the recipe's. One process: DDP has nothing to replicate, so "single" (which keeps DDP's
-    fp32 parameters and bf16 autocast); FSDP2 on a GPU stays FSDP2 on a one-rank group (the trainer creates it);
-    FSDP2 on a CPU becomes "single" (the tiny CPU recipes compute in fp32, where both are the same)."""
+    fp32 parameters and bf16 autocast); FSDP2 on a GPU becomes "master", FSDP2's precision (bf16 compute, fp32
+    master weights) without its one-rank copies; FSDP2 on a CPU becomes "single" (the tiny CPU recipes compute in
+    fp32, where all three are the same)."""
     if world > 1 or name not in ("fsdp2", "ddp"):
         return name
-    return "fsdp2" if name == "fsdp2" and device_type == "cuda" else "single"
+    return "master" if name == "fsdp2" and device_type == "cuda" else "single"
 
 
 def all_mean(value: float, device) -> float:
@@ -123,10 +124,13 @@ class Trainer:
             self.stage = build_stage(cfg, self.device, dtype, self.rank, self.world)
             module = self.stage.build_model()
             strategy = effective_strategy(cfg.parallel.strategy, self.world, self.device.type)
-            if strategy == "fsdp2" and not dist.is_initialized():
-                # One GPU, no launcher: a one-rank group keeps FSDP2's precision (fp32 master weights and
-                # gradients, bf16 compute) and the code path the benchmarks measure.
-                dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1)
+            if cfg.model.fp8:
+                # Before the strategy wraps the model (FSDP2 shards the converted linears; their float8
+                # all-gather needs that order). The state-dict keys do not change.
+                from models.mmdit.fp8 import convert_to_fp8_training
+
+                convert_to_fp8_training(module, cfg.model.fp8, fsdp_all_gather=strategy == "fsdp2",
+                                        emulate=self.device.type != "cuda")
             self.strategy = build_strategy(strategy, param_dtype=cfg.parallel.param_dtype)
             self.model, self.optimizer = self.strategy.prepare(module, self.device, cfg.optim)
             self.sp_handle = self._setup_sequence_parallel()
@@ -267,6 +271,7 @@ class Trainer:
             set_lr(self.optimizer, cfg.optim.lr_at(self.step))  # a function of the step: nothing to checkpoint
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            self.strategy.after_optimizer_step(self.model)
             self.stage.after_step(weight)  # e.g. the discriminator's step and the EMA update
             if not staging_ready:
                 # Pin the checkpoint staging buffers once the optimizer state exists: a one-off start-up cost
