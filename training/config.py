@@ -61,6 +61,7 @@ class ParallelSpec:
     param_dtype: str = "bf16"
     sp_size: int = 1
     sp_mode: str = "ring"  # ring | ulysses
+    plugin: str = "zero2"  # colossalai only (Open-Sora's `plugin`): zero1 | zero2 | hybrid (ZeRO-2 + SP groups)
 
 
 @dataclass
@@ -252,7 +253,7 @@ def _check_types(obj, prefix: str = "") -> list[str]:
     return problems
 
 
-STRATEGIES = ("fsdp2", "ddp", "single", "colossalai")
+STRATEGIES = ("fsdp2", "ddp", "single", "master", "colossalai")
 STAGES = ("vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill")
 
 
@@ -285,10 +286,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(par.param_dtype in ("bf16", "fp16", "fp32"), f"parallel.param_dtype: {par.param_dtype!r} is not bf16/fp16/fp32")
     need(par.sp_size >= 1, f"parallel.sp_size: must be >= 1, got {par.sp_size}")
     need(par.sp_mode in ("ring", "ulysses"), f"parallel.sp_mode: {par.sp_mode!r} is not ring or ulysses")
+    need(par.plugin in ("zero1", "zero2", "hybrid"), f"parallel.plugin: {par.plugin!r} is not zero1, zero2 or hybrid")
+    need(par.strategy != "colossalai" or par.sp_size == 1 or par.plugin == "hybrid",
+         f"parallel.sp_size={par.sp_size} with colossalai needs parallel.plugin=hybrid (ZeRO plugins have no SP groups)")
     ck = cfg.checkpoint
     need(ck.ckpt_every >= 1, f"checkpoint.ckpt_every: must be >= 1, got {ck.ckpt_every}")
     need(ck.keep_n_latest >= 1, f"checkpoint.keep_n_latest: must be >= 1, got {ck.keep_n_latest}")
     need(cfg.ae.kind in ("hunyuan", "dcae"), f"ae.kind: {cfg.ae.kind!r} is not hunyuan or dcae")
+    need(cfg.model.fp8 in ("", "tensorwise", "rowwise"), f"model.fp8: {cfg.model.fp8!r} is not '', tensorwise or rowwise")
     need(cfg.data.num_workers >= 0, f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
     need(0 <= cfg.text.dropout_ratio <= 1, f"text.dropout_ratio: must be in [0, 1], got {cfg.text.dropout_ratio}")
     need(cfg.vae.phase in (1, 2), f"vae.phase: must be 1 or 2, got {cfg.vae.phase}")

@@ -268,23 +268,27 @@ class ColossalAIStrategy(Strategy):
     """ColossalAI Booster with LowLevelZero (ZeRO-2) or HybridParallel (for SP); optional extra, GPU only.
 
     Imported only when chosen: colossalai 0.5 pins torch<=2.5.1 and exact transformers/diffusers versions, so it
-    lives in the GPU training image (`pip install soraflow[colossalai]`), never on CPU machines.
+    lives in the GPU training image (installed there with `pip install --no-deps colossalai==0.5.0`), never on
+    CPU machines. `plugin` and `sp_size` come from `parallel.plugin` / `parallel.sp_size`, `max_norm` from
+    `optim.grad_clip` (the ZeRO optimizer clips inside its step).
     """
 
     name = "colossalai"
 
     def __init__(self, param_dtype="bf16", reduce_dtype="fp32", plugin: str = "zero2", sp_size: int = 1,
-                 reduce_bucket_size_in_m: int = 128):
+                 reduce_bucket_size_in_m: int = 128, max_norm: float = 1.0):
         super().__init__(param_dtype, reduce_dtype)
         try:
             import colossalai  # noqa: F401
         except ImportError as exc:
             raise RuntimeError(
-                "strategy 'colossalai' needs the optional extra: pip install 'soraflow[colossalai]' "
-                "(GPU image only; colossalai 0.5 pins torch<=2.5.1)"
+                "strategy 'colossalai' needs colossalai, which is not a dependency of soraflow (0.5 pins "
+                "torch<=2.5.1): in the GPU image, pip install --no-deps colossalai==0.5.0"
             ) from exc
+        if plugin not in ("zero1", "zero2", "hybrid"):
+            raise ValueError(f"parallel.plugin must be zero1, zero2 or hybrid, got {plugin!r}")
         self.plugin_name, self.sp_size, self.bucket_m = plugin, sp_size, reduce_bucket_size_in_m
-        self.max_norm = 1.0
+        self.max_norm = float(max_norm)
         self.booster = None
 
     def _plugin(self):
@@ -296,6 +300,7 @@ class ColossalAIStrategy(Strategy):
                                       reduce_bucket_size_in_m=self.bucket_m, overlap_allgather=False,
                                       max_norm=self.max_norm)
         return HybridParallelPlugin(tp_size=1, pp_size=1, sp_size=self.sp_size, zero_stage=2, precision=precision,
+                                    max_norm=self.max_norm,
                                     enable_sequence_parallelism=self.sp_size > 1,
                                     sequence_parallelism_mode="ring_attn" if self.sp_size > 1 else None)
 

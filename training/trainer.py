@@ -25,6 +25,15 @@ from training.strategies import set_lr
 log = logging.getLogger("soraflow.train")
 
 
+def strategy_kwargs(cfg: TrainConfig, strategy: str) -> dict:
+    """What the config gives the strategy: its precision, and for ColossalAI the plugin, its SP size and the
+    clipping norm (its ZeRO optimizer clips inside step(), so optim.grad_clip must reach it there)."""
+    kw = {"param_dtype": cfg.parallel.param_dtype}
+    if strategy == "colossalai":
+        kw.update(plugin=cfg.parallel.plugin, sp_size=max(1, cfg.parallel.sp_size), max_norm=cfg.optim.grad_clip)
+    return kw
+
+
 # ---- process group ----------------------------------------------------------------------------------------------
 
 def init_distributed() -> tuple[int, int, torch.device]:
@@ -131,7 +140,7 @@ class Trainer:
 
                 convert_to_fp8_training(module, cfg.model.fp8, fsdp_all_gather=strategy == "fsdp2",
                                         emulate=self.device.type != "cuda")
-            self.strategy = build_strategy(strategy, param_dtype=cfg.parallel.param_dtype)
+            self.strategy = build_strategy(strategy, **strategy_kwargs(cfg, strategy))
             self.model, self.optimizer = self.strategy.prepare(module, self.device, cfg.optim)
             self.sp_handle = self._setup_sequence_parallel()
             if cfg.model.compile:

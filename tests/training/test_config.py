@@ -114,3 +114,29 @@ def test_dry_run_prints_plain_yaml(capsys):
 def test_apply_overrides_sets_typed_values():
     cfg = apply_overrides(get_recipe("tiny-cpu-stage1"), {"optim.lr_milestones": [[5, 1e-4]]})
     assert cfg.optim.lr_milestones == ((5, 1e-4),)
+
+
+def test_colossalai_settings_reach_the_strategy():
+    from training.trainer import strategy_kwargs
+
+    cfg = resolve("tiny-cpu-stage1", {"parallel.strategy": "colossalai", "parallel.plugin": "hybrid",
+                                      "parallel.sp_size": 2, "optim.grad_clip": 0.5})
+    assert strategy_kwargs(cfg, "colossalai") == {"param_dtype": "fp32", "plugin": "hybrid", "sp_size": 2,
+                                                  "max_norm": 0.5}
+    assert strategy_kwargs(cfg, "fsdp2") == {"param_dtype": "fp32"}
+    with pytest.raises(ConfigError, match="needs parallel.plugin=hybrid"):
+        resolve("tiny-cpu-stage1", {"parallel.strategy": "colossalai", "parallel.sp_size": 2})
+    with pytest.raises(ConfigError, match="parallel.plugin"):
+        resolve("tiny-cpu-stage1", {"parallel.plugin": "zero3"})
+
+
+def test_missing_colossalai_names_the_real_install():
+    from training.strategies import ColossalAIStrategy
+
+    try:
+        import colossalai  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match=r"pip install --no-deps colossalai==0\.5\.0"):
+            ColossalAIStrategy()
+    else:
+        pytest.skip("colossalai is installed here")
