@@ -3,7 +3,9 @@
 Usage: python benchmarks/bench_curation.py --work /tmp/curation-bench [--out curation.json] [--repeat 3]
 Generates the sample videos, runs ingest (2 workers) and filter (2 workers), then decodes every source / clip
 with PyAV (the libavcodec decoders ingest and filter use, one thread per file, one file per core, frames not
-converted) as the floor: what reading the video costs before any analysis, cutting or encoding.
+converted) as the floor: what reading the video costs before any analysis, cutting or encoding. Where an
+ffmpeg binary is installed (soraflow needs none) the earlier records' floor is measured too:
+`ffmpeg -threads 1 -i X -f null -`, one process per file.
 
 The first filter run in the process pays the one-time Great Expectations import (about 2 s here, overlapped with
 scoring): `filter_cold_seconds`. `filter_seconds` is the best of `--repeat` further runs (the per-run cost a
@@ -28,6 +30,21 @@ import pandas as pd  # noqa: E402
 from components.filter import THRESHOLDS_256, THRESHOLDS_768, run_filter  # noqa: E402
 from components.ingest import ingest  # noqa: E402
 from components.sample_data import make_sample_videos  # noqa: E402
+
+
+def ffmpeg_cli_decode_seconds(paths, workers=2):
+    """The floor as earlier records measured it: `ffmpeg -threads 1 -i X -f null -`, one process per file (a
+    process start per clip included). Only where an ffmpeg binary is installed; soraflow itself needs none."""
+    import subprocess
+
+    def one(p):
+        subprocess.run(["ffmpeg", "-v", "error", "-threads", "1", "-i", str(p), "-f", "null", "-"], check=False,
+                       capture_output=True)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, paths))
+    return time.perf_counter() - t0
 
 
 def decode_seconds(paths, workers=2):
@@ -88,6 +105,12 @@ def main():
         "filter_over_floor": t_filter / floor_clips, "filter_cold_over_floor": t_cold / floor_clips,
         "ingest_over_floor": t_ingest / floor_sources,
     }
+    if shutil.which("ffmpeg"):  # comparable with the records made when ingest used the binary
+        cli_sources = min(ffmpeg_cli_decode_seconds(sources) for _ in range(args.repeat))
+        cli_clips = min(ffmpeg_cli_decode_seconds(clips) for _ in range(args.repeat))
+        out.update({"ffmpeg_cli_decode_sources_seconds": cli_sources, "ffmpeg_cli_decode_clips_seconds": cli_clips,
+                    "filter_over_ffmpeg_cli_floor": t_filter / cli_clips,
+                    "ingest_over_ffmpeg_cli_floor": t_ingest / cli_sources})
     print(json.dumps(out, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2))
