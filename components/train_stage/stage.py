@@ -17,6 +17,7 @@ Inputs by stage:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ def run_stage(stage: str, *, recipe: str, run_dir: str, data_table: str | None =
     """`scheduler="kubernetes"` submits a Volcano gang job of `nnodes` x `nproc` GPUs running `image` and
     follows it; `run_dir` (and the table) must then be on a volume those pods mount. `progress(line)` gets
     rank 0's step lines while a local job runs."""
-    from training.launch import LaunchSpec, run_kubernetes, run_local
+    from training.launch import LaunchSpec, cluster_job_name, run_kubernetes, run_local
 
     if scheduler not in ("local_cwd", "kubernetes"):
         raise ValueError(f"scheduler must be 'local_cwd' or 'kubernetes', got {scheduler!r}")
@@ -209,7 +210,9 @@ def run_stage(stage: str, *, recipe: str, run_dir: str, data_table: str | None =
     if scheduler == "kubernetes":
         spec.gpus_per_node = nproc
         spec.image = image or spec.image
-        status = run_kubernetes(spec, queue=queue, namespace=namespace)
+        # one job name per run folder: a retried task follows (or cleanly resubmits) its own job, never a second
+        job = cluster_job_name(hashlib.sha1(str(run.resolve()).encode()).hexdigest()[:10], stage)
+        status = run_kubernetes(spec, queue=queue, namespace=namespace, job_name=job)
     else:
         status = run_local(spec, log_dir=str(log_dir), progress=progress)
     state = str(status.state) if status is not None else "unknown"
