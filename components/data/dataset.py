@@ -32,7 +32,7 @@ from common.digests import file_digests, table_record
 from components.filter.versioning import DvcError, _dvc, _pointer, ensure_dvc_repo, track
 
 __all__ = ["DataError", "DATA_DIR", "POINTER", "TABLES", "version", "push", "pull", "status", "revision",
-           "file_listing", "pinned_listing", "diff_listings"]
+           "file_listing", "pinned_listing", "diff_listings", "fetch_revision"]
 
 DATA_DIR = "data"
 POINTER = "data.dvc"
@@ -280,6 +280,50 @@ def diff_listings(pinned: list[dict], current: list[dict]) -> dict[str, list[str
     b = {e["relpath"]: e["md5"] for e in current}
     return {"added": sorted(set(b) - set(a)), "removed": sorted(set(a) - set(b)),
             "modified": sorted(k for k in set(a) & set(b) if a[k] != b[k])}
+
+
+def fetch_revision(remote_url: str, revision: str, dest: str | Path) -> dict:
+    """Materialise the dataset `revision` (a DVC directory md5, as `data.dvc` pins it) from a DVC remote into
+    `dest`, without a git checkout or DVC itself: the remote is content-addressed (`files/md5/<ab>/<rest>`), the
+    revision's `.dir` object lists every file with its md5, and each file is checked against it.
+
+    For pipeline steps that start from a pinned dataset (retraining when `data.dvc` changes). `remote_url` is a
+    local folder or an fsspec URL (gs://, s3:// with the matching fsspec package). `dest` is written to a
+    temporary sibling and renamed, so it is either complete or absent. Raises DataError naming what is missing."""
+    import fsspec
+
+    from common.digests import file_md5
+
+    rev = revision if revision.endswith(".dir") else f"{revision}.dir"
+    if len(rev) != 36 or any(c not in "0123456789abcdef" for c in rev[:32]):
+        raise DataError(f"data revision {revision!r} is not a DVC directory md5 (32 hex digits, as in data.dvc)")
+    fs, root = fsspec.core.url_to_fs(str(remote_url))
+
+    def obj(md5: str) -> str:
+        return f"{root.rstrip('/')}/files/md5/{md5[:2]}/{md5[2:]}"
+
+    if not fs.exists(obj(rev)):
+        raise DataError(f"data revision {rev} is not on the remote {remote_url} (push it with `soraflow data push` "
+                        f"from the machine that versioned it)")
+    listing = json.loads(fs.cat_file(obj(rev)))
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        for entry in listing:
+            target = staging / entry["relpath"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not fs.exists(obj(entry["md5"])):
+                raise DataError(f"data revision {rev}: {entry['relpath']} (md5 {entry['md5']}) is missing on {remote_url}")
+            fs.get_file(obj(entry["md5"]), str(target))
+            if file_md5(target) != entry["md5"]:
+                raise DataError(f"data revision {rev}: {entry['relpath']} from {remote_url} does not match its md5")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"data_revision": rev, "nfiles": len(listing), "path": str(dest), "remote": str(remote_url)}
 
 
 def status(repo: str | Path, remote: str | None = None) -> dict:
