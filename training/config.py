@@ -95,6 +95,11 @@ class VAESpec:
     mixed_image_ratio: float = 0.2  # share of image (first-frame) micro-batches, upstream "mixed_video_image"
     align_teacher_path: str | None = None  # frozen TorchScript feature teacher: [N,3,H,W] -> [N,D,h,w]
     align_weight: float = 1.0  # unverified: the paper gives no weight for its DINOv2 latent alignment
+    # KL-VAE (hunyuan_vae_train): weight of the posterior's KL to N(0, I), averaged over latent elements
+    kl_weight: float = 1e-4
+    # after training, fold a per-channel standardisation of the latents into the 1x1x1 quant convs, so the
+    # scaled latents the DiT sees have zero mean and unit variance on the training clips (batches to measure)
+    standardise_batches: int = 0
 
 
 @dataclass
@@ -113,6 +118,24 @@ class SampleSpec:
 
 
 @dataclass
+class HeldoutSpec:
+    """Held-out evaluation during training (`training/heldout.py`): at step 0, every `every` steps and at the
+    end, on the first `num_clips` clips of `table` read at num_frames x height x width. Results go to
+    `heldout.jsonl` in the run folder. DiT stages score the flow-matching loss on fixed timesteps and noise,
+    autoencoder stages the reconstruction PSNR of their EMA weights."""
+
+    table: str = ""  # a held-out clip table; empty: no held-out evaluation
+    every: int = 0  # 0: only at step 0 and at the end
+    num_clips: int = 8
+    num_frames: int = 9
+    height: int = 64
+    width: int = 64
+    # also export the network as it was at step 0 (`init.safetensors`): what "the same network at
+    # initialisation" means for the eval step's comparisons (small models only: it is a full copy)
+    export_init: bool = False
+
+
+@dataclass
 class TrainConfig:
     name: str = "custom"
     stage: str = "dit_stage1"
@@ -126,6 +149,7 @@ class TrainConfig:
     recovery: RecoverySpec = field(default_factory=RecoverySpec)
     vae: VAESpec = field(default_factory=VAESpec)
     samples: SampleSpec = field(default_factory=SampleSpec)
+    heldout: HeldoutSpec = field(default_factory=HeldoutSpec)
     # condition mix for I2V-capable stages, e.g. {"t2v": 1, "i2v_head": 5, "i2v_loop": 1, "i2v_tail": 1}
     condition_config: dict | None = None
     max_steps: int = 100
