@@ -354,8 +354,8 @@ def _add_pipeline_commands(sub) -> None:
     p.add_argument("--suite", default="heldout",
                    help="eval prompt suite: 'heldout' (the held-out clips' captions), 'mini' or a "
                         "VBench_full_info.json file")
-    p.add_argument("--profile", default="cpu", choices=["cpu", "gpu"],
-                   help="recipes and eval sizes: 'cpu' (tiny models, 2 cores) or 'gpu' (one 80-141 GB GPU)")
+    p.add_argument("--profile", default="cpu", choices=["cpu"],
+                   help="recipes and eval sizes for the whole DAG: 'cpu' (tiny models, 2 cores)")
     p.set_defaults(func=_run_pipeline_local)
 
     p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
@@ -438,13 +438,19 @@ def _run_pipeline_local(args) -> int:
     if not run.learning:
         print("no learning checks were computed (the eval had no held-out clips)", file=sys.stderr)
         return 1
-    print("\nDid every trained model beat its initialisation on held-out clips?")
-    print(format_checks(run.learning["checks"]))
-    failed = [c["check"] for c in run.learning["checks"] if not c["passed"]]
+    checks = run.learning["checks"]
+    print("\nDid every trained model beat its initialisation on held-out clips? (gate: fails the run; "
+          "target: an absolute quality bar)")
+    print(format_checks(checks))
+    missed = [c["check"] for c in checks if not c["passed"] and c.get("role") == "target"]
+    failed = [c["check"] for c in checks if not c["passed"] and c.get("role") != "target"]
+    if missed:
+        print(f"\ntargets not met: {', '.join(missed)}")
     if failed:
-        print(f"\nFAILED: {', '.join(failed)}", file=sys.stderr)
+        print(f"\nFAILED (a trained model did not beat its initialisation, or a hand-off broke): "
+              f"{', '.join(failed)}", file=sys.stderr)
         return 1
-    print("\nall checks passed")
+    print("\nevery trained model beat its initialisation on the held-out clips")
     return 0
 
 

@@ -70,15 +70,11 @@ def _newest_run(pipeline_root: Path, before: set[Path]) -> Path | None:
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
 
-# Profiles: recipes and eval settings for the whole DAG on one machine. "cpu" is `make demo` (2 cores);
-# "gpu" is one 80-141 GB GPU (training/recipes.py, the gpu-* recipes).
+# Profiles: recipes and eval settings for the whole DAG on one machine. "cpu" is `make demo` (2 cores): the
+# tiny recipes, eval samples at 9 x 64 x 64 with 8 sampler steps, 2 seeds per held-out caption.
 PROFILES = {
     "cpu": {"recipes": TINY_RECIPES, "eval": {"eval_num_frames": 9, "eval_height": 64, "eval_width": 64,
-                                              "eval_steps": 8, "eval_seeds": "0,1,2"}},
-    "gpu": {"recipes": {"vae_train": "gpu-dcae", "hunyuan_vae_train": "gpu-hunyuan-vae", "dit_stage1": "gpu-stage1",
-                        "dit_stage2": "gpu-stage2", "dit_stage3": "gpu-stage3", "distill": "gpu-distill"},
-            "eval": {"eval_num_frames": 33, "eval_height": 256, "eval_width": 256, "eval_steps": 30,
-                     "eval_seeds": "0,1,2"}},
+                                              "eval_steps": 8, "eval_seeds": "0,1"}},
 }
 
 

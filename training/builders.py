@@ -91,7 +91,8 @@ def build_text_conditioner(spec: TextSpec, device, dtype, cache_dir=None):
         t5, clip = tiny_text_encoder_dirs()
     else:
         raise ValueError("text.t5 and text.clip must name local folders (or set text.tiny for the tiny encoders)")
-    return TextConditioner.from_pretrained(t5, clip, dtype=dtype, device=device, cache_dir=cache_dir)
+    return TextConditioner.from_pretrained(t5, clip, dtype=dtype, device=device, cache_dir=cache_dir,
+                                           t5_max_length=spec.t5_max_length)
 
 
 def check_compatible(dit: MMDiT, ae, text) -> None:

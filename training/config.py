@@ -39,6 +39,9 @@ class TextSpec:
     clip: str | None = None
     tiny: bool = True
     dropout_ratio: float = math.sqrt(0.1)  # T5 and CLIP each dropped with this p (both ~10%), spec §C.3
+    # T5 tokens per caption (padded): 512 as released; the tiny CPU recipes use fewer, since the DiT attends
+    # over every padded text token and their captions are short
+    t5_max_length: int = 512
 
 
 @dataclass

@@ -46,6 +46,7 @@ class EvalModel:
     clip: str | None = None
     random_init: bool = False
     num_frames: int | None = None  # e.g. 129 for the HunyuanVideo VAE, 128 for the Video DC-AE
+    t5_max_length: int = 512  # the T5 length the DiT was trained with
 
 
 @dataclass
@@ -106,7 +107,7 @@ def sample_models(models: list[EvalModel], suite: Suite, samples_dir: Path, *, s
             raise ValueError(f"model {m.name!r}: unknown preset {m.preset!r}; known: {sorted(PIPELINES)}")
         nf = m.num_frames or num_frames
         base = GenerateOptions(prompts=["x"], model=m.preset, weights_dir=m.weights_dir, dit=m.dit, ae=m.ae, t5=m.t5,
-                               clip=m.clip, random_init=m.random_init, num_frames=nf, resolution=resolution,
+                               clip=m.clip, random_init=m.random_init, num_frames=nf, t5_max_length=m.t5_max_length, resolution=resolution,
                                aspect_ratio=aspect_ratio, height=height, width=width, steps=steps, fps=fps,
                                device=device, dtype=dtype, progress=progress)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -221,7 +222,7 @@ def _heldout(models: list[EvalModel], reference_clips: str, *, num_frames, heigh
     for m in models:
         nf = m.num_frames or num_frames
         opts = GenerateOptions(prompts=["x"], model=m.preset, weights_dir=m.weights_dir, dit=m.dit, ae=m.ae, t5=m.t5,
-                               clip=m.clip, random_init=m.random_init, num_frames=nf, device=device, dtype=dtype)
+                               clip=m.clip, random_init=m.random_init, num_frames=nf, t5_max_length=m.t5_max_length, device=device, dtype=dtype)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         tdtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}.get(
             dtype or "", torch.bfloat16 if dev.type == "cuda" else torch.float32)

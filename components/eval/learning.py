@@ -90,9 +90,15 @@ CHAIN_DROP = 0.8  # ... and at most 80 % of the random initialisation's
 HANDOFF_RTOL = 1e-3
 
 
-def _check(name: str, value, threshold: str, passed: bool, kind: str, note: str = "") -> dict:
+# Two sorts of check. A gate compares a trained model with the same network at initialisation (or checks a
+# hand-off): `soraflow run` exits non-zero when one fails. A target is an absolute quality bar (the issue's
+# PSNR numbers): printed with its verdict, reported, not a failure of the run.
+GATE, TARGET = "gate", "target"
+
+
+def _check(name: str, value, threshold: str, passed: bool, kind: str, note: str = "", role: str = GATE) -> dict:
     return {"check": name, "value": value, "threshold": threshold, "passed": bool(passed), "kind": kind,
-            "note": note}
+            "note": note, "role": role}
 
 
 def _heldout_curve(stage_metrics: dict | None) -> list[dict]:
@@ -116,15 +122,15 @@ def learning_checks(*, ae: dict, stages: dict[str, dict | None], fd: dict, hando
         trained, init = v.get("trained"), v.get("init")
         out.append(_check(f"{name}.heldout_psnr", trained, f">= {mins[name]:g} dB",
                           trained is not None and trained >= mins[name], "reference",
-                          "held-out clips through the trained autoencoder"))
+                          "held-out clips through the trained autoencoder", role=TARGET))
         if name == "dcae":
             gain = None if trained is None or init is None else trained - init
             out.append(_check("dcae.heldout_psnr_gain", gain, f">= {dcae_gain_min_db:g} dB over its init "
                               f"({init:.2f} dB)" if init is not None else f">= {dcae_gain_min_db:g} dB over init",
-                              gain is not None and gain >= dcae_gain_min_db, "reference"))
-        elif init is not None:
-            out.append(_check(f"{name}.beats_init", trained, f"> init ({init:.2f} dB)",
-                              trained is not None and trained > init, "reference"))
+                              gain is not None and gain >= dcae_gain_min_db, "reference", role=TARGET))
+        out.append(_check(f"{name}.beats_init", trained, f"> init ({init:.2f} dB)" if init is not None else
+                          "> init (no init weights were exported)",
+                          trained is not None and init is not None and trained > init, "reference"))
     chain_init = None
     prev_end = None
     for stage in ("dit_stage1", "dit_stage2", "dit_stage3", "distill"):
@@ -170,8 +176,13 @@ def format_checks(checks: list[dict]) -> str:
         return "null" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
 
     width = max(len(c["check"]) for c in checks) if checks else 10
-    lines = [f"{'check':<{width}}  {'value':>10}  {'kind':<9}  verdict  threshold"]
+    lines = [f"{'check':<{width}}  {'value':>10}  {'kind':<9}  {'role':<6}  verdict  threshold"]
     for c in checks:
-        lines.append(f"{c['check']:<{width}}  {fmt(c['value']):>10}  {c['kind']:<9}  "
+        lines.append(f"{c['check']:<{width}}  {fmt(c['value']):>10}  {c['kind']:<9}  {c.get('role', GATE):<6}  "
                      f"{'PASS' if c['passed'] else 'FAIL':<7}  {c['threshold']}")
     return "\n".join(lines)
+
+
+def gates_passed(checks: list[dict]) -> bool:
+    """Every gate (trained vs init, hand-offs) passed; targets do not count."""
+    return all(c["passed"] for c in checks if c.get("role", GATE) == GATE)

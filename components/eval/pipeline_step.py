@@ -32,6 +32,12 @@ def preset_of(model_dir: str) -> str:
     return PRESET_BY_DIT_CONFIG[name]
 
 
+def t5_length_of(model_dir: str) -> int:
+    """The T5 length the stage trained with (its resolved recipe's text.t5_max_length)."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    return int(cfg.get("text", {}).get("t5_max_length", 512))
+
+
 def _weights(folder: str | None, name: str) -> str | None:
     if not folder:
         return None
@@ -145,18 +151,20 @@ def eval_step(stage3_dir: str, distilled_dir: str, autoencoder_dir: str, out_dir
     weights_dir = text_encoders or None
     hc_frames = num_frames - num_frames % 4  # the Video DC-AE takes 4k frames where the VAE takes 4k+1
     s3_preset, hc_preset = preset_of(stage3_dir), preset_of(distilled_dir)
+    s3_len, hc_len = t5_length_of(stage3_dir), t5_length_of(distilled_dir)
     models = [EvalModel("stage3", s3_preset, dit=_weights(stage3_dir, MODEL_FILE), ae=stage3_ae,
-                        weights_dir=weights_dir),
+                        weights_dir=weights_dir, t5_max_length=s3_len),
               EvalModel("distilled", hc_preset, dit=_weights(distilled_dir, MODEL_FILE), ae=dcae,
-                        weights_dir=weights_dir, num_frames=hc_frames)]
+                        weights_dir=weights_dir, num_frames=hc_frames, t5_max_length=hc_len)]
     chain_init = _weights(stage1_dir, INIT_FILE)
     distill_init = _weights(distilled_dir, INIT_FILE)
     if chain_init:
         init_file = complete_init(chain_init, s3_preset, out / "init-networks" / "stage3-init.safetensors")
-        models.append(EvalModel("stage3-init", s3_preset, dit=init_file, ae=stage3_ae, weights_dir=weights_dir))
+        models.append(EvalModel("stage3-init", s3_preset, dit=init_file, ae=stage3_ae, weights_dir=weights_dir,
+                                t5_max_length=s3_len))
     if distill_init:
         models.append(EvalModel("distilled-init", hc_preset, dit=distill_init, ae=dcae, weights_dir=weights_dir,
-                                num_frames=hc_frames))
+                                num_frames=hc_frames, t5_max_length=hc_len))
     if suite == "heldout":
         if not reference_clips:
             raise ValueError("suite 'heldout' prompts with the held-out clips' captions: give reference_clips")
@@ -183,7 +191,7 @@ def _learning(doc, scored, out: Path, *, reference_clips, stages, handoff, stage
               autoencoder_dir, num_frames, hc_frames, height, width, max_clips) -> dict:
     from common.video_io import read_video
 
-    from .learning import fd_proxy, learning_checks, reference_windows, video_features
+    from .learning import fd_proxy, gates_passed, learning_checks, reference_windows, video_features
     from .report import write_grid_thumbs
 
     # autoencoders: trained vs their own step-0 weights, on the held-out clips
@@ -226,7 +234,8 @@ def _learning(doc, scored, out: Path, *, reference_clips, stages, handoff, stage
     grid = write_grid_thumbs(out, scored, hy, dc)
     curves = {s: {"losses": (m or {}).get("losses", []), "heldout": (m or {}).get("heldout", [])}
               for s, m in stages.items()}
-    return {"checks": checks, "passed": all(c["passed"] for c in checks), "autoencoders": ae,
+    return {"checks": checks, "passed": gates_passed(checks), "targets_met": all(c["passed"] for c in checks),
+            "autoencoders": ae,
             "fd_proxy": {"per_model": per_model, "n_reference_windows": {str(k): len(v) for k, v in refs.items()},
                          "kind": "proxy", "what": "Fréchet distance of 12 hand-crafted spatio-temporal video "
                                                  "features (colour, texture, motion) to held-out clips; FVD's "

@@ -194,13 +194,17 @@ def _learning_plots(learning: dict) -> dict[str, str]:
 def _learning_html(learning: dict, plot_files: dict[str, str]) -> list[str]:
     e = html.escape
     h = ["<h2>Did it learn? (held-out checks)</h2>",
-         f"<p><b>{'ALL PASSED' if learning.get('passed') else 'SOME CHECKS FAILED'}</b>: each trained model "
-         "against the same network at initialisation, on clips it never trained on.</p>",
-         "<table><tr><th>check</th><th>value</th><th>kind</th><th>verdict</th><th>threshold</th><th>note</th></tr>"]
+         f"<p><b>{'every gate passed' if learning.get('passed') else 'A GATE FAILED'}</b>"
+         f"{'' if learning.get('targets_met') else ' (some quality targets are not met)'}: each trained model "
+         "against the same network at initialisation, on clips it never trained on. Gates fail the run; targets "
+         "are absolute quality bars.</p>",
+         "<table><tr><th>check</th><th>value</th><th>kind</th><th>role</th><th>verdict</th><th>threshold</th>"
+         "<th>note</th></tr>"]
     for c in learning.get("checks", []):
         v = c["value"]
         h.append(f"<tr><td>{e(c['check'])}</td><td>{e(_fmt(v) if not isinstance(v, bool) else str(v))}</td>"
-                 f"<td>{e(c['kind'])}</td><td style='color:{'green' if c['passed'] else 'red'}'>"
+                 f"<td>{e(c['kind'])}</td><td>{e(c.get('role', 'gate'))}</td>"
+                 f"<td style='color:{'green' if c['passed'] else 'red'}'>"
                  f"{'PASS' if c['passed'] else 'FAIL'}</td><td>{e(c['threshold'])}</td><td>{e(c['note'])}</td></tr>")
     h.append("</table>")
     grid = learning.get("grid") or []
@@ -327,10 +331,11 @@ def write_reports(doc: dict, out: Path, scored: list[dict], history: list[str], 
           "## Side by side\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
     if learning:
-        md.insert(3, "## Did it learn? (held-out checks)\n\n| check | value | kind | verdict | threshold |\n"
-                     "|---|---|---|---|---|\n" + "\n".join(
-                         f"| {c['check']} | {_fmt(c['value'])} | {c['kind']} | {'PASS' if c['passed'] else 'FAIL'} "
-                         f"| {c['threshold']} |" for c in learning["checks"]) + "\n")
+        md.insert(3, "## Did it learn? (held-out checks)\n\n| check | value | kind | role | verdict | threshold |\n"
+                     "|---|---|---|---|---|---|\n" + "\n".join(
+                         f"| {c['check']} | {_fmt(c['value'])} | {c['kind']} | {c.get('role', 'gate')} | "
+                         f"{'PASS' if c['passed'] else 'FAIL'} | {c['threshold']} |" for c in learning["checks"])
+                     + "\n")
     md.append("\n## VBench dimensions\n")
     for n in names:
         md.append(f"### {n}\n\n| dimension | raw | normalised | note |\n|---|---|---|---|")

@@ -65,6 +65,7 @@ class GenerateOptions:
     ae: str | None = None
     t5: str | None = None
     clip: str | None = None
+    t5_max_length: int = 512  # T5 tokens per prompt: what the DiT was trained with (its recipe's text.t5_max_length)
     random_init: bool = False
     num_frames: int = 129
     resolution: str = "256px"
@@ -180,7 +181,8 @@ def build_pipeline(opts: GenerateOptions, device: torch.device, dtype: torch.dty
         dit = build_mmdit(get_config(preset.dit_config), dit_path, device=device, dtype=dtype)
         ae = _build_ae(preset.autoencoder, preset.tiny, ae_path, side_device, dtype)
     text = TextConditioner.from_pretrained(
-        t5_dir, clip_dir, dtype=dtype, device=side_device, cache_dir=_cache_dir() / "text-embeddings"
+        t5_dir, clip_dir, dtype=dtype, device=side_device, cache_dir=_cache_dir() / "text-embeddings",
+        t5_max_length=opts.t5_max_length,
     )
     dit = dit.eval().requires_grad_(False)
     image = None

@@ -115,8 +115,8 @@ def _validate(stage, recipe, data_table, init_from, autoencoder, overrides):
             raise ValueError(f"{stage} trains the autoencoder: pass its starting weights as init_from")
         made_by = _safetensors_metadata(ae).get("stage")
         if made_by is not None and made_by != _AE_FROM_STAGE[stage]:
-            raise ValueError(f"autoencoder: {ae} is a {made_by} export, not the {_AE_FROM_STAGE[stage]} "
-                             f"autoencoder weights {stage} decodes with")
+            raise ValueError(f"autoencoder: {ae} is a {made_by} export, not autoencoder weights ({stage} decodes "
+                             f"with a {_AE_FROM_STAGE[stage]} export)")
         if stage == "distill" and cfg.ae.kind != "dcae" or stage != "distill" and cfg.ae.kind != "hunyuan":
             raise ValueError(f"autoencoder: recipe {recipe!r} uses a {cfg.ae.kind} autoencoder for {stage}")
     elif stage not in AE_STAGES and not cfg.ae.tiny and not (cfg.ae.path and Path(cfg.ae.path).is_file()):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from components.eval.learning import fd_proxy, format_checks, learning_checks, video_features
+from components.eval.learning import fd_proxy, format_checks, gates_passed, learning_checks, video_features
 from components.sample_data import pan, zoom
 
 
@@ -36,12 +36,13 @@ def test_checks_pass_a_chain_that_learned_and_fail_one_that_did_not():
     fd = {"stage3": {"trained": 3.0, "init": 40.0}, "distilled": {"trained": 5.0, "init": 30.0}}
     good = learning_checks(ae=ae, stages=_stages((2.0, 1.0), (1.0, 0.8), (0.8, 0.7), (3.0, 1.5)), fd=fd,
                            handoff_weights={"equal": True, "n_tensors": 30})
-    assert all(c["passed"] for c in good), format_checks(good)
+    assert all(c["passed"] for c in good) and gates_passed(good), format_checks(good)
     # the initialisation passed as the trained model: nothing moved
     same_ae = {"hunyuan_vae": {"trained": 10.0, "init": 10.0}, "dcae": {"trained": 11.0, "init": 11.0}}
     same_fd = {"stage3": {"trained": 40.0, "init": 40.0}, "distilled": {"trained": 30.0, "init": 30.0}}
     bad = _by_name(learning_checks(ae=same_ae, stages=_stages((2.0, 2.0), (2.0, 2.0), (2.0, 2.0), (3.0, 3.0)),
                                    fd=same_fd))
+    assert not gates_passed(list(bad.values()))
     for name in ("hunyuan_vae.heldout_psnr", "hunyuan_vae.beats_init", "dcae.heldout_psnr",
                  "dcae.heldout_psnr_gain", "dit_stage1.heldout_fm_loss", "dit_stage3.vs_random_init",
                  "distill.heldout_fm_loss", "stage3.fd_proxy", "distilled.fd_proxy"):
@@ -50,6 +51,13 @@ def test_checks_pass_a_chain_that_learned_and_fail_one_that_did_not():
     broken = _by_name(learning_checks(ae=ae, stages=_stages((2.0, 1.0), (1.9, 1.0), (1.0, 0.7), (3.0, 1.5)),
                                       fd=fd))
     assert not broken["dit_stage2.handoff"]["passed"] and broken["dit_stage3.handoff"]["passed"]
+    assert not gates_passed(list(broken.values()))
+    # an autoencoder short of its absolute PSNR target but better than its init fails no gate
+    short = learning_checks(
+        ae={"hunyuan_vae": {"trained": 15.0, "init": 10.0}, "dcae": {"trained": 13.0, "init": 11.0}},
+                            stages=_stages((2.0, 1.0), (1.0, 0.8), (0.8, 0.7), (3.0, 1.5)), fd=fd,
+                            handoff_weights={"equal": True, "n_tensors": 30})
+    assert gates_passed(short) and not _by_name(short)["hunyuan_vae.heldout_psnr"]["passed"]
     assert "FAIL" in format_checks(list(broken.values()))
 
 
