@@ -64,13 +64,14 @@ def build_autoencoder(spec: AESpec, device, dtype, seed: int):
     torch.manual_seed(seed + 1)
     if spec.kind == "hunyuan":
         from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
+        from models.hunyuan_vae.config import config_for_weights
 
-        config = HunyuanVAEConfig.tiny() if spec.tiny else HunyuanVAEConfig.full()
+        config = HunyuanVAEConfig.named(spec.config) if spec.config else config_for_weights(spec.path, spec.tiny)
         ae = HunyuanVideoVAE.from_pretrained(spec.path, config=config) if spec.path else HunyuanVideoVAE(config)
     elif spec.kind == "dcae":
         from models.dc_ae import DCAEConfig, VideoDCAE
 
-        config = DCAEConfig.tiny() if spec.tiny else DCAEConfig()
+        config = DCAEConfig.for_weights(spec.path, spec.tiny)
         ae = VideoDCAE.from_pretrained(spec.path, config=config) if spec.path else VideoDCAE(config)
     else:
         raise ValueError(f"ae.kind must be 'hunyuan' or 'dcae', got {spec.kind!r}")

@@ -31,6 +31,9 @@ class AESpec:
     kind: str = "hunyuan"  # "hunyuan" | "dcae"
     path: str | None = None  # weights; None with tiny=True builds a seeded random tiny AE
     tiny: bool = True
+    # a named architecture (models.hunyuan_vae.config.NAMED_CONFIGS) for the autoencoder an AE stage trains;
+    # stages that load weights take the name the export's metadata carries
+    config: str | None = None
 
 
 @dataclass

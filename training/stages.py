@@ -327,11 +327,15 @@ class VAEStage(Stage):
         torch.manual_seed(cfg.seed)
         if self.kind == "hunyuan":
             from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
+            from models.hunyuan_vae.config import config_for_weights
 
-            config = HunyuanVAEConfig.tiny() if cfg.ae.tiny else HunyuanVAEConfig.full()
+            if cfg.ae.config:
+                config, self.config_name = HunyuanVAEConfig.named(cfg.ae.config), cfg.ae.config
+            else:
+                config = config_for_weights(cfg.ae.path, cfg.ae.tiny)
+                self.config_name = "hunyuan-vae-tiny" if cfg.ae.tiny else "hunyuan-vae"
             ae = (HunyuanVideoVAE.from_pretrained(cfg.ae.path, config=config) if cfg.ae.path
                   else HunyuanVideoVAE(config))
-            self.config_name = "hunyuan-vae-tiny" if cfg.ae.tiny else "hunyuan-vae"
         else:
             from models.dc_ae import DCAEConfig, VideoDCAE
 
@@ -407,6 +411,8 @@ class VAEStage(Stage):
         recon, z, proj, kl = model(x)
         nll = reconstruction_nll(x, recon, self.perceptual, v.perceptual_weight)
         total, stats = nll, {"nll": float(nll.detach())}
+        if kl is None:
+            self._record_latents(z)  # the DC-AE's raw latents: their RMS becomes the exported scaling factor
         if kl is not None:
             # reconstruction_nll sums over C·H·W per frame: the KL is put on the same per-frame footing
             total = total + v.kl_weight * kl * x.shape[1] * x.shape[3] * x.shape[4]
@@ -509,6 +515,15 @@ class VAEStage(Stage):
         sd = (self.lat["lat_sq"] / n - m.pow(2)).clamp_min(1e-12).sqrt()
         fold_latent_standardisation(ae, m.float().to(self.device), sd.float().to(self.device))
         return {"latent_mean_before": m.tolist(), "latent_std_before": sd.tolist()}
+
+    def export_metadata(self) -> dict[str, str]:
+        """The DC-AE's latent scaling factor measured on the last training batches (the RMS of its raw latents,
+        as upstream's 0.493 was measured), so the DiT sees latents of about unit scale; loaders read it."""
+        if self.kind != "dcae" or "lat_n" not in self.lat or float(self.lat["lat_n"]) < 2:
+            return {}
+        n = float(self.lat["lat_n"])
+        rms = float((self.lat["lat_sq"].sum() / (n * len(self.lat["lat_sq"]))).sqrt())
+        return {"scaling_factor": f"{max(rms, 1e-6):.6g}"}
 
     def export_state(self, model) -> dict:
         """The EMA weights under the autoencoder's official keys (buffers, if any, as trained); the KL-VAE with

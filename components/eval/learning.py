@@ -85,8 +85,12 @@ def reference_windows(frames: np.ndarray, num_frames: int, windows: int = 3) -> 
 
 AE_PSNR_MIN = {"hunyuan_vae": 22.0, "dcae": 18.0}
 DCAE_GAIN_MIN_DB = 6.0
-DIT_DROP = 0.9  # "clearly below": the end of a stage is at most 90 % of its starting held-out loss ...
-CHAIN_DROP = 0.8  # ... and at most 80 % of the random initialisation's
+# "Clearly below": a stage that starts from a (re-)initialised network (stage 1, distill) ends at most at 90 % of
+# its starting held-out loss; one that continues a trained network (stages 2, 3) at most at 97 % of where it
+# started, and at most at 80 % of the chain's random initialisation.
+DIT_DROP = 0.9
+DIT_DROP_CONTINUED = 0.97
+CHAIN_DROP = 0.8
 HANDOFF_RTOL = 1e-3
 
 
@@ -111,6 +115,7 @@ def _fm(ev: dict) -> float | None:
 
 def learning_checks(*, ae: dict, stages: dict[str, dict | None], fd: dict, handoff_weights: dict | None = None,
                     dit_drop: float = DIT_DROP, chain_drop: float = CHAIN_DROP,
+                    dit_drop_continued: float = DIT_DROP_CONTINUED,
                     ae_psnr_min: dict | None = None, dcae_gain_min_db: float = DCAE_GAIN_MIN_DB) -> list[dict]:
     """`ae`: {"hunyuan_vae": {"trained": psnr, "init": psnr}, "dcae": {...}} (eval-time held-out PSNRs);
     `stages`: stage -> its metrics.json (with the `heldout` curve); `fd`: {"stage3": {"trained": d, "init": d},
@@ -143,8 +148,9 @@ def learning_checks(*, ae: dict, stages: dict[str, dict | None], fd: dict, hando
         start, end = _fm(curve[0]), _fm(curve[-1])
         if stage == "dit_stage1":
             chain_init = start
-        out.append(_check(f"{stage}.heldout_fm_loss", end, f"<= {dit_drop:g} x its start ({start:.4f})",
-                          end <= dit_drop * start, "held-out",
+        drop = dit_drop_continued if stage in ("dit_stage2", "dit_stage3") else dit_drop
+        out.append(_check(f"{stage}.heldout_fm_loss", end, f"<= {drop:g} x its start ({start:.4g})",
+                          end <= drop * start, "held-out",
                           f"fixed t grid and noise; steps {curve[0]['step']}..{curve[-1]['step']}"))
         if stage in ("dit_stage2", "dit_stage3") and chain_init is not None:
             out.append(_check(f"{stage}.vs_random_init", end, f"<= {chain_drop:g} x the random init "

@@ -142,12 +142,14 @@ def _build_ae(kind: str, tiny: bool, path: Path | None, device, dtype):
     if kind == "hunyuan":
         from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
 
-        config = HunyuanVAEConfig.tiny() if tiny else HunyuanVAEConfig.full()
+        from models.hunyuan_vae.config import config_for_weights
+
+        config = config_for_weights(path, tiny)  # an export of ours names its config in its metadata
         ae = HunyuanVideoVAE.from_pretrained(path, config=config) if path else HunyuanVideoVAE(config)
     else:
         from models.dc_ae import DCAEConfig, VideoDCAE
 
-        config = DCAEConfig.tiny() if tiny else DCAEConfig()
+        config = DCAEConfig.for_weights(path, tiny)
         ae = VideoDCAE.from_pretrained(path, config=config) if path else VideoDCAE(config)
     return ae.to(device=device, dtype=dtype).eval().requires_grad_(False)
 

@@ -89,6 +89,22 @@ class DCAEConfig:
         return 2 ** sum(self.temporal_resample)
 
     @classmethod
+    def for_weights(cls, path, tiny: bool) -> "DCAEConfig":
+        """tiny/full, with the latent scaling factor an export of ours records in its safetensors metadata
+        (`scaling_factor`, measured on its training latents) instead of the released model's 0.493."""
+        config = cls.tiny() if tiny else cls()
+        if path is None:
+            return config
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                sf = (f.metadata() or {}).get("scaling_factor")
+        except Exception:  # noqa: BLE001 - not a single safetensors file: keep the default
+            sf = None
+        return replace(config, scaling_factor=float(sf)) if sf else config
+
+    @classmethod
     def tiny(cls, **overrides: Any) -> "DCAEConfig":
         """A ~0.4M-parameter config for CPU tests; keeps 6 stages (spatial 32x, time 4x)."""
         base = dict(

@@ -182,3 +182,26 @@ def test_report_images_load_in_chromium_and_a_missing_one_is_caught(tmp_path):
     assert len(doc["images"]) == 2 and doc["broken"] == [] and doc["inline_svgs"] == 1
     os.remove(out / "thumbs" / "a.gif")
     assert report_images(out / "report.html")["broken"] == ["thumbs/a.gif"]
+
+
+def test_autoencoder_exports_say_what_they_are(tmp_path):
+    """Loaders build the architecture an export names (`config`) and the DC-AE scaling factor it measured."""
+    from safetensors.torch import save_file
+
+    from models.dc_ae import DCAEConfig, VideoDCAE
+    from models.hunyuan_vae import HunyuanVideoVAE
+    from models.hunyuan_vae.config import HunyuanVAEConfig, config_for_weights
+
+    s4 = HunyuanVideoVAE(HunyuanVAEConfig.named("hunyuan-vae-tiny-s4"))
+    path = tmp_path / "hy.safetensors"
+    save_file({k: v.contiguous() for k, v in s4.official_state_dict().items()}, str(path),
+              metadata={"config": "hunyuan-vae-tiny-s4"})
+    assert config_for_weights(path, tiny=True).spatial_compression == 4
+    assert HunyuanVideoVAE.from_pretrained(path, config=config_for_weights(path, True)).spatial_compression == 4
+    assert config_for_weights(None, tiny=True).spatial_compression == 8  # no file: the tiny default
+    dc = VideoDCAE.tiny()
+    dpath = tmp_path / "dc.safetensors"
+    save_file({k: v.contiguous() for k, v in dc.state_dict().items()}, str(dpath), metadata={"scaling_factor": "7.5"})
+    assert DCAEConfig.for_weights(dpath, tiny=True).scaling_factor == 7.5
+    with pytest.raises(ValueError, match="unknown HunyuanVideo VAE config"):
+        HunyuanVAEConfig.named("nope")
