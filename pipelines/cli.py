@@ -378,7 +378,11 @@ def _add_pipeline_commands(sub) -> None:
     p.add_argument("--override", action="append", default=[], metavar="STEP.KEY=JSON",
                    help="a step's setting, e.g. dit_stage1.max_steps=4 or ingest.clip_max=4 (repeatable)")
     p.add_argument("--nproc", type=int, default=1, help="training processes per step (gloo)")
-    p.add_argument("--suite", default="mini", help="eval prompt suite: 'mini' or a VBench_full_info.json file")
+    p.add_argument("--suite", default="heldout",
+                   help="eval prompt suite: 'heldout' (the held-out clips' captions), 'mini' or a "
+                        "VBench_full_info.json file")
+    p.add_argument("--profile", default="cpu", choices=["cpu"],
+                   help="recipes and eval sizes for the whole DAG: 'cpu' (tiny models, 2 cores)")
     p.set_defaults(func=_run_pipeline_local)
 
     p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
@@ -446,15 +450,34 @@ def _step_kv(items: list[str], what: str) -> dict:
 def _run_pipeline_local(args) -> int:
     from pipelines.local_run import run_pipeline_locally
 
+    from components.eval.learning import format_checks
+
     run = run_pipeline_locally(args.out_dir, raw_manifest=args.raw, overrides=_step_kv(args.override, "override"),
-                               recipes=_step_kv(args.recipe, "recipe"), nproc=args.nproc, eval_suite=args.suite)
+                               recipes=_step_kv(args.recipe, "recipe"), nproc=args.nproc, eval_suite=args.suite,
+                               profile=args.profile)
     print(f"pipeline finished in {run.seconds:.0f} s; every step's artifacts: {run.run_dir}")
-    labels = {"curated": "curated dataset", "dcae": "Video DC-AE", "stage1": "DiT stage 1",
-              "stage2": "DiT stage 2", "stage3": "DiT stage 3", "distilled": "distilled DiT",
-              "eval_results": "eval results"}
+    labels = {"curated": "curated dataset", "split": "train/held-out", "hunyuan_vae": "stage-1-3 AE",
+              "dcae": "Video DC-AE", "stage1": "DiT stage 1", "stage2": "DiT stage 2", "stage3": "DiT stage 3",
+              "distilled": "distilled DiT", "eval_results": "eval results"}
     for name, label in labels.items():
         print(f"  {label:16s} {run.outputs[name]}")
     print(f"  {'eval report':16s} {run.report_html}")
+    if not run.learning:
+        print("no learning checks were computed (the eval had no held-out clips)", file=sys.stderr)
+        return 1
+    checks = run.learning["checks"]
+    print("\nDid every trained model beat its initialisation on held-out clips? (gate: fails the run; "
+          "target: an absolute quality bar)")
+    print(format_checks(checks))
+    missed = [c["check"] for c in checks if not c["passed"] and c.get("role") == "target"]
+    failed = [c["check"] for c in checks if not c["passed"] and c.get("role") != "target"]
+    if missed:
+        print(f"\ntargets not met: {', '.join(missed)}")
+    if failed:
+        print(f"\nFAILED (a trained model did not beat its initialisation, or a hand-off broke): "
+              f"{', '.join(failed)}", file=sys.stderr)
+        return 1
+    print("\nevery trained model beat its initialisation on the held-out clips")
     return 0
 
 

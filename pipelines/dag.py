@@ -1,9 +1,10 @@
 """The soraflow DAG (design §1) as a Kubeflow Pipelines v2 pipeline.
 
-    ingest ──> filter ──┬──> vae_train ─────────────────────────────┐
-                        │                                           v
-                        └──> dit_stage1 ──> dit_stage2 ──> dit_stage3 ──> distill ──> eval
-                                                          └─────────────────────────> eval
+    ingest ──> filter ──> split ──┬──> vae_train ──────────────────────────────────┐
+                                  │                                                v
+                                  ├──> hunyuan_vae ──> dit_stage1 ──> 2 ──> 3 ──> distill ──> eval
+                                  │                                        └──────────────> eval
+                                  └──────────────────── (held-out clips) ─────────────────> eval
 
 Components are built here from the plain KFP functions in `components/<step>/component.py`, with the images
 of `ClusterSettings`, so one setting pins every image (by digest for released pipelines). Kubernetes settings
@@ -25,15 +26,17 @@ from pipelines.settings import ClusterSettings
 PIPELINE_NAME = "soraflow"
 
 # Local defaults: the tiny CPU recipes on the generated sample videos. Cluster runs pass the hardware recipes.
-TINY_RECIPES = {"vae_train": "tiny-cpu-vae", "dit_stage1": "tiny-cpu-stage1", "dit_stage2": "tiny-cpu-stage2",
+TINY_RECIPES = {"vae_train": "tiny-cpu-vae", "hunyuan_vae_train": "tiny-cpu-hunyuan-vae", "dit_stage1": "tiny-cpu-stage1", "dit_stage2": "tiny-cpu-stage2",
                 "dit_stage3": "tiny-cpu-stage3", "distill": "tiny-cpu-distill"}
-CLUSTER_RECIPES = {"vae_train": "vae-dcae-256px-h200x8", "dit_stage1": "stage1-256px-h200x8",
+CLUSTER_RECIPES = {"vae_train": "vae-dcae-256px-h200x8", "hunyuan_vae_train": "hunyuan-vae-256px-h200x8",
+                   "dit_stage1": "stage1-256px-h200x8",
                    "dit_stage2": "stage2-256px-i2v-h200x8", "dit_stage3": "stage3-768px-sp4-h200x8",
                    "distill": "distill-768px-dcae-h200x8"}
 
 
 # The pipeline's own outputs: what a run produced, wherever each step ran (or was served from cache).
-PipelineOutputs = NamedTuple("Outputs", [("curated", Dataset), ("dcae", Model), ("stage1", Model),
+PipelineOutputs = NamedTuple("Outputs", [("curated", Dataset), ("split", Dataset), ("hunyuan_vae", Model),
+                                         ("dcae", Model), ("stage1", Model),
                                          ("stage2", Model), ("stage3", Model), ("distilled", Model),
                                          ("eval_results", Artifact), ("eval_report", HTML)])
 
@@ -42,6 +45,8 @@ PipelineOutputs = NamedTuple("Outputs", [("curated", Dataset), ("dcae", Model), 
 class Components:
     ingest: object
     filter: object
+    split: object
+    hunyuan_vae: object
     vae_train: object
     dit_stage: object
     distill: object
@@ -52,7 +57,13 @@ def build_components(settings: ClusterSettings) -> Components:
     from components.eval.component import eval_component
     from components.filter.component import filter_component
     from components.ingest.component import ingest_component
-    from components.train_stage.component import dit_stage_component, distill_component, vae_train_component
+    from components.split.component import split_component
+    from components.train_stage.component import (
+        dit_stage_component,
+        distill_component,
+        hunyuan_vae_component,
+        vae_train_component,
+    )
 
     def on(image, fn):  # the image carries the project and kfp: nothing is installed at run time
         return dsl.component(fn, base_image=image, install_kfp_package=False)
@@ -60,6 +71,8 @@ def build_components(settings: ClusterSettings) -> Components:
     return Components(
         ingest=on(settings.cpu_image, ingest_component),
         filter=on(settings.cpu_image, filter_component),
+        split=on(settings.cpu_image, split_component),
+        hunyuan_vae=on(settings.gpu_image, hunyuan_vae_component),
         vae_train=on(settings.gpu_image, vae_train_component),
         dit_stage=on(settings.gpu_image, dit_stage_component),
         distill=on(settings.gpu_image, distill_component),
@@ -108,6 +121,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         data_revision: str = "",
         clip_store: str = "",
         vae_recipe: str = TINY_RECIPES["vae_train"],
+        hunyuan_vae_recipe: str = TINY_RECIPES["hunyuan_vae_train"],
         stage1_recipe: str = TINY_RECIPES["dit_stage1"],
         stage2_recipe: str = TINY_RECIPES["dit_stage2"],
         stage3_recipe: str = TINY_RECIPES["dit_stage3"],
@@ -127,6 +141,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         eval_height: int = 64,
         eval_width: int = 64,
         eval_steps: int = 4,
+        eval_seeds: str = "0",
         vbench_python: str = "",
         vbench_weights: str = "",
     ) -> PipelineOutputs:
@@ -140,7 +155,11 @@ def build_pipeline(settings: ClusterSettings | None = None):
                           overrides=overrides)
         curate.set_display_name("filter")
         _on_cpu_pool(curate, s, cache=True)
-        curated = curate.outputs["curated"]
+        # training steps read the split's tables (the curated sets minus the held-out sources)
+        split = c.split(curated=curate.outputs["curated"])
+        split.set_display_name("split")
+        _on_cpu_pool(split, s, cache=True)
+        curated = split.outputs["split"]
 
         common = dict(curated=curated, run_root=run_root, run_id=run_id, run_tag=run_tag, scheduler=train_scheduler,
                       nnodes=nnodes, nproc=nproc, image=s.gpu_image, queue=s.volcano_queue, overrides=overrides)
@@ -157,12 +176,18 @@ def build_pipeline(settings: ClusterSettings | None = None):
         vae.set_display_name("vae_train")
         place_training(vae)
 
+        # the autoencoder of stages 1-3: trained on the training set, or the given HunyuanVideo VAE weights
+        hy = c.hunyuan_vae(recipe=hunyuan_vae_recipe, weights=hunyuan_vae, **common)
+        hy.set_display_name("hunyuan_vae")
+        place_training(hy)
+        hy_model = hy.outputs["model"]
+
         previous, stage_tasks = None, []
         for stage, recipe in (("dit_stage1", stage1_recipe), ("dit_stage2", stage2_recipe),
                               ("dit_stage3", stage3_recipe)):
             extra = {"previous": previous} if previous is not None else {"init_weights": flux_weights}
-            task = c.dit_stage(stage=stage, recipe=recipe, hunyuan_vae=hunyuan_vae, text_encoders=text_encoders,
-                               **extra, **common)
+            task = c.dit_stage(stage=stage, recipe=recipe, autoencoder=hy_model, hunyuan_vae=hunyuan_vae,
+                               text_encoders=text_encoders, **extra, **common)
             task.set_display_name(stage)
             place_training(task)
             previous = task.outputs["model"]
@@ -174,15 +199,18 @@ def build_pipeline(settings: ClusterSettings | None = None):
         place_training(distill)
 
         evaluate = c.eval(stage3=previous, distilled=distill.outputs["model"], autoencoder=vae.outputs["model"],
-                          curated=curated, hunyuan_vae=hunyuan_vae, text_encoders=text_encoders, suite=eval_suite,
+                          stage1=stage_tasks[0].outputs["model"], stage2=stage_tasks[1].outputs["model"],
+                          stage_ae=hy_model, curated=curated, hunyuan_vae=hunyuan_vae,
+                          text_encoders=text_encoders, suite=eval_suite,
                           num_frames=eval_num_frames, resolution=eval_resolution, height=eval_height,
-                          width=eval_width, steps=eval_steps,
+                          width=eval_width, steps=eval_steps, seeds=eval_seeds,
                           vbench_python=vbench_python, vbench_weights=vbench_weights)
         evaluate.set_display_name("eval")
         # one GPU samples one video at a time; no retries: sampling would restart from scratch
         _on_gpu_pool(evaluate, s, timeout_s=s.eval_timeout_s, retries=0, gpus=1)
 
-        return PipelineOutputs(curated=curated, dcae=vae.outputs["model"], stage1=stage_tasks[0].outputs["model"],
+        return PipelineOutputs(curated=curate.outputs["curated"], split=curated, hunyuan_vae=hy_model,
+                       dcae=vae.outputs["model"], stage1=stage_tasks[0].outputs["model"],
                        stage2=stage_tasks[1].outputs["model"], stage3=previous,
                        distilled=distill.outputs["model"], eval_results=evaluate.outputs["results"],
                        eval_report=evaluate.outputs["report"])

@@ -25,7 +25,8 @@ from pathlib import Path
 from pipelines.dag import TINY_RECIPES, build_pipeline
 from pipelines.settings import ClusterSettings
 
-TASKS = {"ingest": "ingest-component", "filter": "filter-component", "vae_train": "vae-train-component",
+TASKS = {"ingest": "ingest-component", "filter": "filter-component", "split": "split-component",
+         "vae_train": "vae-train-component", "hunyuan_vae_train": "hunyuan-vae-component",
          "dit_stage1": "dit-stage-component", "dit_stage2": "dit-stage-component-2",
          "dit_stage3": "dit-stage-component-3", "distill": "distill-component", "eval": "eval-component"}
 _ERROR_LINE = re.compile(r"^\s*(\w+\.)*\w*(Error|Exception|Exit)\b.*:")
@@ -43,6 +44,7 @@ class LocalRun:
     report_html: Path | None
     summary_md: Path | None
     outputs: dict = field(default_factory=dict)  # the pipeline's outputs (curated, stage1..3, distilled, ...) -> path
+    learning: dict | None = None  # the eval's learning checks (components/eval/learning.py)
 
 
 class _TailStdout(io.TextIOBase):
@@ -68,10 +70,22 @@ def _newest_run(pipeline_root: Path, before: set[Path]) -> Path | None:
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
 
+# Profiles: recipes and eval settings for the whole DAG on one machine. "cpu" is `make demo` (2 cores): the
+# tiny recipes, eval samples at 9 x 64 x 64 with 8 sampler steps, 2 seeds per held-out caption.
+PROFILES = {
+    "cpu": {"recipes": TINY_RECIPES, "eval": {"eval_num_frames": 9, "eval_height": 64, "eval_width": 64,
+                                              "eval_steps": 8, "eval_seeds": "0,1"}},
+}
+
+
 def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overrides: dict | None = None,
-                         recipes: dict | None = None, nproc: int = 1, eval_suite: str = "mini") -> LocalRun:
+                         recipes: dict | None = None, nproc: int = 1, eval_suite: str = "heldout",
+                         profile: str = "cpu") -> LocalRun:
     """Run the DAG; returns where its artifacts are. Raises PipelineRunError naming the failed step's error."""
     from kfp import local
+
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; profiles: {sorted(PROFILES)}")
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -79,8 +93,8 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
         from components.sample_data import make_sample_videos
 
         manifest = out / "raw" / "manifest.csv"
-        raw_manifest = str(manifest if manifest.is_file() else make_sample_videos(out / "raw"))
-    recipes = {**TINY_RECIPES, **(recipes or {})}
+        raw_manifest = str(manifest if manifest.is_file() else make_sample_videos(out / "raw", training_set=True))
+    recipes = {**PROFILES[profile]["recipes"], **(recipes or {})}
     unknown = set(recipes) - set(TINY_RECIPES)
     if unknown:
         raise ValueError(f"recipes for unknown step(s) {sorted(unknown)}; steps: {sorted(TINY_RECIPES)}")
@@ -101,11 +115,12 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
             warnings.filterwarnings("ignore", message=r".*(have no effect in the current local runner|"
                                                       r"non-Python base image).*")
             task = pipeline(raw_manifest=str(raw_manifest), vae_recipe=recipes["vae_train"],
+                     hunyuan_vae_recipe=recipes["hunyuan_vae_train"],
                      stage1_recipe=recipes["dit_stage1"], stage2_recipe=recipes["dit_stage2"],
                      stage3_recipe=recipes["dit_stage3"], distill_recipe=recipes["distill"],
                      run_root=str(out / "runs"), run_tag="local",
                      train_scheduler="local_cwd", nproc=nproc, overrides=json.dumps(overrides),
-                     eval_suite=eval_suite)
+                     eval_suite=eval_suite, **PROFILES[profile]["eval"])
     except RuntimeError as exc:
         failed = re.search(r"Inner task failed: \W*\[?\d*m?'?([\w-]+)", str(exc))
         step = next((s for s, t in TASKS.items() if failed and t == failed.group(1)), "a step")
@@ -125,6 +140,15 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
     if link.is_symlink() or link.exists():
         link.unlink() if link.is_symlink() else shutil.rmtree(link)
     link.symlink_to(outputs["curated"], target_is_directory=True)
-    shutil.copyfile(outputs["eval_results"] / "report.html", out / "report.html")
-    shutil.copyfile(outputs["eval_results"] / "report.md", out / "report.md")
-    return LocalRun(out, run_dir, seconds, out / "report.html", out / "report.md", outputs)
+    results = outputs["eval_results"]
+    # the report's images are relative to it: bring them along, so out/report.html shows them
+    for folder in ("plots", "thumbs"):
+        if (out / folder).exists():
+            shutil.rmtree(out / folder)
+        if (results / folder).is_dir():
+            shutil.copytree(results / folder, out / folder)
+    shutil.copyfile(results / "report.html", out / "report.html")
+    shutil.copyfile(results / "report.md", out / "report.md")
+    doc = json.loads((results / "metrics.json").read_text())
+    return LocalRun(out, run_dir, seconds, out / "report.html", out / "report.md", outputs,
+                    learning=doc.get("learning"))

@@ -10,7 +10,7 @@ from pipelines.dag import PIPELINE_NAME, compile_pipeline
 from pipelines.settings import ClusterSettings
 
 
-RECIPE_PARAMS = {"vae_train": "vae_recipe", "dit_stage1": "stage1_recipe", "dit_stage2": "stage2_recipe",
+RECIPE_PARAMS = {"vae_train": "vae_recipe", "hunyuan_vae_train": "hunyuan_vae_recipe", "dit_stage1": "stage1_recipe", "dit_stage2": "stage2_recipe",
                  "dit_stage3": "stage3_recipe", "distill": "distill_recipe"}
 
 

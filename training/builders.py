@@ -64,13 +64,14 @@ def build_autoencoder(spec: AESpec, device, dtype, seed: int):
     torch.manual_seed(seed + 1)
     if spec.kind == "hunyuan":
         from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
+        from models.hunyuan_vae.config import config_for_weights
 
-        config = HunyuanVAEConfig.tiny() if spec.tiny else HunyuanVAEConfig.full()
+        config = HunyuanVAEConfig.named(spec.config) if spec.config else config_for_weights(spec.path, spec.tiny)
         ae = HunyuanVideoVAE.from_pretrained(spec.path, config=config) if spec.path else HunyuanVideoVAE(config)
     elif spec.kind == "dcae":
         from models.dc_ae import DCAEConfig, VideoDCAE
 
-        config = DCAEConfig.tiny() if spec.tiny else DCAEConfig()
+        config = DCAEConfig.for_weights(spec.path, spec.tiny)
         ae = VideoDCAE.from_pretrained(spec.path, config=config) if spec.path else VideoDCAE(config)
     else:
         raise ValueError(f"ae.kind must be 'hunyuan' or 'dcae', got {spec.kind!r}")
@@ -91,7 +92,8 @@ def build_text_conditioner(spec: TextSpec, device, dtype, cache_dir=None):
         t5, clip = tiny_text_encoder_dirs()
     else:
         raise ValueError("text.t5 and text.clip must name local folders (or set text.tiny for the tiny encoders)")
-    return TextConditioner.from_pretrained(t5, clip, dtype=dtype, device=device, cache_dir=cache_dir)
+    return TextConditioner.from_pretrained(t5, clip, dtype=dtype, device=device, cache_dir=cache_dir,
+                                           t5_max_length=spec.t5_max_length)
 
 
 def check_compatible(dit: MMDiT, ae, text) -> None:

@@ -36,6 +36,9 @@ class AESpec:
     kind: str = "hunyuan"  # "hunyuan" | "dcae"
     path: str | None = None  # weights; None with tiny=True builds a seeded random tiny AE
     tiny: bool = True
+    # a named architecture (models.hunyuan_vae.config.NAMED_CONFIGS) for the autoencoder an AE stage trains;
+    # stages that load weights take the name the export's metadata carries
+    config: str | None = None
 
 
 @dataclass
@@ -44,6 +47,9 @@ class TextSpec:
     clip: str | None = None
     tiny: bool = True
     dropout_ratio: float = math.sqrt(0.1)  # T5 and CLIP each dropped with this p (both ~10%), spec §C.3
+    # T5 tokens per caption (padded): 512 as released; the tiny CPU recipes use fewer, since the DiT attends
+    # over every padded text token and their captions are short
+    t5_max_length: int = 512
 
 
 @dataclass
@@ -101,6 +107,11 @@ class VAESpec:
     mixed_image_ratio: float = 0.2  # share of image (first-frame) micro-batches, upstream "mixed_video_image"
     align_teacher_path: str | None = None  # frozen TorchScript feature teacher: [N,3,H,W] -> [N,D,h,w]
     align_weight: float = 1.0  # unverified: the paper gives no weight for its DINOv2 latent alignment
+    # KL-VAE (hunyuan_vae_train): weight of the posterior's KL to N(0, I), averaged over latent elements
+    kl_weight: float = 1e-4
+    # after training, fold a per-channel standardisation of the latents into the 1x1x1 quant convs, so the
+    # scaled latents the DiT sees have zero mean and unit variance on the training clips (batches to measure)
+    standardise_batches: int = 0
 
 
 @dataclass
@@ -119,6 +130,24 @@ class SampleSpec:
 
 
 @dataclass
+class HeldoutSpec:
+    """Held-out evaluation during training (`training/heldout.py`): at step 0, every `every` steps and at the
+    end, on the first `num_clips` clips of `table` read at num_frames x height x width. Results go to
+    `heldout.jsonl` in the run folder. DiT stages score the flow-matching loss on fixed timesteps and noise,
+    autoencoder stages the reconstruction PSNR of their EMA weights."""
+
+    table: str = ""  # a held-out clip table; empty: no held-out evaluation
+    every: int = 0  # 0: only at step 0 and at the end
+    num_clips: int = 8
+    num_frames: int = 9
+    height: int = 64
+    width: int = 64
+    # also export the network as it was at step 0 (`init.safetensors`): what "the same network at
+    # initialisation" means for the eval step's comparisons (small models only: it is a full copy)
+    export_init: bool = False
+
+
+@dataclass
 class TrainConfig:
     name: str = "custom"
     stage: str = "dit_stage1"
@@ -132,6 +161,7 @@ class TrainConfig:
     recovery: RecoverySpec = field(default_factory=RecoverySpec)
     vae: VAESpec = field(default_factory=VAESpec)
     samples: SampleSpec = field(default_factory=SampleSpec)
+    heldout: HeldoutSpec = field(default_factory=HeldoutSpec)
     # condition mix for I2V-capable stages, e.g. {"t2v": 1, "i2v_head": 5, "i2v_loop": 1, "i2v_tail": 1}
     condition_config: dict | None = None
     max_steps: int = 100
@@ -254,7 +284,7 @@ def _check_types(obj, prefix: str = "") -> list[str]:
 
 
 STRATEGIES = ("fsdp2", "ddp", "single", "master", "colossalai")
-STAGES = ("vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill")
+STAGES = ("vae_train", "hunyuan_vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:

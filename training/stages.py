@@ -26,11 +26,14 @@ from training.config import TrainConfig
 log = logging.getLogger("soraflow.train")
 
 DIT_STAGES = ("dit_stage1", "dit_stage2", "dit_stage3", "distill")
-STAGES = ("vae_train",) + DIT_STAGES
+# vae_train: the Video DC-AE (distill's autoencoder); hunyuan_vae_train: the KL-VAE DiT stages 1-3 train on
+AE_STAGES = ("vae_train", "hunyuan_vae_train")
+AE_KIND = {"vae_train": "dcae", "hunyuan_vae_train": "hunyuan"}
+STAGES = AE_STAGES + DIT_STAGES
 
 
 def build_stage(cfg: TrainConfig, device: torch.device, dtype: torch.dtype, rank: int, world: int):
-    if cfg.stage == "vae_train":
+    if cfg.stage in AE_STAGES:
         return VAEStage(cfg, device, dtype, rank, world)
     if cfg.stage in DIT_STAGES:
         return DiTStage(cfg, device, dtype, rank, world)
@@ -76,6 +79,22 @@ class Stage:
     def extra_exports(self) -> dict[str, dict]:
         """Other weight files to write beside model.safetensors (file name -> state dict)."""
         return {}
+
+    def export_metadata(self) -> dict[str, str]:
+        """Extra safetensors metadata of an export (string values)."""
+        return {}
+
+    def heldout(self, model) -> dict | None:
+        """Held-out numbers of `model` at the current step (cfg.heldout), or None when the stage has none."""
+        return None
+
+    def _heldout_clips(self):
+        if getattr(self, "_clips", None) is None:
+            from training.heldout import load_heldout_clips
+
+            h = self.cfg.heldout
+            self._clips = load_heldout_clips(h.table, h.num_frames, h.height, h.width, h.num_clips)
+        return self._clips
 
 
 # ---- DiT stages -----------------------------------------------------------------------------------------------
@@ -128,6 +147,13 @@ class DiTStage(Stage):
 
         img, txt = inputs.kwargs["img"], inputs.kwargs["txt"]
         return 3 * mmdit_forward_flops(self.dit_config, img.shape[1], txt.shape[1], img.shape[0])
+
+    def heldout(self, model) -> dict:
+        from training.heldout import HeldoutLatents, fm_heldout_loss
+
+        if getattr(self, "_latents", None) is None:  # the AE is frozen: encode the clips once
+            self._latents = HeldoutLatents(self.ae, self.text, self._heldout_clips(), self.device, self.dtype)
+        return fm_heldout_loss(model, self._latents, config=self.dit_config)
 
     def extra_exports(self) -> dict[str, dict]:
         """A seeded random autoencoder (tiny recipes without AE weights) is part of what the model means:
@@ -182,8 +208,9 @@ class DiTStage(Stage):
 # ---- vae_train ------------------------------------------------------------------------------------------------
 
 class AETrainModel(nn.Module):
-    """The trainable part of vae_train: the DC-AE plus, with a teacher, the 1x1x1 projection of the latent to
-    the teacher's feature width (not exported: the export holds only the autoencoder's official keys)."""
+    """The trainable part of an autoencoder stage: the DC-AE (or the HunyuanVideo KL-VAE) plus, with a teacher,
+    the 1x1x1 projection of the latent to the teacher's feature width (not exported: the export holds only the
+    autoencoder's official keys). Returns (reconstruction, latent, projection or None, KL or None)."""
 
     def __init__(self, ae: nn.Module, align_dim: int | None = None):
         super().__init__()
@@ -191,8 +218,32 @@ class AETrainModel(nn.Module):
         self.align_proj = nn.Conv3d(ae.latent_channels, align_dim, 1) if align_dim else None
 
     def forward(self, x: torch.Tensor):
-        recon, z = self.ae(x)
-        return recon, z, (self.align_proj(z) if self.align_proj is not None else None)
+        kl = None
+        if hasattr(self.ae, "encode_moments"):  # KL-VAE: reparameterised posterior sample, KL to N(0, I)
+            mean, logvar = self.ae.encode_moments(x).chunk(2, dim=1)
+            logvar = logvar.clamp(-30.0, 20.0)
+            z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+            recon = self.ae.decode(self.ae.scaling_factor * (z - self.ae.shift_factor))
+            kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).mean()
+        else:
+            recon, z = self.ae(x)
+        return recon, z, (self.align_proj(z) if self.align_proj is not None else None), kl
+
+
+@torch.no_grad()
+def fold_latent_standardisation(ae, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Make the KL-VAE's scaled latents zero-mean, unit-variance per channel without changing what it computes
+    end to end: z' = a·(z − m) with a = 1 / (scaling_factor · std), folded into quant_conv (posterior mean rows
+    and logvar bias) and post_quant_conv (input columns and bias). Both are 1x1x1 convolutions, so it is exact."""
+    c = ae.latent_channels
+    a = 1.0 / (ae.scaling_factor * std.clamp_min(1e-6))
+    q, pq = ae.quant_conv, ae.post_quant_conv
+    w_post = pq.weight.detach().clone()  # [C_out, C, 1, 1, 1]
+    q.weight[:c] *= a.view(-1, 1, 1, 1, 1).to(q.weight.dtype)
+    q.bias[:c] = (q.bias[:c] - mean.to(q.bias.dtype)) * a.to(q.bias.dtype)
+    q.bias[c:] += (2.0 * torch.log(a)).to(q.bias.dtype)
+    pq.bias += (w_post.flatten(1) @ mean.to(w_post.dtype)).to(pq.bias.dtype)
+    pq.weight /= a.view(1, -1, 1, 1, 1).to(pq.weight.dtype)
 
 
 def _frozen(module):
@@ -226,8 +277,12 @@ def latent_alignment_loss(proj: torch.Tensor, teacher_feats: torch.Tensor) -> to
 class VAEStage(Stage):
     def __init__(self, cfg, device, dtype, rank, world):
         super().__init__(cfg, device, dtype, rank, world)
-        if cfg.ae.kind != "dcae":
-            raise ValueError(f"vae_train trains the Video DC-AE: set ae.kind='dcae' (got {cfg.ae.kind!r})")
+        self.kind = AE_KIND[cfg.stage]
+        if cfg.ae.kind != self.kind:
+            raise ValueError(f"{cfg.stage} trains the {'Video DC-AE' if self.kind == 'dcae' else 'HunyuanVideo VAE'}:"
+                             f" set ae.kind={self.kind!r} (got {cfg.ae.kind!r})")
+        if self.kind == "hunyuan" and cfg.vae.phase != 1:
+            raise ValueError("hunyuan_vae_train has no GAN phase: set vae.phase=1")
         if cfg.parallel.strategy not in ("ddp", "single"):
             # The adaptive GAN weight takes autograd.grad at the decoder's last conv weight, which must be a
             # plain (replicated) parameter; upstream trains the AE with ZeRO-2, which also keeps it replicated.
@@ -236,6 +291,12 @@ class VAEStage(Stage):
         if cfg.vae.phase not in (1, 2):
             raise ValueError(f"vae.phase must be 1 or 2, got {cfg.vae.phase!r}")
         for res, frames in cfg.data.bucket_config.items():
+            if self.kind == "hunyuan":
+                bad = [t for t in frames if (t - 1) % 4]
+                if bad:  # the causal VAE encodes 1 + 4k frames
+                    raise ValueError(f"data.bucket_config[{res!r}]: frame counts {bad} do not suit "
+                                     "hunyuan_vae_train; use 1 + 4k (1, 5, 9, ...)")
+                continue
             bad = [t for t in frames if t != 1 and (t % 4 or t < 8)]
             if bad:
                 # the DC-AE decodes a single latent frame as one image, so 4-frame clips cannot reconstruct
@@ -258,16 +319,31 @@ class VAEStage(Stage):
         self.disc = self.disc_opt = None
         self.ema: dict[str, torch.Tensor] = {}
         self.last: dict = {}
+        self.lat: dict[str, torch.Tensor] = {}  # latent statistics for the standardisation (KL-VAE)
+        self.standardisation: dict = {}
 
     def build_model(self) -> nn.Module:
-        from models.dc_ae import DCAEConfig, VideoDCAE
-
         cfg = self.cfg
-        config = DCAEConfig.tiny() if cfg.ae.tiny else DCAEConfig()
         torch.manual_seed(cfg.seed)
-        ae = VideoDCAE.from_pretrained(cfg.ae.path, config=config).train() if cfg.ae.path else VideoDCAE(config)
-        ae.requires_grad_(True)
-        self.config_name = "dc-ae-tiny" if cfg.ae.tiny else "dc-ae-f32t4c128"
+        if self.kind == "hunyuan":
+            from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
+            from models.hunyuan_vae.config import config_for_weights
+
+            if cfg.ae.config:
+                config, self.config_name = HunyuanVAEConfig.named(cfg.ae.config), cfg.ae.config
+            else:
+                config = config_for_weights(cfg.ae.path, cfg.ae.tiny)
+                self.config_name = "hunyuan-vae-tiny" if cfg.ae.tiny else "hunyuan-vae"
+            ae = (HunyuanVideoVAE.from_pretrained(cfg.ae.path, config=config) if cfg.ae.path
+                  else HunyuanVideoVAE(config))
+        else:
+            from models.dc_ae import DCAEConfig, VideoDCAE
+
+            config = DCAEConfig.tiny() if cfg.ae.tiny else DCAEConfig()
+            ae = VideoDCAE.from_pretrained(cfg.ae.path, config=config) if cfg.ae.path else VideoDCAE(config)
+            self.config_name = "dc-ae-tiny" if cfg.ae.tiny else "dc-ae-f32t4c128"
+        ae.train().requires_grad_(True)
+        self.ae_config = config
         self.divisor = ae.spatial_compression
         self.time_compression = ae.time_compression
         align_dim = None
@@ -321,7 +397,7 @@ class VAEStage(Stage):
 
     def tokens(self, inputs) -> int:
         b, _, t, h, w = inputs["video"].shape
-        t_lat = 1 if t == 1 else t // self.time_compression
+        t_lat = self.inner.ae.latent_frames(t)
         return b * t_lat * (h // self.divisor) * (w // self.divisor)
 
     def gan_active(self) -> bool:
@@ -332,9 +408,16 @@ class VAEStage(Stage):
 
         v = self.cfg.vae
         x = inputs["video"]
-        recon, z, proj = model(x)
+        recon, z, proj, kl = model(x)
         nll = reconstruction_nll(x, recon, self.perceptual, v.perceptual_weight)
         total, stats = nll, {"nll": float(nll.detach())}
+        if kl is None:
+            self._record_latents(z)  # the DC-AE's raw latents: their RMS becomes the exported scaling factor
+        if kl is not None:
+            # reconstruction_nll sums over C·H·W per frame: the KL is put on the same per-frame footing
+            total = total + v.kl_weight * kl * x.shape[1] * x.shape[3] * x.shape[4]
+            stats["kl"] = float(kl.detach())
+            self._record_latents(z)
         if proj is not None:
             b, d, t, h, w = proj.shape
             # one teacher frame per latent frame: the first pixel frame of each temporal group
@@ -378,6 +461,8 @@ class VAEStage(Stage):
     # -- state ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         out = {"ema": self.ema}
+        if self.lat:
+            out["latent_stats"] = self.lat
         if self.disc is not None:
             from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -386,6 +471,8 @@ class VAEStage(Stage):
         return out
 
     def load_state_dict(self, state: dict) -> None:
+        if "latent_stats" in state:
+            self.lat = {k: v.clone() for k, v in state["latent_stats"].items()}
         for name, t in state.get("ema", {}).items():
             if self.ema[name].data_ptr() != t.data_ptr():
                 self.ema[name].copy_(t)
@@ -395,11 +482,67 @@ class VAEStage(Stage):
             set_state_dict(self.disc, self.disc_opt, model_state_dict=state["disc"]["model"],
                            optim_state_dict=state["disc"]["optimizer"])
 
+    def _ema_ae(self):
+        """A copy of the autoencoder holding the EMA weights (what the stage exports), in eval mode."""
+        import copy
+
+        ae = copy.deepcopy(self.inner.ae).eval()
+        with torch.no_grad():
+            for name, p in ae.named_parameters():
+                p.copy_(self.ema[name].to(p.dtype))
+        return ae.requires_grad_(False)
+
+    @torch.no_grad()
+    def _record_latents(self, z: torch.Tensor) -> None:
+        """Per-channel sums of the posterior samples of the last vae.standardise_batches steps."""
+        n = self.cfg.vae.standardise_batches
+        if not n or self.trainer.step < self.cfg.max_steps - n:
+            return
+        flat = z.detach().float().transpose(0, 1).reshape(z.shape[1], -1)
+        if "lat_n" not in self.lat:
+            self.lat = {"lat_sum": torch.zeros(z.shape[1], dtype=torch.float64),
+                        "lat_sq": torch.zeros(z.shape[1], dtype=torch.float64),
+                        "lat_n": torch.zeros(1, dtype=torch.float64)}
+        self.lat["lat_sum"] += flat.sum(dim=1).double().cpu()
+        self.lat["lat_sq"] += flat.pow(2).sum(dim=1).double().cpu()
+        self.lat["lat_n"] += flat.shape[1]
+
+    def _standardise(self, ae) -> dict:
+        if "lat_n" not in self.lat or float(self.lat["lat_n"]) < 2:
+            return {}
+        n = float(self.lat["lat_n"])
+        m = self.lat["lat_sum"] / n
+        sd = (self.lat["lat_sq"] / n - m.pow(2)).clamp_min(1e-12).sqrt()
+        fold_latent_standardisation(ae, m.float().to(self.device), sd.float().to(self.device))
+        return {"latent_mean_before": m.tolist(), "latent_std_before": sd.tolist()}
+
+    def export_metadata(self) -> dict[str, str]:
+        """The DC-AE's latent scaling factor measured on the last training batches (the RMS of its raw latents,
+        as upstream's 0.493 was measured), so the DiT sees latents of about unit scale; loaders read it."""
+        if self.kind != "dcae" or "lat_n" not in self.lat or float(self.lat["lat_n"]) < 2:
+            return {}
+        n = float(self.lat["lat_n"])
+        rms = float((self.lat["lat_sq"].sum() / (n * len(self.lat["lat_sq"]))).sqrt())
+        return {"scaling_factor": f"{max(rms, 1e-6):.6g}"}
+
     def export_state(self, model) -> dict:
-        """The EMA weights under the autoencoder's official keys (buffers, if any, as trained)."""
+        """The EMA weights under the autoencoder's official keys (buffers, if any, as trained); the KL-VAE with
+        its latent standardisation folded in when vae.standardise_batches is set."""
+        if self.kind == "hunyuan":
+            ae = self._ema_ae()
+            self.standardisation = self._standardise(ae)
+            return {k: v.detach().cpu().clone() for k, v in ae.official_state_dict().items()}
         state = {k: v.detach().cpu() for k, v in self.inner.ae.state_dict().items()}
         state.update({k: v.detach().cpu().clone() for k, v in self.ema.items()})
         return state
+
+    def heldout(self, model) -> dict:
+        """Reconstruction PSNR of the held-out clips through the EMA weights (the exported autoencoder)."""
+        from training.heldout import ae_heldout_metrics
+
+        # the export also folds the latent standardisation in: an exact refactoring, same reconstructions
+        out = ae_heldout_metrics(self._ema_ae(), self._heldout_clips(), self.device, self.dtype)
+        return {"psnr": out["psnr"], "psnr_per_clip": out["psnr_per_clip"], "n_clips": out["n_clips"]}
 
     @torch.no_grad()
     def write_samples(self, model, inputs, batch: dict, step: int) -> Path | None:
@@ -410,7 +553,7 @@ class VAEStage(Stage):
         ae = self.inner.ae
         was_training = ae.training
         ae.eval()
-        recon, _ = ae(x)
+        recon = ae.decode(ae.encode(x))
         ae.train(was_training)
         pair = torch.cat([x[0], recon[0].float().clamp(-1, 1)], dim=-1)
         path = self.samples_dir() / f"step-{step:06d}-recon.mp4"

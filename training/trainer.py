@@ -239,6 +239,10 @@ class Trainer:
         last_batch = None
         self.loader.set_epoch(self.loader.epoch)
         it = iter(self.loader)
+        if self.step == 0:  # a resumed run has its step-0 numbers (and init weights) already
+            if cfg.heldout.export_init:
+                self.export_model("init.safetensors", extras=False)
+            self._heldout()
         self.watchdog.start()
         self.model.train()
         while self.step < cfg.max_steps:
@@ -309,6 +313,9 @@ class Trainer:
             if (every > 0 and self.step % every == 0) or self.step == cfg.max_steps:
                 with self.goodput.badput("other"), self.strategy.forward_context():
                     self.stage.write_samples(self.model, inputs, batch, self.step)
+            h_every = cfg.heldout.every
+            if (h_every > 0 and self.step % h_every == 0) or self.step == cfg.max_steps:
+                self._heldout()
             if self.step % cfg.checkpoint.ckpt_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()
         self.ckpt.wait()
@@ -321,6 +328,22 @@ class Trainer:
         if self.metrics is not None:  # the final numbers; waits SORAFLOW_METRICS_LINGER_S for a last scrape
             self.metrics.finish(self.goodput.summary())
         return summary
+
+    def _heldout(self) -> None:
+        """Score the held-out clips at this step (every rank runs it: a sharded model needs all ranks) and
+        append the result to heldout.jsonl (rank 0). Counted as badput "other", like writing samples."""
+        if not self.cfg.heldout.table:
+            return
+        with self.goodput.badput("other"), self.strategy.forward_context():
+            t0 = time.perf_counter()
+            result = self.stage.heldout(self.model)
+        if result is None or self.rank != 0:
+            return
+        line = json.dumps({"step": self.step, "seconds": round(time.perf_counter() - t0, 3), **result})
+        with open(self.run_dir / "heldout.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+        log.warning("step %d held-out %s", self.step,
+                    {k: v for k, v in result.items() if isinstance(v, float)})
 
     def _chaos_kill(self) -> None:
         """Fault injection for recovery tests: SORAFLOW_CHAOS_KILL="rank:step" SIGKILLs that rank once, right
@@ -339,19 +362,20 @@ class Trainer:
             result = self.ckpt.save(self.step, {"train": self.state}, metadata=self._metadata())
             timer.note(result)
 
-    def export_model(self) -> Path:
+    def export_model(self, name: str = "model.safetensors", extras: bool = True) -> Path:
         """Full (unsharded) weights in the official layout, for the next stage's `from_pretrained` (the DiT's
         own weights; the autoencoder's EMA weights for vae_train)."""
         from common.safetensors_io import save_safetensors
 
         state = self.stage.export_state(self.model)
-        path = self.run_dir / "model.safetensors"
+        path = self.run_dir / name
         if self.rank == 0:
             # byte-deterministic: identical tensors give an identical file, and so the same key downstream
             save_safetensors(state, path, metadata={"config": self.stage.config_name, "step": str(self.step),
-                                                    "recipe": self.cfg.name, "stage": self.cfg.stage})
-            for name, extra in self.stage.extra_exports().items():
-                save_safetensors(extra, self.run_dir / name)
+                                                    "recipe": self.cfg.name, "stage": self.cfg.stage,
+                                                    **self.stage.export_metadata()})
+            for extra_name, extra in (self.stage.extra_exports() if extras else {}).items():
+                save_safetensors(extra, self.run_dir / extra_name)
         if dist.is_initialized():
             dist.barrier()
         return path

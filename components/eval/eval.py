@@ -46,6 +46,7 @@ class EvalModel:
     clip: str | None = None
     random_init: bool = False
     num_frames: int | None = None  # e.g. 129 for the HunyuanVideo VAE, 128 for the Video DC-AE
+    t5_max_length: int = 512  # the T5 length the DiT was trained with
 
 
 @dataclass
@@ -106,7 +107,7 @@ def sample_models(models: list[EvalModel], suite: Suite, samples_dir: Path, *, s
             raise ValueError(f"model {m.name!r}: unknown preset {m.preset!r}; known: {sorted(PIPELINES)}")
         nf = m.num_frames or num_frames
         base = GenerateOptions(prompts=["x"], model=m.preset, weights_dir=m.weights_dir, dit=m.dit, ae=m.ae, t5=m.t5,
-                               clip=m.clip, random_init=m.random_init, num_frames=nf, resolution=resolution,
+                               clip=m.clip, random_init=m.random_init, num_frames=nf, t5_max_length=m.t5_max_length, resolution=resolution,
                                aspect_ratio=aspect_ratio, height=height, width=width, steps=steps, fps=fps,
                                device=device, dtype=dtype, progress=progress)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -177,7 +178,7 @@ def _summarise_offline(rows: list[dict]) -> dict:
             allv = [r["metrics"][name] for r in subset]
             proxy["temporal_flickering_all"] = {
                 "value": float(np.mean(allv)) if allv else None, "kind": kind, "n_videos": len(allv),
-                "what": "VBench's exact formula on every video of the subset (no static filter)", "subset": label}
+                "what": "VBench's own definition on every video of the subset (no static filter)", "subset": label}
             continue
         vals = [r["metrics"][name] for r in subset if r["metrics"].get(name) is not None]
         proxy[name] = {"value": float(np.mean(vals)) if vals else None, "kind": kind, "what": what,
@@ -205,19 +206,23 @@ def _speed(rows: list[dict]) -> dict:
 
 def _heldout(models: list[EvalModel], reference_clips: str, *, num_frames, height, width, resolution,
              aspect_ratio, device, dtype, max_clips: int) -> tuple[dict, dict]:
+    """Held-out numbers per model with the trainer's own functions (`training.heldout`): the same clip view,
+    seeds, timestep grid and noise, so a model's numbers here equal the end of its training curve."""
     import torch
 
     from components.generate import GenerateOptions, build_pipeline
     from models.aspect import inference_size
+    from training.heldout import (HeldoutClip, HeldoutLatents, ae_heldout_metrics, fm_heldout_loss,
+                                  load_clip_frames)
 
-    from .heldout import evaluate_clip, list_reference_clips, load_clip
+    from .heldout import list_reference_clips
 
     clips = list_reference_clips(reference_clips)[:max_clips]
     out, meta = {}, {"reference_clips": str(reference_clips), "n_clips": len(clips)}
     for m in models:
         nf = m.num_frames or num_frames
         opts = GenerateOptions(prompts=["x"], model=m.preset, weights_dir=m.weights_dir, dit=m.dit, ae=m.ae, t5=m.t5,
-                               clip=m.clip, random_init=m.random_init, num_frames=nf, device=device, dtype=dtype)
+                               clip=m.clip, random_init=m.random_init, num_frames=nf, t5_max_length=m.t5_max_length, device=device, dtype=dtype)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         tdtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}.get(
             dtype or "", torch.bfloat16 if dev.type == "cuda" else torch.float32)
@@ -225,10 +230,14 @@ def _heldout(models: list[EvalModel], reference_clips: str, *, num_frames, heigh
         div = pipe.ae.spatial_compression * pipe.dit.config.patch_size
         h, w = (height, width) if height and width else inference_size(resolution, aspect_ratio, div)
         per_clip, errors = [], []
-        for c in clips:
+        for i, c in enumerate(clips):
             try:
-                frames = load_clip(c["path"], nf, h, w)
-                per_clip.append({"path": c["path"], **evaluate_clip(pipe, frames, c["text"], dev, tdtype)})
+                clip = HeldoutClip(c["path"], c.get("caption") or c["text"], load_clip_frames(c["path"], nf, h, w))
+                ae_m = ae_heldout_metrics(pipe.ae, [clip], dev, tdtype, with_ssim=True, first_index=i)
+                fm = fm_heldout_loss(pipe.dit, HeldoutLatents(pipe.ae, pipe.text, [clip], dev, tdtype,
+                                                              first_index=i))
+                per_clip.append({"path": c["path"], "psnr": ae_m["psnr"], "ssim": ae_m["ssim"],
+                                 "fm_loss": fm["fm_loss"], "fm_loss_mean": fm["fm_loss_mean"]})
             except (VideoReadError, ValueError, RuntimeError) as exc:
                 errors.append({"path": c["path"], "error": str(exc)})
         if per_clip:
@@ -281,8 +290,9 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
              vbench_mode: str = "vbench_standard", vbench_device: str = "cuda", reference_clips: str | None = None,
              max_reference_clips: int = 8, samples_manifest: str | None = None, history: list[str] | None = None,
              device: str | None = None, dtype: str | None = None, thumbnails: int = 4,
-             progress: bool = False) -> EvalResult:
-    """Sample (or take `samples_manifest`), score, report. See the module docstring."""
+             progress: bool = False, learning=None) -> EvalResult:
+    """Sample (or take `samples_manifest`), score, report. See the module docstring. `learning(doc, scored, out)`
+    may add a "learning" block (components/eval/learning.py) to the document before the reports are written."""
     if not models and not samples_manifest:
         raise ValueError("run_eval needs at least one model (or an existing samples_manifest)")
     names = [m.name for m in models]
@@ -372,6 +382,8 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
     }
     from .report import write_reports
 
+    if learning is not None:
+        doc["learning"] = learning(doc, scored, out)
     metrics_path = write_text_atomic(out / "metrics.json", json.dumps(doc, indent=2, default=_json_default))
     md, html = write_reports(doc, out, scored, history=history or [], thumbnails=thumbnails)
     return EvalResult(metrics_path, md, html, manifest, doc)

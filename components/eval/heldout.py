@@ -25,7 +25,8 @@ FM_NOISE_SEED = 1234
 def list_reference_clips(spec: str) -> list[dict]:
     p = Path(spec)
     if p.is_dir():
-        return [{"path": str(f), "text": ""} for f in sorted(p.iterdir()) if f.suffix.lower() in VIDEO_EXT]
+        return [{"path": str(f), "text": "", "caption": ""} for f in sorted(p.iterdir())
+                if f.suffix.lower() in VIDEO_EXT]
     if not p.is_file():
         raise FileNotFoundError(f"reference clips {spec!r}: no such folder or clip table")
     import pandas as pd
@@ -41,11 +42,18 @@ def list_reference_clips(spec: str) -> list[dict]:
         raise ValueError(f"reference clips {p}: expected a folder or a .csv/.parquet/.jsonl clip table")
     if "path" not in df.columns:
         raise ValueError(f"reference clips {p}: clip table has no 'path' column (columns: {list(df.columns)})")
+    from training.data.dataset import make_caption
+
     rows = []
     for _, r in df.iterrows():
         path = Path(str(r["path"]))
-        rows.append({"path": str(path if path.is_absolute() else p.parent / path),
-                     "text": str(r["text"]) if "text" in df.columns and isinstance(r["text"], str) else ""})
+        text = str(r["text"]) if "text" in df.columns and isinstance(r["text"], str) else ""
+        fps = float(r["fps"]) if "fps" in df.columns and r["fps"] == r["fps"] else None
+        motion = (float(r["score_vmafmotion"]) if "score_vmafmotion" in df.columns
+                  and r["score_vmafmotion"] == r["score_vmafmotion"] else None)
+        # the caption the training data loader gives this clip (fps and motion suffix), as the trainer scores it
+        rows.append({"path": str(path if path.is_absolute() else p.parent / path), "text": text,
+                     "caption": make_caption(text, fps, motion) if text else ""})
     return rows
 
 

@@ -196,8 +196,9 @@ def per_video_metrics(frames: np.ndarray, fps: float) -> dict:
 
 
 METRIC_INFO = {
-    "temporal_flickering": ("vbench-formula", "VBench's exact formula; averaged over videos the DIS static filter "
-                            "keeps (VBench uses RAFT for that selection)"),
+    "temporal_flickering": ("vbench", "VBench's own definition (no network): (255 - mean MAE of consecutive "
+                            "frames)/255, averaged over the videos VBench's static-filter rule keeps (that rule "
+                            "runs on OpenCV DIS flow here, RAFT in VBench)"),
     "static_dis": ("proxy", "fraction of videos VBench's static-filter rule calls static, with DIS flow"),
     "dynamic_degree_dis": ("proxy", "VBench dynamic-degree rule with OpenCV DIS flow instead of RAFT"),
     "motion_smoothness_linear": ("proxy", "VBench protocol with linear frame blending instead of AMT-S"),

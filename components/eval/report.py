@@ -88,6 +88,142 @@ def line_svg(title: str, xlabels: list[str], series: dict[str, list[float | None
     return "".join(parts)
 
 
+def curve_svg(title: str, series: dict[str, list[tuple[float, float]]], xlabel: str = "step", width: int = 420,
+              height: int = 230) -> str:
+    """Lines over a numeric x axis (training step), one per series, with min/max labels on both axes."""
+    pts_all = [(x, y) for s in series.values() for x, y in s if y is not None and np.isfinite(y)]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+             f'font-size="10"><rect width="100%" height="100%" fill="white"/>'
+             f'<text x="{width / 2}" y="14" text-anchor="middle" font-size="12">{html.escape(title)}</text>']
+    if not pts_all:
+        parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" fill="#999">no data</text></svg>')
+        return "".join(parts)
+    xs, ys = [p[0] for p in pts_all], [p[1] for p in pts_all]
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
+    left, top, pw, ph = 56, 24, width - 70, height - 70
+
+    def px(x):
+        return left + pw * (x - x0) / (x1 - x0)
+
+    def py(y):
+        return top + ph * (y1 - y) / (y1 - y0)
+
+    parts += [f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333"/>',
+              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#333"/>',
+              f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{_fmt(y1, 3)}</text>',
+              f'<text x="{left - 4}" y="{top + ph}" text-anchor="end">{_fmt(y0, 3)}</text>',
+              f'<text x="{left}" y="{top + ph + 12}" text-anchor="middle">{_fmt(x0, 3)}</text>',
+              f'<text x="{left + pw}" y="{top + ph + 12}" text-anchor="middle">{_fmt(x1, 3)}</text>',
+              f'<text x="{left + pw / 2}" y="{top + ph + 24}" text-anchor="middle">{html.escape(xlabel)}</text>']
+    for si, (name, pts) in enumerate(series.items()):
+        c = COLORS[si % len(COLORS)]
+        good = [(px(x), py(y)) for x, y in pts if y is not None and np.isfinite(y)]
+        if len(good) > 1:
+            parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="'
+                         + " ".join(f"{a:.1f},{b:.1f}" for a, b in good) + '"/>')
+        if len(good) <= 30:
+            parts += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{c}"/>' for a, b in good]
+        parts.append(f'<rect x="{left + si * 150}" y="{height - 14}" width="10" height="10" fill="{c}"/>'
+                     f'<text x="{left + si * 150 + 14}" y="{height - 5}">{html.escape(name[:24])}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _gif_frames(frames, dest: Path, fps: float = 8.0, size: int = 128) -> Path:
+    from PIL import Image
+
+    imgs = [Image.fromarray(np.asarray(f)) for f in frames]
+    for im in imgs:
+        im.thumbnail((size, size))
+    with atomic_path(dest) as tmp:
+        imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
+    return dest
+
+
+def write_grid_thumbs(out: Path, scored: list[dict], hy: dict, dc: dict, rows: int = 3) -> list[dict]:
+    """Animated thumbnails for the report's grid, one row per held-out clip: the clip, its reconstruction by
+    the stage-1-3 autoencoder and by the Video DC-AE, and the sample of each model (trained and at init) for
+    that clip's caption, seed index 0. Returns rows of (label, path relative to `out` or None)."""
+    from common.video_io import read_video
+
+    grid = []
+    by_prompt = {}
+    for r in scored:
+        if r.get("status") == "ok" and r.get("index") == 0:
+            by_prompt.setdefault(r.get("prompt"), {})[r["model"]] = r["path"]
+    captions = hy.get("captions") or []
+    for i in range(min(rows, len(hy.get("frames") or []))):
+        d = out / "thumbs" / "grid" / str(i)
+        cells = [("held-out clip", _gif_frames(hy["frames"][i], d / "clip.gif")),
+                 ("stage-1-3 autoencoder reconstruction", _gif_frames(hy["recons"][i], d / "recon_vae.gif"))]
+        if dc.get("recons") and i < len(dc["recons"]):
+            cells.append(("Video DC-AE reconstruction", _gif_frames(dc["recons"][i], d / "recon_dcae.gif")))
+        caption = captions[i] if i < len(captions) else None
+        for model in ("stage3", "stage3-init", "distilled", "distilled-init"):
+            path = by_prompt.get(caption, {}).get(model) if caption else None
+            gif = None
+            if path:
+                try:
+                    frames, fps = read_video(path)
+                    gif = _gif_frames(frames, d / f"{model}.gif", fps=min(fps or 8.0, 12.0))
+                except Exception:  # noqa: BLE001 - the video's own error is listed in the errors table
+                    gif = None
+            cells.append((f"{model} sample", gif))
+        grid.append({"caption": caption, "path": hy["paths"][i],
+                     "cells": [(label, str(p.relative_to(out)) if p else None) for label, p in cells]})
+    return grid
+
+
+def _learning_plots(learning: dict) -> dict[str, str]:
+    """Per-stage training-loss and held-out curves (SVG files)."""
+    plots = {}
+    for stage, c in learning.get("curves", {}).items():
+        if c.get("losses"):
+            plots[f"curve_{stage}_train"] = curve_svg(f"{stage}: training loss", {"train loss": [
+                (float(x), float(y)) for x, y in c["losses"]]})
+        held = c.get("heldout") or []
+        if held:
+            key = "fm_loss_mean" if held[0].get("fm_loss_mean") is not None else "psnr"
+            label = "held-out flow-matching loss" if key == "fm_loss_mean" else "held-out PSNR (dB)"
+            plots[f"curve_{stage}_heldout"] = curve_svg(f"{stage}: {label}", {label: [
+                (float(e["step"]), e.get(key)) for e in held]})
+    return plots
+
+
+def _learning_html(learning: dict, plot_files: dict[str, str]) -> list[str]:
+    e = html.escape
+    h = ["<h2>Did it learn? (held-out checks)</h2>",
+         f"<p><b>{'every gate passed' if learning.get('passed') else 'A GATE FAILED'}</b>"
+         f"{'' if learning.get('targets_met') else ' (some quality targets are not met)'}: each trained model "
+         "against the same network at initialisation, on clips it never trained on. Gates fail the run; targets "
+         "are absolute quality bars.</p>",
+         "<table><tr><th>check</th><th>value</th><th>kind</th><th>role</th><th>verdict</th><th>threshold</th>"
+         "<th>note</th></tr>"]
+    for c in learning.get("checks", []):
+        v = c["value"]
+        h.append(f"<tr><td>{e(c['check'])}</td><td>{e(_fmt(v) if not isinstance(v, bool) else str(v))}</td>"
+                 f"<td>{e(c['kind'])}</td><td>{e(c.get('role', 'gate'))}</td>"
+                 f"<td style='color:{'green' if c['passed'] else 'red'}'>"
+                 f"{'PASS' if c['passed'] else 'FAIL'}</td><td>{e(c['threshold'])}</td><td>{e(c['note'])}</td></tr>")
+    h.append("</table>")
+    grid = learning.get("grid") or []
+    if grid:
+        labels = [label for label, _ in grid[0]["cells"]]
+        h.append("<h2>Held-out clips, reconstructions and samples</h2><p>Each row: a held-out clip, its "
+                 "reconstructions, and each model's sample for that clip's caption (same seed for trained and "
+                 "init).</p><table><tr>" + "".join(f"<th>{e(x)}</th>" for x in labels) + "</tr>")
+        for row in grid:
+            h.append("<tr>" + "".join(f"<td><img src='{e(p)}' alt='{e(label)}'></td>" if p else
+                                      "<td class='null'>n/a</td>" for label, p in row["cells"]) + "</tr>")
+            h.append(f"<tr><td colspan='{len(labels)}' style='font-size:11px'>{e(row.get('caption') or '')}</td></tr>")
+        h.append("</table>")
+    if plot_files:
+        h.append("<h2>Training curves</h2>")
+        h += [f"<img src='{e(p)}' alt='{e(k)}'>" for k, p in plot_files.items()]
+    return h
+
+
 def _gif(path: str, dest: Path, size: int = 128) -> Path | None:
     from PIL import Image
 
@@ -162,6 +298,12 @@ def write_reports(doc: dict, out: Path, scored: list[dict], history: list[str], 
     plot_dir = out / "plots"
     for k, svg in plots.items():
         write_text_atomic(plot_dir / f"{k}.svg", svg)
+    learning = doc.get("learning")
+    learning_files = {}
+    if learning:
+        for k, svg in _learning_plots(learning).items():
+            write_text_atomic(plot_dir / f"{k}.svg", svg)
+            learning_files[k] = f"plots/{k}.svg"
 
     thumbs = []
     seen_prompts: dict[str, int] = {}
@@ -182,11 +324,18 @@ def write_reports(doc: dict, out: Path, scored: list[dict], history: list[str], 
           f"Suite `{run['suite']['name']}` ({run['suite']['n_prompts']} prompts, source {run['suite']['source']}), "
           f"seeds {run['seeds']}, {run['num_frames']} frames, resolution {run['resolution']} "
           f"({run['height']}x{run['width']} if set), {run['steps']} steps, git {run['git_sha']}.\n",
-          "Kinds: `vbench` = the real VBench; `vbench-formula` = VBench's exact formula run here; `proxy` = VBench's "
+          "Kinds: `vbench` = VBench's own definition (the real VBench where its weights are mounted; temporal "
+          "flickering needs none and is computed here); `proxy` = VBench's "
           "rule on a weight-free stand-in (not comparable to VBench numbers); `image-statistic` = no-reference "
           "statistics (direction only); `reference` = against held-out clips.\n",
           "## Side by side\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
+    if learning:
+        md.insert(3, "## Did it learn? (held-out checks)\n\n| check | value | kind | role | verdict | threshold |\n"
+                     "|---|---|---|---|---|---|\n" + "\n".join(
+                         f"| {c['check']} | {_fmt(c['value'])} | {c['kind']} | {c.get('role', 'gate')} | "
+                         f"{'PASS' if c['passed'] else 'FAIL'} | {c['threshold']} |" for c in learning["checks"])
+                     + "\n")
     md.append("\n## VBench dimensions\n")
     for n in names:
         md.append(f"### {n}\n\n| dimension | raw | normalised | note |\n|---|---|---|---|")
@@ -206,7 +355,7 @@ def write_reports(doc: dict, out: Path, scored: list[dict], history: list[str], 
     md.append("\n## Errors (per video / clip)\n")
     md += [f"- {n}: `{e.get('path')}`: {e.get('error')}" for n, e in errs] or ["none"]
     md.append("\n## Plots\n")
-    md += [f"![{k}](plots/{k}.svg)" for k in plots]
+    md += [f"![{k}](plots/{k}.svg)" for k in list(plots) + list(learning_files)]
     md.append("\n## Samples\n")
     md += [f"- {m}: {html.escape(p)}\n\n  ![{m}]({g})" for m, p, g in thumbs]
     md_path = write_text_atomic(out / "report.md", "\n".join(md) + "\n")
@@ -215,8 +364,10 @@ def write_reports(doc: dict, out: Path, scored: list[dict], history: list[str], 
     h = ["<!doctype html><html><head><meta charset='utf-8'><title>soraflow eval</title><style>"
          "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
          "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}.null{color:#999}</style></head><body>",
-         f"<h1>Evaluation report</h1><p>{e(md[1])}</p><p>{e(md[2])}</p><h2>Side by side</h2><table><tr>"
-         + "".join(f"<th>{e(c)}</th>" for c in header) + "</tr>"]
+         f"<h1>Evaluation report</h1><p>{e(md[1])}</p><p>{e(md[2])}</p>"]
+    if learning:
+        h += _learning_html(learning, learning_files)
+    h.append("<h2>Side by side</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in header) + "</tr>")
     h += ["<tr>" + "".join(f"<td class='{'null' if c == 'null' else ''}'>{e(c)}</td>" for c in r) + "</tr>"
           for r in rows]
     h.append("</table><h2>Plots</h2>")

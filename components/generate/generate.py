@@ -74,6 +74,7 @@ class GenerateOptions:
     ae: str | None = None
     t5: str | None = None
     clip: str | None = None
+    t5_max_length: int = 512  # T5 tokens per prompt: what the DiT was trained with (its recipe's text.t5_max_length)
     random_init: bool = False
     num_frames: int = 129
     resolution: str = "256px"
@@ -151,10 +152,15 @@ def _resolve(explicit: str | None, weights_dir: str | None, name: str, what: str
     return path
 
 
-def _dcae_scaling(opts: "GenerateOptions", preset: PipelinePreset) -> float | None:
+def _dcae_scaling(opts: "GenerateOptions", preset: PipelinePreset, path: Path | None = None) -> float | None:
+    """The DC-AE latent scaling: the user's value; else what an export of ours records (the factor measured on
+    its training latents); else the preset's (the released inference config's: none)."""
     value = opts.dcae_scaling_factor
     if value == PRESET:
-        return preset.dcae_scaling_factor
+        from models.dc_ae.model import recorded_scaling_factor
+
+        recorded = recorded_scaling_factor(path)
+        return recorded if recorded is not None else preset.dcae_scaling_factor
     if value is not None and (isinstance(value, str) or not value > 0):
         raise ValueError(f"dcae_scaling_factor must be {PRESET!r}, None or a positive number, got {value!r}")
     return value
@@ -165,7 +171,9 @@ def _build_ae(kind: str, tiny: bool, path: Path | None, device, dtype, dcae_scal
     if kind == "hunyuan":
         from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
 
-        config = HunyuanVAEConfig.tiny() if tiny else HunyuanVAEConfig.full()
+        from models.hunyuan_vae.config import config_for_weights
+
+        config = config_for_weights(path, tiny)  # an export of ours names its config in its metadata
         ae = HunyuanVideoVAE.from_pretrained(path, config=config) if path else HunyuanVideoVAE(config)
     else:
         from models.dc_ae import DCAEConfig, VideoDCAE
@@ -202,9 +210,11 @@ def build_pipeline(opts: GenerateOptions, device: torch.device, dtype: torch.dty
             t5_dir = _resolve(opts.t5, opts.weights_dir, preset.t5_dir, "T5")
             clip_dir = _resolve(opts.clip, opts.weights_dir, preset.clip_dir, "CLIP")
         dit = build_mmdit(get_config(preset.dit_config), dit_path, device=device, dtype=dtype)
-        ae = _build_ae(preset.autoencoder, preset.tiny, ae_path, side_device, dtype, _dcae_scaling(opts, preset))
+        ae = _build_ae(preset.autoencoder, preset.tiny, ae_path, side_device, dtype,
+                       _dcae_scaling(opts, preset, ae_path))
     text = TextConditioner.from_pretrained(
-        t5_dir, clip_dir, dtype=dtype, device=side_device, cache_dir=_cache_dir() / "text-embeddings"
+        t5_dir, clip_dir, dtype=dtype, device=side_device, cache_dir=_cache_dir() / "text-embeddings",
+        t5_max_length=opts.t5_max_length,
     )
     dit = dit.eval().requires_grad_(False)
     image = None

@@ -36,6 +36,8 @@ def _photo(name: str) -> np.ndarray:
     import skimage.data
 
     img = getattr(skimage.data, name)()
+    if isinstance(img, tuple):  # stereo_motorcycle: (left, right, disparity); the left view
+        img = img[0]
     if img.ndim == 2:
         img = np.stack([img] * 3, -1)
     return np.ascontiguousarray(img[..., :3].astype(np.uint8))
@@ -103,9 +105,65 @@ def _atomic_text(path: Path, text: str) -> None:
     write_text_atomic(path, text)
 
 
-def make_sample_videos(out_dir: str | Path, seed: int = 0) -> Path:
+def tilt(name: str, n: int, speed: int, h: int = H, w: int = W) -> np.ndarray:
+    """A vertical pan top-to-bottom over a photo at `speed` px/frame (the content moves up by speed px/frame)."""
+    src = _fit_width(_photo(name), w, h + speed * (n - 1) + 1)
+    return np.stack([src[i * speed:i * speed + h] for i in range(n)])
+
+
+def _fit_width(img: np.ndarray, w: int, min_h: int) -> np.ndarray:
+    """Resize so the image is `w` wide and at least `min_h` tall (keeping its aspect), then centre-crop the width."""
+    ih, iw = img.shape[:2]
+    s = max(w / iw, min_h / ih)
+    big = _resize(img, int(np.ceil(iw * s)), int(np.ceil(ih * s)))
+    left = (big.shape[1] - w) // 2
+    return big[:, left:left + w]
+
+
+# Training content (`training_set=True`): photographs x camera motions. The held-out photographs never appear in
+# a training clip, so a model scored on them is scored on content it did not see.
+TRAIN_PHOTOS = {
+    "astronaut": "an astronaut in a spacesuit", "coffee": "a cup of coffee on a table", "chelsea": "a tabby cat",
+    "rocket": "a rocket on the launch pad", "hubble_deep_field": "galaxies in the deep field",
+    "immunohistochemistry": "stained tissue under a microscope", "retina": "the retina of an eye",
+    "brick": "a brick wall", "gravel": "gravel on the ground",
+    "grass": "grass", "moon": "the surface of the moon", "clock": "a clock", "coins": "old coins",
+}
+HELDOUT_PHOTOS = {"stereo_motorcycle": "a motorcycle in a garage", "camera": "a man with a camera on a tripod"}
+# name suffix -> (caption suffix, frames function); "reverse" plays the clip backwards (pan left, zoom out)
+TRAIN_MOTIONS = {
+    "pan_right": ("camera pans right", lambda name: pan(name, 72, 2)),
+    "pan_left": ("camera pans left", lambda name: pan(name, 72, 2)[::-1]),
+    "tilt_down": ("camera tilts down", lambda name: tilt(name, 72, 1)),
+    "zoom_in": ("camera zooms in", lambda name: zoom(name, 72, 0.008)),
+    "zoom_out": ("camera zooms out", lambda name: zoom(name, 72, 0.008)[::-1]),
+}
+# the ground truth of each motion, in the ground-truth fields of the existing cases (negative: reversed)
+MOTION_TRUTH = {"pan_right": {"pan_px_per_frame": 2}, "pan_left": {"pan_px_per_frame": -2},
+                "tilt_down": {"tilt_px_per_frame": 1}, "zoom_in": {"zoom_rate": 0.008},
+                "zoom_out": {"zoom_rate": -0.008}}
+
+
+def training_cases(kind: str = "train") -> list[tuple[str, str, str, str]]:
+    """(case name, photo, motion, caption) of the training (`kind="train"`) or held-out content, in a fixed
+    order. Training photos get every motion but one (which one rotates per photo), held-out photos three."""
+    photos = TRAIN_PHOTOS if kind == "train" else HELDOUT_PHOTOS
+    motions = list(TRAIN_MOTIONS)
+    out = []
+    for i, (photo, what) in enumerate(photos.items()):
+        chosen = [m for j, m in enumerate(motions) if j != i % len(motions)] if kind == "train" else \
+            [motions[(i + k) % len(motions)] for k in (0, 2, 3)]
+        out += [(f"{kind}_{photo}_{m}", photo, m, f"{what}, {TRAIN_MOTIONS[m][0]}") for m in chosen]
+    return out
+
+
+def make_sample_videos(out_dir: str | Path, seed: int = 0, training_set: bool = False) -> Path:
     """Write the sample set into `out_dir` and return the path of its `manifest.csv` (ground truth alongside in
-    `ground_truth.json`). Deterministic for a given seed; a few seconds on 2 cores."""
+    `ground_truth.json`). Deterministic for a given seed; a few seconds on 2 cores.
+
+    `training_set=True` adds, after the ground-truth cases (unchanged), clips to learn from: every photograph of
+    `TRAIN_PHOTOS` under four camera motions (`train_*`, tag `train`) and the `HELDOUT_PHOTOS` under three
+    (`heldout_*`, tag `heldout`: the pipeline's split step keeps them out of training)."""
     out = Path(out_dir).resolve()  # absolute paths: the manifest works from any working directory
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -204,6 +262,13 @@ def make_sample_videos(out_dir: str | Path, seed: int = 0) -> Path:
     add("zero_bytes", None, "an empty file", "reject", "broken")
     _atomic_text(out / "not_a_video.mp4", "this is a text file, not a video\n")
     add("not_a_video", None, "a text file named .mp4", "reject", "broken")
+
+    if training_set:
+        for kind in ("train", "heldout"):
+            for name, photo, motion, caption in training_cases(kind):
+                frames = TRAIN_MOTIONS[motion][1](photo)
+                add(name, np.ascontiguousarray(frames), caption, expected_clips=1, tags=[kind, motion],
+                    photo=photo, motion=motion, **MOTION_TRUTH[motion])
 
     for c in cases:
         if c["name"] in ("truncated",):

@@ -14,8 +14,11 @@ from components.train_stage.stage import StageOutputs, run_stage
 
 MODEL_FILE = "model.safetensors"
 AE_FILE = "autoencoder.safetensors"
+INIT_FILE = "init.safetensors"
+REFERENCE_FILE = "weights.json"  # an autoencoder artifact that points at given weights instead of holding them  # the network as it was at step 0 (recipes with heldout.export_init)
+HELDOUT_TABLE = "heldout.parquet"  # the split step's held-out clips, beside the training tables
 # The sets the filter step writes into its Dataset artifact (components/filter): which one each stage reads.
-DATA_SET_BY_STAGE = {"vae_train": "set_256px", "dit_stage1": "set_256px", "dit_stage2": "set_256px",
+DATA_SET_BY_STAGE = {"vae_train": "set_256px", "hunyuan_vae_train": "set_256px", "dit_stage1": "set_256px", "dit_stage2": "set_256px",
                      "dit_stage3": "set_768px", "distill": "set_768px"}
 
 
@@ -27,7 +30,7 @@ def step_overrides(stage: str, overrides_json: str) -> dict:
         raise ValueError(f"pipeline parameter 'overrides' is not JSON: {exc}") from exc
     if not isinstance(allsteps, dict):
         raise ValueError("pipeline parameter 'overrides' must be a JSON object {step: {key: value}}")
-    unknown = set(allsteps) - set(DATA_SET_BY_STAGE) - {"ingest", "filter", "eval"}
+    unknown = set(allsteps) - set(DATA_SET_BY_STAGE) - {"ingest", "filter", "split", "eval"}
     if unknown:
         raise ValueError(f"pipeline parameter 'overrides' names unknown step(s) {sorted(unknown)}")
     return dict(allsteps.get(stage, {}))
@@ -60,6 +63,28 @@ def model_file(artifact_path: str | None) -> str | None:
     return str(path)
 
 
+def autoencoder_file(artifact_path: str | None) -> str | None:
+    """The autoencoder weights an autoencoder step's Model artifact stands for: its own trained file, or the
+    file it only records (`reference_weights`)."""
+    if not artifact_path:
+        return None
+    ref = Path(artifact_path) / REFERENCE_FILE
+    if ref.is_file():
+        return json.loads(ref.read_text())["weights"]
+    return model_file(artifact_path)
+
+
+def reference_weights(weights: str, artifact_path: str) -> dict:
+    """An autoencoder step given existing weights: check the file and record its path (no copy of a 1 GB file)."""
+    path = Path(weights)
+    if not path.is_file() or path.suffix != ".safetensors":
+        raise FileNotFoundError(f"hunyuan_vae: {path} is not a .safetensors file")
+    dest = Path(artifact_path)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / REFERENCE_FILE).write_text(json.dumps({"weights": str(path.resolve()), "sha256": file_sha256(path)}))
+    return {"stage": "hunyuan_vae_train", "trained": False, "weights": str(path.resolve())}
+
+
 def publish(outputs: StageOutputs, artifact_path: str) -> dict:
     """Copy what the next step and a reader need into the Model artifact folder; returns its metadata."""
     dest = Path(artifact_path)
@@ -67,9 +92,11 @@ def publish(outputs: StageOutputs, artifact_path: str) -> dict:
     for src, name in ((outputs.model_path, MODEL_FILE), (outputs.config_path, "config.json"),
                       (outputs.card_path, "MODEL_CARD.md"), (outputs.metrics_path, "metrics.json")):
         shutil.copy2(src, dest / name)
-    frozen_ae = Path(outputs.run_dir) / AE_FILE  # the seeded random AE a tiny stage trained on, if any
-    if frozen_ae.is_file():
-        shutil.copy2(frozen_ae, dest / AE_FILE)
+    for name in (AE_FILE, INIT_FILE, "heldout.jsonl"):
+        # the seeded random AE a tiny stage trained on, the network at step 0, the held-out curve (if any)
+        extra = Path(outputs.run_dir) / name
+        if extra.is_file():
+            shutil.copy2(extra, dest / name)
     if outputs.samples_dir and Path(outputs.samples_dir).is_dir():
         shutil.copytree(outputs.samples_dir, dest / "samples", dirs_exist_ok=True)
     meta = {"stage": outputs.stage, "recipe": outputs.recipe, "steps": outputs.steps, "file": MODEL_FILE}
@@ -95,7 +122,10 @@ def train_step(stage: str, *, recipe: str, dataset_path: str, model_artifact_pat
                queue: str = "default", namespace: str | None = None) -> dict:
     """Run one training stage on the filter step's dataset and fill the Model artifact; returns its metadata."""
     table = os.path.join(dataset_path, f"{DATA_SET_BY_STAGE[stage]}.parquet")
-    overrides = {**text_encoder_overrides(text_encoders), **step_overrides(stage, overrides_json)}
+    heldout = os.path.join(dataset_path, HELDOUT_TABLE)
+    overrides = {**text_encoder_overrides(text_encoders),
+                 **({"heldout.table": heldout} if os.path.isfile(heldout) else {}),
+                 **step_overrides(stage, overrides_json)}
     key = stage_key(stage, recipe, overrides, [init_from, autoencoder, table])
     run_dir = stage_run_dir(run_root, run_id, stage, model_artifact_path, key)
     if scheduler == "kubernetes":  # the job's pods see the shared volume, not this task's artifact folder
@@ -105,6 +135,9 @@ def train_step(stage: str, *, recipe: str, dataset_path: str, model_artifact_pat
         shared.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(table, shared)
         table = str(shared)
+        if "heldout.table" in overrides and overrides["heldout.table"] == heldout:
+            shutil.copy2(heldout, shared.parent / HELDOUT_TABLE)
+            overrides["heldout.table"] = str(shared.parent / HELDOUT_TABLE)
     outputs = run_stage(stage, recipe=recipe, run_dir=run_dir, data_table=table, init_from=init_from,
                         autoencoder=autoencoder, overrides=overrides, nproc=nproc, scheduler=scheduler,
                         nnodes=nnodes, image=image, queue=queue, namespace=namespace)

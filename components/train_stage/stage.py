@@ -27,10 +27,15 @@ from common.atomic import write_text_atomic
 
 log = logging.getLogger("soraflow.train_stage")
 
-STAGES = ("vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill")
+STAGES = ("vae_train", "hunyuan_vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill")
+AE_STAGES = ("vae_train", "hunyuan_vae_train")
 # What each stage's init_from must be an export of (the `stage` metadata the trainer writes).
 _INIT_FROM_STAGE = {"dit_stage2": ("dit_stage1", "dit_stage2"), "dit_stage3": ("dit_stage2", "dit_stage3"),
-                    "distill": ("dit_stage3",), "vae_train": ("vae_train",)}
+                    "distill": ("dit_stage3",), "vae_train": ("vae_train",),
+                    "hunyuan_vae_train": ("hunyuan_vae_train",)}
+# Which autoencoder export each DiT stage decodes with (exports of ours; other files are checked on load).
+_AE_FROM_STAGE = {"dit_stage1": "hunyuan_vae_train", "dit_stage2": "hunyuan_vae_train",
+                  "dit_stage3": "hunyuan_vae_train", "distill": "vae_train"}
 
 
 @dataclass
@@ -107,14 +112,15 @@ def _validate(stage, recipe, data_table, init_from, autoencoder, overrides):
                              f"starts from a {' or '.join(_INIT_FROM_STAGE[stage])} export")
     ae = _check_file(autoencoder, "autoencoder")
     if ae is not None:
-        if stage == "vae_train":
-            raise ValueError("vae_train trains the autoencoder: pass its starting weights as init_from")
+        if stage in AE_STAGES:
+            raise ValueError(f"{stage} trains the autoencoder: pass its starting weights as init_from")
         made_by = _safetensors_metadata(ae).get("stage")
-        if made_by is not None and made_by != "vae_train":
-            raise ValueError(f"autoencoder: {ae} is a {made_by} export, not autoencoder weights")
+        if made_by is not None and made_by != _AE_FROM_STAGE[stage]:
+            raise ValueError(f"autoencoder: {ae} is a {made_by} export, not autoencoder weights ({stage} decodes "
+                             f"with a {_AE_FROM_STAGE[stage]} export)")
         if stage == "distill" and cfg.ae.kind != "dcae" or stage != "distill" and cfg.ae.kind != "hunyuan":
             raise ValueError(f"autoencoder: recipe {recipe!r} uses a {cfg.ae.kind} autoencoder for {stage}")
-    elif stage != "vae_train" and not cfg.ae.tiny and not (cfg.ae.path and Path(cfg.ae.path).is_file()):
+    elif stage not in AE_STAGES and not cfg.ae.tiny and not (cfg.ae.path and Path(cfg.ae.path).is_file()):
         raise FileNotFoundError(f"autoencoder: recipe {recipe!r} expects {cfg.ae.path}; give autoencoder=...")
     return cfg, table, init, ae
 
@@ -123,7 +129,7 @@ def stage_overrides(stage: str, table: str, init: Path | None, ae: Path | None, 
     """The dotted-key overrides that wire a stage's inputs into its recipe."""
     out = {"data.table": str(table)}
     if init is not None:
-        if stage == "vae_train":
+        if stage in AE_STAGES:
             out["ae.path"] = str(init)
         elif stage == "dit_stage1" and "recipe" not in _safetensors_metadata(init):
             out["model.from_flux"] = str(init)  # not one of our exports: a FLUX-layout file
@@ -150,6 +156,20 @@ def _losses(run_dir: Path) -> list[list]:
     return [[s, by_step[s]] for s in sorted(by_step)]
 
 
+def _heldout(run_dir: Path) -> list[dict]:
+    """The held-out evaluations of the run (heldout.jsonl), the last attempt's where a restart repeated a step."""
+    by_step: dict[int, dict] = {}
+    path = run_dir / "heldout.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            by_step[int(ev["step"])] = ev
+    return [by_step[s] for s in sorted(by_step)]
+
+
 def _data_revision(run_dir: Path) -> str | None:
     metas = sorted((run_dir / "checkpoints").glob("step-*/metadata.json"))
     if not metas:
@@ -169,13 +189,13 @@ def _card(stage, recipe, cfg: dict, init, ae, table, revision, steps, final_loss
     tokens = goodput.get("tokens_total") or goodput.get("tokens")
     rows = [
         ("stage", stage), ("recipe", recipe), ("model config", cfg.get("model", {}).get("config")
-                                               if stage != "vae_train" else f"Video DC-AE ({cfg['ae']})"),
+                                               if stage not in AE_STAGES else f"{cfg['ae']['kind']} ({cfg['ae']})"),
         ("initialised from", str(init) if init else "random init"), ("autoencoder", str(ae) if ae else
                                                                      cfg["ae"].get("path") or "recipe default"),
         ("data table", table), ("data revision", revision), ("steps", steps), ("final loss", final_loss),
         ("tokens", tokens), ("goodput", goodput.get("goodput_ratio")), ("weights", model_path),
     ]
-    if stage == "vae_train":
+    if stage in AE_STAGES:
         rows.append(("perceptual term", cfg["vae"].get("perceptual_term")))
         rows.append(("exported weights", f"EMA (decay {cfg['vae'].get('ema_decay')})"))
     if cfg.get("model", {}).get("reinit") and stage == "distill":
@@ -228,8 +248,8 @@ def run_stage(stage: str, *, recipe: str, run_dir: str, data_table: str | None =
     final_loss = losses[-1][1] if losses else None
     metrics_path = run / "stage_metrics.json"
     write_text_atomic(metrics_path, json.dumps({"stage": stage, "recipe": recipe, "steps": steps,
-                                                "final_loss": final_loss, "losses": losses, "goodput": goodput},
-                                               indent=1))
+                                                "final_loss": final_loss, "losses": losses, "goodput": goodput,
+                                                "heldout": _heldout(run)}, indent=1))
     card_path = run / "MODEL_CARD.md"
     write_text_atomic(card_path, _card(stage, recipe, cfg, init, ae, table, _data_revision(run), steps, final_loss,
                                        goodput, model_path))

@@ -13,7 +13,8 @@ from components.train_stage.artifacts import model_file, stage_key, stage_run_di
 from pipelines.local_run import PipelineRunError, run_pipeline_locally
 
 pytestmark = pytest.mark.slow
-STEPS = {s: {"max_steps": 2} for s in ("vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill")}
+STEPS = {s: {"max_steps": 2} for s in ("vae_train", "hunyuan_vae_train", "dit_stage1", "dit_stage2", "dit_stage3",
+                                       "distill")}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,8 @@ def test_the_rerun_resumes_instead_of_redoing(failed_then_rerun):
     assert ckpts and ckpts[-1].name.endswith("2")  # still the checkpoint of the last of its 2 steps
 
 
-OUTPUT_OF = {"ingest-component": "curated", "filter-component": "curated", "vae-train-component": "dcae",
+OUTPUT_OF = {"ingest-component": "curated", "filter-component": "curated", "split-component": "split",
+             "hunyuan-vae-component": "hunyuan_vae", "vae-train-component": "dcae",
              "dit-stage-component": "stage1", "dit-stage-component-2": "stage2", "dit-stage-component-3": "stage3",
              "distill-component": "distilled", "eval-component": "eval_results"}
 
@@ -93,7 +95,18 @@ def test_training_steps_start_from_their_upstream_artifacts(run):
     s1, s2, s3 = (_artifact(run, t, "model")[0] for t in
                   ("dit-stage-component", "dit-stage-component-2", "dit-stage-component-3"))
     vae = _artifact(run, "vae-train-component", "model")[0]
+    hy = _artifact(run, "hunyuan-vae-component", "model")[0]
+    split, split_meta = _artifact(run, "split-component", "split")
     assert _config(run, "dit-stage-component")["model"]["from_pretrained"] is None
+    # stages 1-3 decode with the trained stage-1-3 autoencoder, and every stage trains on the split's tables
+    for task in ("dit-stage-component", "dit-stage-component-2", "dit-stage-component-3"):
+        assert _config(run, task)["ae"]["path"] == str(hy / "model.safetensors")
+    for task in ("hunyuan-vae-component", "vae-train-component", "dit-stage-component", "distill-component"):
+        assert _config(run, task)["data"]["table"].startswith(str(split))
+        assert _config(run, task)["heldout"]["table"] == str(split / "heldout.parquet")
+    held = pd.read_parquet(split / "heldout.parquet")
+    train = pd.read_parquet(split / "set_256px.parquet")
+    assert split_meta["heldout"] == len(held) > 0 and not set(held.source) & set(train.source)
     assert _config(run, "dit-stage-component-2")["model"]["from_pretrained"] == str(s1 / "model.safetensors")
     assert _config(run, "dit-stage-component-3")["model"]["from_pretrained"] == str(s2 / "model.safetensors")
     distill = _config(run, "distill-component")
@@ -102,22 +115,49 @@ def test_training_steps_start_from_their_upstream_artifacts(run):
     # stage 3 and distill read the stricter 768px set, the others the 256px set
     assert _config(run, "dit-stage-component-3")["data"]["table"].endswith("set_768px.parquet")
     assert _config(run, "dit-stage-component")["data"]["table"].endswith("set_256px.parquet")
-    for task in ("vae-train-component", "dit-stage-component", "distill-component"):
+    for task in ("vae-train-component", "hunyuan-vae-component", "dit-stage-component", "distill-component"):
         path, meta = _artifact(run, task, "model")
         assert meta["steps"] == 2 and (path / "MODEL_CARD.md").is_file() and (path / "model.safetensors").is_file()
+        # held-out numbers at step 0 and at the end, and the step-0 weights
+        steps = [e["step"] for e in json.loads((path / "metrics.json").read_text())["heldout"]]
+        assert steps == [0, 2] and (path / "init.safetensors").is_file()
 
 
 def test_eval_compares_both_models_on_the_same_prompts(run):
     results, _ = _artifact(run, "eval-component", "results")
     doc = json.loads((results / "metrics.json").read_text())
     stage3, distilled = doc["models"]["stage3"], doc["models"]["distilled"]
-    n_prompts = doc["run"]["suite"]["n_prompts"]
-    assert stage3["n_videos_ok"] == distilled["n_videos_ok"] == n_prompts
+    n_prompts, n_seeds = doc["run"]["suite"]["n_prompts"], len(doc["run"]["seeds"])
+    assert doc["run"]["suite"]["name"] == "heldout_suite" and n_seeds == 2
+    # the trained models and the same networks at initialisation, on the same prompts and seeds
+    for name in ("stage3", "distilled", "stage3-init", "distilled-init"):
+        assert doc["models"][name]["n_videos_ok"] == n_prompts * n_seeds, name
     assert stage3["preset"] == "tiny" and distilled["preset"] == "tiny-hc"
     assert (stage3["num_frames"], distilled["num_frames"]) == (9, 8)  # 4k+1 for the VAE, 4k for the DC-AE
     # no VBench weights here: aggregates are null with the reason, never zero
     assert stage3["vbench"]["aggregates"]["total_score"]["value"] is None
     assert run.report_html.is_file() and "<html" in run.report_html.read_text()[:200].lower()
+    # the checks: every threshold with its value (two training steps need not pass them)
+    names = {c["check"] for c in run.learning["checks"]}
+    assert {"hunyuan_vae.heldout_psnr", "dcae.heldout_psnr_gain", "dit_stage2.handoff", "dit_stage3.handoff",
+            "distill.handoff", "stage3.fd_proxy", "distilled.fd_proxy"} <= names
+    checks = {c["check"]: c for c in run.learning["checks"]}
+    # same clips, autoencoder, timesteps and noise: stage 2 starts exactly where stage 1 ended
+    assert checks["dit_stage2.handoff"]["passed"] and checks["dit_stage3.handoff"]["passed"]
+    assert checks["distill.handoff"]["passed"]
+    # the eval's held-out loss of the stage-3 model is the end of stage 3's own curve
+    s3_curve = json.loads((_artifact(run, "dit-stage-component-3", "model")[0] / "metrics.json").read_text())
+    assert stage3["train"]["fm_val_loss_mean"] == pytest.approx(s3_curve["heldout"][-1]["fm_loss_mean"], rel=1e-4)
+
+
+@pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="needs Debian's chromium")
+def test_the_report_where_the_run_says_to_open_it_shows_every_image(run):
+    from components.eval.browser import report_images
+
+    doc = report_images(run.report_html)
+    srcs = [i["src"] for i in doc["images"]]
+    assert any(s.startswith("thumbs/grid/") for s in srcs) and any(s.startswith("plots/curve_") for s in srcs)
+    assert doc["broken"] == [], doc["broken"]
 
 
 def test_step_glue_rejects_bad_parameters(tmp_path):

@@ -14,7 +14,7 @@ from pipelines.settings import ClusterSettings
 
 GOLDEN = Path(__file__).resolve().parents[2] / "pipelines" / "compiled" / "soraflow.yaml"
 DIGEST = "@sha256:" + "ab" * 32
-TRAIN_TASKS = {"vae-train-component", "dit-stage-component", "dit-stage-component-2", "dit-stage-component-3",
+TRAIN_TASKS = {"vae-train-component", "hunyuan-vae-component", "dit-stage-component", "dit-stage-component-2", "dit-stage-component-3",
                "distill-component"}
 
 
@@ -34,11 +34,15 @@ def test_dag_edges_follow_the_design(tmp_path):
     names = {k: v["taskInfo"]["name"] for k, v in tasks.items()}
     deps = {names[k]: {names[d] for d in v.get("dependentTasks", [])} for k, v in tasks.items()}
     assert deps == {
-        "ingest": set(), "filter": {"ingest"}, "vae_train": {"filter"}, "dit_stage1": {"filter"},
-        "dit_stage2": {"filter", "dit_stage1"}, "dit_stage3": {"filter", "dit_stage2"},
-        "distill": {"filter", "dit_stage3", "vae_train"},
-        "eval": {"filter", "dit_stage3", "distill", "vae_train"},
+        "ingest": set(), "filter": {"ingest"}, "split": {"filter"}, "vae_train": {"split"},
+        "hunyuan_vae": {"split"}, "dit_stage1": {"split", "hunyuan_vae"},
+        "dit_stage2": {"split", "dit_stage1", "hunyuan_vae"}, "dit_stage3": {"split", "dit_stage2", "hunyuan_vae"},
+        "distill": {"split", "dit_stage3", "vae_train"},
+        "eval": {"split", "dit_stage1", "dit_stage2", "dit_stage3", "distill", "vae_train", "hunyuan_vae"},
     }
+    # stages 1-3 decode with the autoencoder step's Model artifact
+    ae = tasks["dit-stage-component"]["inputs"]["artifacts"]["autoencoder"]["taskOutputArtifact"]
+    assert ae == {"outputArtifactKey": "model", "producerTask": "hunyuan-vae-component"}
     # stage 2 starts from stage 1's Model artifact, distill from stage 3's and the DC-AE from vae_train
     s2 = tasks["dit-stage-component-2"]["inputs"]["artifacts"]["previous"]["taskOutputArtifact"]
     assert s2 == {"outputArtifactKey": "model", "producerTask": "dit-stage-component"}
@@ -75,7 +79,8 @@ def test_kubernetes_settings_per_step(tmp_path, launcher):
             assert {"name": "SORAFLOW_PUSHGATEWAY", "value": s.pushgateway} in container["env"]
         # caching only for the deterministic CPU steps; retries only where a retry resumes from a checkpoint
         assert tasks[task].get("cachingOptions", {}).get("enableCache", False) == (task in {"ingest-component",
-                                                                                           "filter-component"})
+                                                                                           "filter-component",
+                                                                                           "split-component"})
         assert ("retryPolicy" in tasks[task]) == (task in TRAIN_TASKS)
 
 
@@ -83,7 +88,7 @@ def test_images_and_no_runtime_installs(tmp_path):
     spec, _, text = _compile(tmp_path, cpu_image="r/cpu" + DIGEST, gpu_image="r/gpu" + DIGEST)
     for task in spec["root"]["dag"]["tasks"]:
         container = spec["deploymentSpec"]["executors"][_executor(spec, task)]["container"]
-        expected = "r/cpu" if task in {"ingest-component", "filter-component"} else "r/gpu"
+        expected = "r/cpu" if task in {"ingest-component", "filter-component", "split-component"} else "r/gpu"
         assert container["image"] == expected + DIGEST
     assert "pip install" not in text and "pip3 install" not in text
     # the Volcano job runs the same GPU image
