@@ -90,10 +90,10 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if raw_manifest is None:
-        from components.sample_data import make_sample_videos
+        from components.sample_data.generate import DEMO_SAMPLE_SET, make_sample_videos
 
         manifest = out / "raw" / "manifest.csv"
-        raw_manifest = str(manifest if manifest.is_file() else make_sample_videos(out / "raw", training_set=True))
+        raw_manifest = str(manifest if manifest.is_file() else make_sample_videos(out / "raw", **DEMO_SAMPLE_SET))
     recipes = {**PROFILES[profile]["recipes"], **(recipes or {})}
     unknown = set(recipes) - set(TINY_RECIPES)
     if unknown:

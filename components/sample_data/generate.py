@@ -157,6 +157,10 @@ def training_cases(kind: str = "train") -> list[tuple[str, str, str, str]]:
     return out
 
 
+# What `make demo` curates (and what data.dvc pins): the known-truth cases plus the training clips.
+DEMO_SAMPLE_SET = {"seed": 0, "training_set": True}
+
+
 def make_sample_videos(out_dir: str | Path, seed: int = 0, training_set: bool = False) -> Path:
     """Write the sample set into `out_dir` and return the path of its `manifest.csv` (ground truth alongside in
     `ground_truth.json`). Deterministic for a given seed; a few seconds on 2 cores.
