@@ -350,6 +350,16 @@ def resolve(recipe: str, overrides: dict | None = None, *, run_dir: str | None =
     return validate(cfg)
 
 
+def _tuples(v):
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
+def _bucket_config_from_json(raw: dict) -> dict:
+    """JSON turns the frame-count keys of `bucket_config` into strings and its (prob, batch size) tuples into
+    lists; the recipes' own form is int keys and tuples."""
+    return {str(res): {int(t): _tuples(v) for t, v in lengths.items()} for res, lengths in raw.items()}
+
+
 def from_dict(data: dict, cls=None):
     """A TrainConfig (or a section) rebuilt from `to_dict()` output, types checked on the way."""
     cls = cls or TrainConfig
@@ -359,6 +369,8 @@ def from_dict(data: dict, cls=None):
         if f.name not in data:
             continue
         value, hint = data[f.name], hints[f.name]
+        if f.name == "bucket_config" and isinstance(value, dict):
+            value = _bucket_config_from_json(value)
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             kwargs[f.name] = from_dict(value, hint)
         else:

@@ -61,6 +61,7 @@ def test_every_recipe_is_valid_and_survives_the_trip_to_the_workers(name):
     assert back.fingerprint() == cfg.fingerprint()
     assert json.loads(json.dumps(back.to_dict())) == json.loads(json.dumps(cfg.to_dict()))
     assert isinstance(back.optim.betas, tuple) and type(back.model.reinit) is tuple  # tuples come back as tuples
+    assert back.data.bucket_config == cfg.data.bucket_config  # int frame keys and tuples, as the recipe wrote them
 
 
 def test_run_dir_places_the_checkpoints():
