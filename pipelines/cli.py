@@ -381,12 +381,18 @@ def _add_pipeline_commands(sub) -> None:
     p.add_argument("--suite", default="heldout",
                    help="eval prompt suite: 'heldout' (the held-out clips' captions), 'mini' or a "
                         "VBench_full_info.json file")
+    p.add_argument("--from-revision", metavar="MD5|pinned",
+                   help="run the retraining pipeline: start from this curated dataset revision ('pinned': the one "
+                        "data.dvc pins), fetched from the DVC remote, instead of ingest + filter")
+    p.add_argument("--dvc-remote", help="where --from-revision fetches from (default: this repo's DVC remote)")
     p.add_argument("--profile", default="cpu", choices=["cpu"],
                    help="recipes and eval sizes for the whole DAG: 'cpu' (tiny models, 2 cores)")
     p.set_defaults(func=_run_pipeline_local)
 
     p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
-    p.add_argument("--out", default="pipelines/compiled/soraflow.yaml")
+    p.add_argument("--start", choices=["raw", "revision"], default="raw",
+                   help="raw: curate from a manifest; revision: the retraining pipeline from a data.dvc revision")
+    p.add_argument("--out", help="default pipelines/compiled/soraflow.yaml (soraflow-retrain.yaml for revision)")
     p.add_argument("--k8s-manifests", metavar="DIR",
                    help="also render KFP Pipeline/PipelineVersion manifests for GitOps (Argo CD) into DIR")
     _add_cluster_flags(p)
@@ -404,6 +410,8 @@ def _add_pipeline_commands(sub) -> None:
                    help="a step's recipe, e.g. dit_stage1=stage1-256px-h200x8 (repeatable)")
     p.add_argument("--schedule", metavar="CRON",
                    help="create a recurring run instead, e.g. '0 0 3 * * 1' (KFP cron: seconds first)")
+    p.add_argument("--from-revision", metavar="MD5|pinned",
+                   help="submit the retraining pipeline, starting from this dataset revision ('pinned': data.dvc's)")
     _add_cluster_flags(p)
     p.set_defaults(func=_run_submit)
 
@@ -452,9 +460,16 @@ def _run_pipeline_local(args) -> int:
 
     from components.eval.learning import format_checks
 
+    revision = None
+    if args.from_revision:
+        from pipelines.submit import pinned_revision
+
+        if args.raw:
+            raise UsageError("--raw and --from-revision start the pipeline in two different places: give one")
+        revision = pinned_revision() if args.from_revision == "pinned" else args.from_revision
     run = run_pipeline_locally(args.out_dir, raw_manifest=args.raw, overrides=_step_kv(args.override, "override"),
                                recipes=_step_kv(args.recipe, "recipe"), nproc=args.nproc, eval_suite=args.suite,
-                               profile=args.profile)
+                               profile=args.profile, data_revision=revision, dvc_remote=args.dvc_remote)
     print(f"pipeline finished in {run.seconds:.0f} s; every step's artifacts: {run.run_dir}")
     labels = {"curated": "curated dataset", "split": "train/held-out", "hunyuan_vae": "stage-1-3 AE",
               "dcae": "Video DC-AE", "stage1": "DiT stage 1", "stage2": "DiT stage 2", "stage3": "DiT stage 3",
@@ -486,21 +501,25 @@ def _run_compile(args) -> int:
 
     from pipelines.dag import compile_pipeline
 
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    print(compile_pipeline(args.out, _cluster_settings(args), release=args.release))
+    from pipelines.submit import pipeline_name
+
+    out = args.out or f"pipelines/compiled/{pipeline_name(args.start)}.yaml"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    print(compile_pipeline(out, _cluster_settings(args), release=args.release, start=args.start))
     if args.k8s_manifests:
         import subprocess
 
         renderer = Path(__file__).resolve().parents[1] / "infra" / "gitops" / "render_kfp_manifests.py"
         if not renderer.is_file():
             raise FileNotFoundError(f"{renderer}: --k8s-manifests needs a checkout of the repository")
-        subprocess.run([sys.executable, str(renderer), args.out, "--out-dir", args.k8s_manifests], check=True)
+        subprocess.run([sys.executable, str(renderer), out, "--out-dir", args.k8s_manifests], check=True)
         print(args.k8s_manifests)
     return 0
 
 
-def _run_submit(args) -> int:
-    from pipelines.submit import recipe_params, submit
+def submit_request(args) -> tuple[str, dict]:
+    """(start, pipeline parameters) of a `soraflow submit` command line."""
+    from pipelines.submit import pinned_revision, recipe_params
 
     params = recipe_params(_step_kv(args.recipe, "recipe"))
     for item in args.param:
@@ -508,9 +527,20 @@ def _run_submit(args) -> int:
         if not sep:
             raise UsageError(f"--param expects NAME=VALUE, got {item!r}")
         params[name] = value
+    start = "raw"
+    if args.from_revision:
+        start = "revision"
+        params["data_revision"] = pinned_revision() if args.from_revision == "pinned" else args.from_revision
+    return start, params
+
+
+def _run_submit(args) -> int:
+    from pipelines.submit import submit
+
+    start, params = submit_request(args)
     print(json.dumps(submit(args.host, _cluster_settings(args), params=params, experiment=args.experiment,
                             version_name=args.version_name, run_name=args.run_name, namespace=args.namespace,
-                            schedule=args.schedule),
+                            schedule=args.schedule, start=start),
                      indent=2))
     return 0
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from pipelines.dag import TINY_RECIPES, build_pipeline
 from pipelines.settings import ClusterSettings
 
-TASKS = {"ingest": "ingest-component", "filter": "filter-component", "split": "split-component",
+TASKS = {"data_pull": "data-pull-component", "ingest": "ingest-component", "filter": "filter-component", "split": "split-component",
          "vae_train": "vae-train-component", "hunyuan_vae_train": "hunyuan-vae-component",
          "dit_stage1": "dit-stage-component", "dit_stage2": "dit-stage-component-2",
          "dit_stage3": "dit-stage-component-3", "distill": "distill-component", "eval": "eval-component"}
@@ -80,8 +80,12 @@ PROFILES = {
 
 def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overrides: dict | None = None,
                          recipes: dict | None = None, nproc: int = 1, eval_suite: str = "heldout",
-                         profile: str = "cpu") -> LocalRun:
-    """Run the DAG; returns where its artifacts are. Raises PipelineRunError naming the failed step's error."""
+                         profile: str = "cpu", data_revision: str | None = None,
+                         dvc_remote: str | None = None) -> LocalRun:
+    """Run the DAG; returns where its artifacts are. Raises PipelineRunError naming the failed step's error.
+
+    With `data_revision` (a data.dvc md5) the retraining pipeline runs instead: it fetches that curated dataset
+    from `dvc_remote` (default: this repository's DVC remote) and starts at training."""
     from kfp import local
 
     if profile not in PROFILES:
@@ -89,7 +93,16 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if raw_manifest is None:
+    if data_revision is not None:
+        if raw_manifest is not None:
+            raise ValueError("give raw_manifest or data_revision, not both")
+        if dvc_remote is None:
+            from components.data.dataset import _remote_url
+
+            dvc_remote = _remote_url(Path.cwd(), None)
+            if dvc_remote is None:
+                raise ValueError("no DVC remote configured here: give dvc_remote (or --dvc-remote)")
+    elif raw_manifest is None:
         from components.sample_data.generate import DEMO_SAMPLE_SET, make_sample_videos
 
         manifest = out / "raw" / "manifest.csv"
@@ -106,7 +119,10 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
                enable_caching=True, cache_root=str(out / "kfp-cache"))
     # no task retries here: torchrun already restarts crashed workers, and a bad input fails the same way again
-    pipeline = build_pipeline(ClusterSettings(train_launcher="in_pod", train_retries=0, pushgateway=""))
+    pipeline = build_pipeline(ClusterSettings(train_launcher="in_pod", train_retries=0, pushgateway=""),
+                              start="raw" if data_revision is None else "revision")
+    source = ({"raw_manifest": str(raw_manifest)} if data_revision is None
+              else {"data_revision": data_revision, "dvc_remote": str(dvc_remote)})
     tail = _TailStdout(sys.stdout)
     t0 = time.time()
     try:
@@ -114,7 +130,7 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
             # expected here: the local runner ignores pod settings and runs the images' code in this interpreter
             warnings.filterwarnings("ignore", message=r".*(have no effect in the current local runner|"
                                                       r"non-Python base image).*")
-            task = pipeline(raw_manifest=str(raw_manifest), vae_recipe=recipes["vae_train"],
+            task = pipeline(**source, vae_recipe=recipes["vae_train"],
                      hunyuan_vae_recipe=recipes["hunyuan_vae_train"],
                      stage1_recipe=recipes["dit_stage1"], stage2_recipe=recipes["dit_stage2"],
                      stage3_recipe=recipes["dit_stage3"], distill_recipe=recipes["distill"],
