@@ -78,6 +78,42 @@ PROFILES = {
 }
 
 
+def validate_run(recipes: dict, overrides: dict) -> None:
+    """Every step's recipe and overrides, checked before the first task starts (a typo in the distill overrides
+    used to surface only when distill was reached, minutes in). Raises ConfigError listing every problem."""
+    import difflib
+    import inspect
+
+    from components.filter import run_filter
+    from components.ingest import ingest
+    from training.config import ConfigError, resolve
+    from training.recipes import get_recipe
+
+    problems = []
+    steps = set(TINY_RECIPES) | {"ingest", "filter", "split", "eval"}
+    for step in overrides:
+        if step not in steps:
+            near = difflib.get_close_matches(step, steps, n=1)
+            problems.append(f"overrides name unknown step {step!r}" + (f" (did you mean {near[0]}?)" if near else ""))
+    for step, recipe in recipes.items():
+        try:
+            made_for = get_recipe(recipe).stage
+            if made_for != step:
+                problems.append(f"{step}: recipe {recipe!r} is a {made_for} recipe")
+                continue
+            resolve(recipe, overrides.get(step, {}))
+        except ConfigError as exc:
+            problems.append(f"{step}: {exc}")
+    for step, fn in (("ingest", ingest), ("filter", run_filter)):
+        known = [k for k in inspect.signature(fn).parameters if k not in ("inputs", "table", "out_dir")]
+        for key in overrides.get(step, {}):
+            if key not in known:
+                near = difflib.get_close_matches(key, known, n=1)
+                problems.append(f"{step}: unknown setting {key!r}" + (f" (did you mean {near[0]}?)" if near else ""))
+    if problems:
+        raise ConfigError("the run's recipes or overrides are wrong (nothing was started):\n  " + "\n  ".join(problems))
+
+
 def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overrides: dict | None = None,
                          recipes: dict | None = None, nproc: int = 1, eval_suite: str = "heldout",
                          profile: str = "cpu", data_revision: str | None = None,
@@ -93,6 +129,12 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    recipes = {**PROFILES[profile]["recipes"], **(recipes or {})}
+    unknown = set(recipes) - set(TINY_RECIPES)
+    if unknown:
+        raise ValueError(f"recipes for unknown step(s) {sorted(unknown)}; steps: {sorted(TINY_RECIPES)}")
+    overrides = overrides or {}
+    validate_run(recipes, overrides)
     if data_revision is not None:
         if raw_manifest is not None:
             raise ValueError("give raw_manifest or data_revision, not both")
@@ -107,11 +149,6 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
 
         manifest = out / "raw" / "manifest.csv"
         raw_manifest = str(manifest if manifest.is_file() else make_sample_videos(out / "raw", **DEMO_SAMPLE_SET))
-    recipes = {**PROFILES[profile]["recipes"], **(recipes or {})}
-    unknown = set(recipes) - set(TINY_RECIPES)
-    if unknown:
-        raise ValueError(f"recipes for unknown step(s) {sorted(unknown)}; steps: {sorted(TINY_RECIPES)}")
-    overrides = overrides or {}
     root = out / "pipeline-root"
     root.mkdir(exist_ok=True)
     before = set(root.iterdir())

@@ -33,3 +33,16 @@ def test_debug_shows_the_traceback(tmp_path):
     empty.mkdir()
     with pytest.raises(IngestError, match="no videos to ingest"):
         main(["ingest", str(empty), "--out-dir", str(tmp_path / "o"), "--debug"])
+
+
+def test_run_checks_every_step_before_starting(tmp_path, capsys):
+    """A typo in the last step's overrides fails `soraflow run` at once, before any sample video or task."""
+    out = tmp_path / "run"
+    code = main(["run", "--out-dir", str(out), "--override", "distill.optim.lrr=1e-4",
+                 "--override", "filter.thresholds_265={}", "--override", "dit_stage9.max_steps=1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "distill: unknown config key 'optim.lrr'" in err and "did you mean optim.lr?" in err
+    assert "filter: unknown setting 'thresholds_265' (did you mean thresholds_256?)" in err
+    assert "unknown step 'dit_stage9'" in err
+    assert not (out / "raw").exists() and not (out / "pipeline-root").exists()
