@@ -177,7 +177,7 @@ def _named_request(info, job_name: str):
     resource = ApiClient().sanitize_for_serialization(info.request.resource)
     generated = resource["metadata"]["name"]
     resource = json.loads(json.dumps(resource).replace(generated, job_name))
-    resource["metadata"].setdefault("labels", {})["soraflow.io/job"] = job_name
+    resource["metadata"].setdefault("labels", {})["soraflow.io/job"] = job_name  # `kubectl get vcjob -l ...`
     info.request.resource = resource
     return info
 
@@ -222,9 +222,45 @@ def run_kubernetes(spec: LaunchSpec, queue: str = "default", namespace: str | No
             log(f"submitted {handle}")
         else:
             log(f"following {handle}, submitted by an earlier attempt ({status.state.name})")
-    try:
-        for line in runner.log_lines(handle, "trainer", k=0, should_tail=True):
-            log(line.rstrip("\n"))
-    except Exception as exc:  # logs are a convenience; the job's state decides the outcome
-        log(f"log streaming stopped: {exc}")
-    return runner.wait(handle, wait_interval=10)
+    with _cancel_job_on_termination(runner, handle, log):
+        try:
+            for line in runner.log_lines(handle, "trainer", k=0, should_tail=True):
+                log(line.rstrip("\n"))
+        except Exception as exc:  # logs are a convenience; the job's state decides the outcome
+            log(f"log streaming stopped: {exc}")
+        return runner.wait(handle, wait_interval=10)
+
+
+class _Terminated(SystemExit):
+    pass
+
+
+def _cancel_job_on_termination(runner, handle, log):
+    """While the launcher follows its job, SIGTERM/SIGINT (a cancelled KFP run stops its pods so) cancel the
+    Volcano job first, so no GPU job outlives its pipeline run. An evicted launcher is stopped the same way; its
+    retry then finds the job cancelled and submits it again, resuming from the last checkpoint."""
+    import contextlib
+    import signal
+    import threading
+
+    @contextlib.contextmanager
+    def guard():
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+
+        def cancel(signum, _frame):
+            log(f"launcher got signal {signum}: cancelling {handle}")
+            try:
+                runner.cancel(handle)
+            finally:
+                raise _Terminated(128 + signum)
+
+        previous = {sig: signal.signal(sig, cancel) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    return guard()

@@ -106,3 +106,35 @@ def test_a_retried_launcher_follows_or_replaces_its_job(earlier, calls, final):
     assert runner.calls == calls and status.state == final
     assert list(runner.jobs) == [handle]  # never a second job for the same run and stage
     assert any("step 1 loss" in line for line in lines)
+
+
+def test_a_stopped_launcher_cancels_its_job():
+    """SIGTERM while following (a cancelled pipeline run stops the launcher pod so): the job is cancelled
+    before the launcher exits, so it cannot keep holding GPUs."""
+    import os
+    import signal
+
+    name = cluster_job_name("run-2", "dit_stage3")
+    handle = f"kubernetes://torchx/ns:{name}"
+
+    class Stopped(_Runner):
+        def log_lines(self, handle, role, k=0, should_tail=False):
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while the log is followed
+            return iter([])
+
+        def cancel(self, handle):
+            self.calls.append("cancel")
+            self.jobs[handle] = AppState.CANCELLED
+
+    runner = Stopped({})
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stop:
+        run_kubernetes(SPEC, namespace="ns", log=lambda line: None, job_name=name, runner=runner)
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert runner.calls == ["schedule", "cancel"] and runner.jobs[handle] == AppState.CANCELLED
+    assert signal.getsignal(signal.SIGTERM) is before  # the launcher's own handler is restored
+    # the retried launcher then replaces the cancelled job (the trainer resumes from its checkpoint)
+    retry = _Runner(dict(runner.jobs))
+    assert run_kubernetes(SPEC, namespace="ns", log=lambda line: None, job_name=name,
+                          runner=retry).state == AppState.SUCCEEDED
+    assert retry.calls == ["delete", "schedule"]
