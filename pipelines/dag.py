@@ -243,6 +243,7 @@ def build_pipeline(settings: ClusterSettings | None = None, *, start: str = "raw
     @dsl.pipeline(name=PIPELINE_NAME, description="Open-Sora 2.0: curation, DC-AE, DiT stages 1-3, distill, eval")
     def soraflow(
         raw_manifest: str,
+        raw_manifest_digest: str = "",
         data_revision: str = "",
         clip_store: str = "",
         vae_recipe: str = TINY_RECIPES["vae_train"],
@@ -272,8 +273,9 @@ def build_pipeline(settings: ClusterSettings | None = None, *, start: str = "raw
     ) -> PipelineOutputs:
         args = dict(locals())
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        ingest = c.ingest(raw_manifest=raw_manifest, clip_store=clip_store, data_revision=data_revision,
-                          run_id=run_id, overrides=overrides)
+        # the manifest's digest is an input, so KFP's cache key follows its content, not just its path
+        ingest = c.ingest(raw_manifest=raw_manifest, raw_manifest_digest=raw_manifest_digest, clip_store=clip_store,
+                          data_revision=data_revision, run_id=run_id, overrides=overrides)
         ingest.set_display_name("ingest")
         _on_cpu_pool(ingest, s, cache=True)
 

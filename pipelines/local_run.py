@@ -158,8 +158,12 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
     # no task retries here: torchrun already restarts crashed workers, and a bad input fails the same way again
     pipeline = build_pipeline(ClusterSettings(train_launcher="in_pod", train_retries=0, pushgateway=""),
                               start="raw" if data_revision is None else "revision")
-    source = ({"raw_manifest": str(raw_manifest)} if data_revision is None
-              else {"data_revision": data_revision, "dvc_remote": str(dvc_remote)})
+    if data_revision is None:
+        from components.ingest.ingest import manifest_digest
+
+        source = {"raw_manifest": str(raw_manifest), "raw_manifest_digest": manifest_digest(raw_manifest)}
+    else:
+        source = {"data_revision": data_revision, "dvc_remote": str(dvc_remote)}
     tail = _TailStdout(sys.stdout)
     t0 = time.time()
     try:

@@ -70,6 +70,14 @@ def submit(host: str, settings: ClusterSettings, *, params: dict, experiment: st
     name_of_pipeline = pipeline_name(start)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     version_name = version_name or f"{name_of_pipeline}-{stamp}"
+    if start == "raw" and params.get("raw_manifest") and "raw_manifest_digest" not in params:
+        from components.ingest.ingest import manifest_digest
+
+        try:  # the cache key must follow the manifest's content (reading it may need bucket credentials here)
+            params = {**params, "raw_manifest_digest": manifest_digest(params["raw_manifest"])}
+        except Exception as exc:  # noqa: BLE001 - any fsspec/credential error
+            raise ValueError(f"cannot read {params['raw_manifest']} to digest it ({exc}); give "
+                             f"--param raw_manifest_digest=md5:<hex> (see components.ingest.manifest_digest)") from exc
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(str(Path(tmp) / "soraflow.yaml"), settings, release=True, start=start)
         check_params(package, params)

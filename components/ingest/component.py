@@ -5,8 +5,12 @@ from kfp.dsl import Dataset, Metrics, Output
 
 
 def ingest_component(raw_manifest: str, clips: Output[Dataset], metrics: Output[Metrics], workers: int = 2,
-                     clip_store: str = "", data_revision: str = "", run_id: str = "", overrides: str = "{}"):
+                     clip_store: str = "", data_revision: str = "", run_id: str = "", overrides: str = "{}",
+                     raw_manifest_digest: str = ""):
     """Raw videos (a folder or a manifest on local disk, http(s), s3 or gs) -> clips + `clips.parquet`.
+
+    `raw_manifest_digest` (`components.ingest.manifest_digest` of the input, given at submission) makes KFP's
+    cache key follow the manifest's content, not only its path; ingest refuses an input that no longer matches.
 
     With `clip_store` (a folder on the shared data volume) the clip files go there, keyed by data revision, and
     the artifact holds only the tables: training pods outside KFP (Volcano jobs) read the same paths.
@@ -17,6 +21,9 @@ def ingest_component(raw_manifest: str, clips: Output[Dataset], metrics: Output[
     from pathlib import Path
 
     from components.ingest import ingest
+    from components.ingest.ingest import verify_manifest
+
+    verify_manifest(raw_manifest, raw_manifest_digest)
 
     out_dir = os.path.join(clip_store, data_revision or "unversioned") if clip_store else clips.path
     step_overrides = json.loads(overrides).get("ingest", {})

@@ -136,6 +136,34 @@ def read_inputs(inputs) -> list[dict]:
     return rows
 
 
+def manifest_digest(inputs) -> str:
+    """What the raw input is, by content: the md5 of a manifest's bytes (local or a URL, through fsspec), or for
+    a folder a sha256 over its videos' relative paths, sizes and mtimes. The pipeline passes it to ingest as a
+    parameter, so KFP's cache key changes when a manifest is rewritten at the same path."""
+    import fsspec
+
+    p = str(inputs)
+    if not _is_url(p) and Path(p).is_dir():
+        h = hashlib.sha256()
+        for f in sorted(q for q in Path(p).rglob("*") if q.is_file() and q.suffix.lower() in VIDEO_EXTS):
+            st = f.stat()
+            h.update(f"{f.relative_to(p).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return "sha256:" + h.hexdigest()
+    md5 = hashlib.md5()
+    with fsspec.open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            md5.update(block)
+    return "md5:" + md5.hexdigest()
+
+
+def verify_manifest(inputs, digest: str) -> None:
+    """Refuse to ingest an input that is no longer what the run was submitted with (a cached or retried step
+    would otherwise mix two versions of the data)."""
+    if digest and manifest_digest(inputs) != digest:
+        raise IngestError(f"{inputs}: its content changed since this run was submitted (digest {digest}, now "
+                          f"{manifest_digest(inputs)}); submit a new run for the new input")
+
+
 def _source_key(source: str, params: IngestParams) -> str | None:
     if _is_url(source):
         ident = source

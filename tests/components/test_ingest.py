@@ -251,3 +251,22 @@ def test_missing_video_backend_is_one_error_at_the_start(sample, tmp_path, monke
     with pytest.raises(VideoBackendError, match="lacks filter scdet"):
         ingest([sample["truth"]["pan_coffee"]["path"]], tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "clips").exists() and not list((tmp_path / "out" / ".done").glob("*"))
+
+
+def test_manifest_digest_follows_content_not_path(sample, tmp_path):
+    """KFP caches ingest on its inputs: the digest input changes when a manifest is rewritten in place, and a
+    run whose input changed after submission is refused instead of mixing two versions."""
+    from components.ingest import IngestError
+    from components.ingest.ingest import manifest_digest, verify_manifest
+
+    m = tmp_path / "manifest.csv"
+    shutil.copy(sample["manifest"], m)
+    before = manifest_digest(m)
+    assert before == "md5:" + hashlib.md5(m.read_bytes()).hexdigest() == manifest_digest(f"file://{m}")
+    verify_manifest(m, before)  # unchanged: fine
+    m.write_text(m.read_text().replace("camera pans right", "camera pans left", 1))
+    assert manifest_digest(m) != before
+    with pytest.raises(IngestError, match="content changed since this run was submitted"):
+        verify_manifest(m, before)
+    folder = manifest_digest(Path(sample["manifest"]).parent)
+    assert folder.startswith("sha256:") and folder == manifest_digest(Path(sample["manifest"]).parent)

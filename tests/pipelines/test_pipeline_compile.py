@@ -137,3 +137,16 @@ def test_compile_cli_renders_gitops_manifests(tmp_path):
     docs = [yaml.safe_load(p.read_text()) for p in (tmp_path / "m").rglob("*.yaml") if p.name != "kustomization.yaml"]
     assert sorted(d["kind"] for d in docs) == ["Pipeline", "PipelineVersion"]
     assert all(d["apiVersion"] == "pipelines.kubeflow.org/v2beta1" for d in docs)
+
+
+def test_ingest_cache_key_follows_the_manifest_content(tmp_path):
+    """KFP keys ingest's cache on its inputs: the manifest digest is one (not only the manifest's path), and
+    training launchers hand their data volume to the Volcano jobs they submit."""
+    spec, _, _ = _compile(tmp_path)
+    ingest = spec["root"]["dag"]["tasks"]["ingest-component"]["inputs"]["parameters"]
+    assert ingest["raw_manifest_digest"] == {"componentInputParameter": "raw_manifest_digest"}
+    s = ClusterSettings()
+    for task in TRAIN_TASKS:
+        container = spec["deploymentSpec"]["executors"][_executor(spec, task)]["container"]
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        assert env["SORAFLOW_DATA_PVC"] == s.data_pvc and env["SORAFLOW_DATA_MOUNT"] == s.data_mount, task
