@@ -6,29 +6,40 @@ PIP    := $(PY) -m pip
 # A CPU build of torch lies on local disk; pinning it keeps pip from fetching a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: env test demo clean
+.PHONY: env test test-deps demo clean
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every package's version (for Python 3.11), so every machine curates the same bytes.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -c constraints.txt $(TORCH)
+	$(PIP) install -q -c constraints.txt -e '.[test,fp8]'
 	touch $@
 
 env: $(VENV)/.installed
 
-test: env
-	$(PY) -m pytest -q
+# System tools a few tests use (Prometheus, Chromium, checkov): installed when run as root with apt-get;
+# otherwise those tests are skipped and the summary (-rs) lists them with this target's name.
+test-deps:
+	@bash scripts/test-deps.sh
+
+test: env test-deps
+	$(PY) -m pytest -q -rs
 
 # The whole DAG on this machine through the KFP local runner: generated sample videos -> ingest -> filter ->
 # vae_train -> DiT stages 1-3 -> distill -> eval, with the tiny CPU recipes (about a minute on 2 cores).
+# The curated set is then versioned as data/ (data.dvc is committed: the same inputs give the same md5 on any
+# machine, so git stays clean) and pushed to the default DVC remote, where `soraflow data pull` finds it.
 demo: env
 	rm -rf demo-out
 	$(VENV)/bin/soraflow run --out-dir demo-out
+	$(VENV)/bin/soraflow data version --from demo-out/curated
+	$(VENV)/bin/soraflow data push
+	$(VENV)/bin/soraflow data status
 	@echo "report: demo-out/report.html (and report.md); every step's artifacts: demo-out/pipeline-root/"
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) .venv-checkov demo-out .pytest_cache
 
 # Local Prometheus (:9090, project rules) and Pushgateway (:9091) on loopback, scraping a trainer on :9464
 # (train with --override metrics_port=9464). Needs Debian's prometheus and prometheus-pushgateway. Ctrl-C stops.

@@ -2,11 +2,13 @@
 
 Every step (ingest, filter, training data, generate, eval) reads and writes video through these functions.
 Writes go to a temporary name in the target folder and are renamed into place, so a crash never leaves a
-half-written file under the final name.
+half-written file under the final name. Everything runs on the FFmpeg libraries inside PyAV's wheel (decoders,
+libx264, the `scdet` filter, crop/scale): no system ffmpeg binary and no subprocess.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -14,9 +16,14 @@ from pathlib import Path
 from typing import Iterator
 
 import av
+import av.filter
 import numpy as np
 
 from common.atomic import atomic_path
+
+# libx264 picks its thread count from the machine's cores, and the bitstream depends on that count; a fixed
+# count makes the same frames give the same bytes on any machine (x264 is deterministic for a fixed count).
+ENCODER_THREADS = 2
 
 
 class VideoReadError(ValueError):
@@ -229,7 +236,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18,
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "medium"}
+            stream.options = {"crf": str(crf), "preset": "medium", "threads": str(ENCODER_THREADS)}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -238,95 +245,187 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18,
     return path
 
 
-# --- ffmpeg-based analysis and transcoding (Debian ffmpeg: scdet, cropdetect, libx264) ---------------------------
+# --- analysis and re-encoding in one decoding pass (PyAV's bundled FFmpeg: scdet, crop/scale, libx264) -----------
 
-@dataclass(frozen=True)
-class FrameScan:
-    """One decoded frame's analysis: index in decode order, time, scene score (scdet, 0-100) and the bounding box
-    of non-black content found by cropdetect (inclusive pixel coordinates)."""
+# What ingest needs from the FFmpeg build inside PyAV's wheel. Checked once at the start of a step, so a build
+# without one of them is one clear error, not every source rejected as "broken".
+REQUIRED_CODECS = {"h264": "decode", "libx264": "encode"}
+REQUIRED_FILTERS = ("scdet", "crop", "scale", "setsar", "format", "buffer", "buffersink")
+
+class VideoBackendError(RuntimeError):
+    """The video library cannot do what a step needs (missing, or built without a codec/filter)."""
+
+
+def check_video_backend(encode: bool = True) -> str:
+    """Raise `VideoBackendError` naming what is missing from PyAV's FFmpeg (the H.264 decoder, and with
+    `encode` libx264 and the filters ingest uses); return a one-line description of the backend."""
+    missing = []
+    for name, mode in REQUIRED_CODECS.items():
+        if mode == "encode" and not encode:
+            continue
+        try:
+            av.codec.Codec(name, "w" if mode == "encode" else "r")
+        except Exception:  # UnknownCodecError, or a build without it
+            missing.append(f"{mode}r {name}")
+    have = av.filter.filters_available
+    missing += [f"filter {f}" for f in (REQUIRED_FILTERS if encode else ()) if f not in have]
+    if missing:
+        raise VideoBackendError(
+            f"PyAV {av.__version__} (FFmpeg {getattr(av, 'ffmpeg_version_info', '?')}) lacks {', '.join(missing)}; "
+            f"install the PyPI wheel the project pins (`pip install -e .` or `pip install av==<pinned version>`), "
+            f"whose bundled FFmpeg has them")
+    return f"PyAV {av.__version__}, FFmpeg {getattr(av, 'ffmpeg_version_info', '?')}"
+
+
+def content_box(luma: np.ndarray, limit: float, bit_depth: int = 8) -> tuple[int, int, int, int]:
+    """(x1, x2, y1, y2), inclusive, of the rows and columns whose mean luma is above `limit` (an 8-bit value;
+    scaled for 10-bit frames): the non-black content, as ffmpeg's cropdetect measures a line. A frame with no
+    such line gives (0, -1, 0, -1)."""
+    thr = float(limit) * (1 << (bit_depth - 8))
+    rows = np.flatnonzero(luma.mean(axis=1, dtype=np.float64) > thr)
+    cols = np.flatnonzero(luma.mean(axis=0, dtype=np.float64) > thr)
+    if rows.size == 0 or cols.size == 0:
+        return (0, -1, 0, -1)
+    return (int(cols[0]), int(cols[-1]), int(rows[0]), int(rows[-1]))
+
+
+@dataclass
+class ScannedFrame:
+    """One decoded frame of `scan_frames`: index in decode order, presentation time (s), scene score (ffmpeg's
+    `scdet`, 0-100), non-black content box (x1, x2, y1, y2, inclusive) and the decoded frame itself (PyAV), so
+    a caller can re-encode it without decoding the file again."""
 
     index: int
-    pts_time: float
+    time: float
     scene_score: float
-    x1: int
-    x2: int
-    y1: int
-    y2: int
+    box: tuple[int, int, int, int]
+    frame: "av.VideoFrame"
 
 
-@dataclass(frozen=True)
-class ScanResult:
-    frames: list
-    returncode: int
-    errors: str
+def _drain(graph) -> list:
+    out = []
+    while True:
+        try:
+            out.append(graph.vpull())
+        except (av.error.BlockingIOError, av.error.EOFError):
+            return out
 
 
-def scan_video(path: str | Path, crop_limit: int = 24, timeout: float = 600.0) -> ScanResult:
-    """Decode the whole file once with ffmpeg and return per-frame scene scores (`scdet`) and content boxes
-    (`cropdetect`, reset every frame). Errors from the decoder are returned, not raised."""
-    import subprocess
+def scan_frames(path: str | Path, crop_limit: int = 24) -> Iterator[ScannedFrame]:
+    """Decode the first video stream once, yielding every frame with its scene score and content box.
 
+    Scene scores come from FFmpeg's own `scdet` filter run on the decoded frames (in process, no second
+    decode); content boxes from the frame's luma (`content_box`). Decoder errors raise `VideoReadError`
+    naming the file and the frame reached; a caller that wants to judge a truncated file by how far it got
+    catches it."""
     path = str(path)
-    cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-i", path, "-map", "0:v:0", "-an",
-           "-vf", f"scdet=threshold=100:sc_pass=0,cropdetect=limit={crop_limit}:round=2:reset=1:skip=0,"
-                  "metadata=mode=print:file=-", "-f", "null", "-"]
+    _require_nonempty_file(path)
+    i = -1
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        raise VideoReadError(f"{path}: ffmpeg scan timed out after {timeout:.0f} s") from exc
-    frames, cur = [], None
+        with av.open(path) as container:
+            stream = _decoding_stream(container, path)
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            step = 1.0 / float(rate) if rate else 0.0
+            graph = av.filter.Graph()
+            src = graph.add_buffer(template=stream)
+            scd = graph.add("scdet", "threshold=100:sc_pass=0")
+            sink = graph.add("buffersink")
+            src.link_to(scd)
+            scd.link_to(sink)
+            graph.configure()
+            pending: list = []  # frames pushed into scdet, awaiting their score (it returns them in order)
 
-    def flush():
-        if cur is not None:
-            frames.append(FrameScan(cur["n"], cur["t"], cur.get("lavfi.scd.score", 0.0),
-                                    int(cur.get("lavfi.cropdetect.x1", 0)), int(cur.get("lavfi.cropdetect.x2", -1)),
-                                    int(cur.get("lavfi.cropdetect.y1", 0)), int(cur.get("lavfi.cropdetect.y2", -1))))
+            def emit(scored):
+                for out in scored:
+                    frame = pending.pop(0)
+                    luma, bits = _luma_plane(frame[1])
+                    score = float(out.metadata.get("lavfi.scd.score", 0.0))
+                    yield ScannedFrame(frame[0], frame[2], score, content_box(luma, crop_limit, bits), frame[1])
 
-    for line in proc.stdout.splitlines():
-        if line.startswith("frame:"):
-            flush()
-            parts = dict(p.split(":", 1) for p in line.split() if ":" in p)
-            try:
-                t = float(parts.get("pts_time", "nan"))
-            except ValueError:
-                t = float("nan")
-            cur = {"n": int(parts["frame"]), "t": t}
-        elif "=" in line and cur is not None:
-            k, v = line.split("=", 1)
-            try:
-                cur[k.strip()] = float(v)
-            except ValueError:
-                pass
-    flush()
-    return ScanResult(frames=frames, returncode=proc.returncode, errors=proc.stderr.strip()[-2000:])
+            for i, frame in enumerate(container.decode(stream)):
+                t = float(frame.time) if frame.time is not None else i * step
+                pending.append((i, frame, t))
+                graph.vpush(frame)
+                yield from emit(_drain(graph))
+            graph.vpush(None)
+            yield from emit(_drain(graph))
+    except VideoReadError:
+        raise
+    except (av.error.FFmpegError, IndexError, UnicodeDecodeError, ValueError) as exc:
+        raise VideoReadError(f"{path}: decoding failed after {i + 1} frames ({exc})") from exc
 
 
-def transcode_clip(src: str | Path, dst: str | Path, start_time: float, end_time: float, *,
-                   crop: tuple[int, int, int, int] | None = None, fps: float | None = None,
-                   max_long_side: int = 1080, crf: int = 18, preset: str = "veryfast",
-                   timeout: float = 600.0) -> Path:
-    """Cut [start_time, end_time) of `src`, crop (w, h, x, y), resample to constant `fps`, scale so the long side
-    is at most `max_long_side` (even sizes), encode H.264 yuv420p without audio; temp name, then rename."""
-    import subprocess
-
-    dst = Path(dst)
-    filters = []
-    if crop is not None:
-        w, h, x, y = crop
-        filters.append(f"crop={w}:{h}:{x}:{y}")
-    if fps:
-        filters.append(f"fps={Fraction(fps).limit_denominator(1001)}")
+def even_size_within(width: int, height: int, max_long_side: int) -> tuple[int, int]:
+    """The even (width, height) after scaling so the long side is at most `max_long_side`, keeping the aspect
+    ratio (never upscaling)."""
     m = int(max_long_side) // 2 * 2
-    filters.append(f"scale='if(gt(iw,ih),min({m},iw),-2)':'if(gt(iw,ih),-2,min({m},ih))'")
-    filters.append("scale=trunc(iw/2)*2:trunc(ih/2)*2,setsar=1")
-    cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y",
-           "-ss", f"{start_time:.6f}", "-i", str(src), "-t", f"{end_time - start_time:.6f}",
-           "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", ",".join(filters),
-           "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p", "-profile:v", "high",
-           "-movflags", "+faststart", "-f", "mp4"]
-    with atomic_path(dst, suffix=dst.suffix or ".mp4") as tmp:
-        proc = subprocess.run(cmd + [tmp], capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0 or os.path.getsize(tmp) == 0:
-            raise VideoReadError(f"{src}: re-encoding [{start_time:.3f}, {end_time:.3f}) s failed "
-                                 f"({proc.stderr.strip()[-500:]})")
-    return dst
+    long_side = max(width, height)
+    if long_side > m:
+        s = m / long_side
+        width, height = (m, int(round(height * s / 2)) * 2) if width >= height else (int(round(width * s / 2)) * 2, m)
+    return max(2, width // 2 * 2), max(2, height // 2 * 2)
+
+
+def constant_rate_frames(times: list[float], start: float, end: float, fps: Fraction) -> list[int]:
+    """Resample a frame sequence to a constant `fps` over [start, end): for each output slot k (time
+    start + k/fps), the index of the input frame shown at that time: the last one whose time, rounded to the
+    nearest slot, is <= k. Frames between slots are dropped, gaps are filled by repeating."""
+    rate = float(fps)
+    n_out = max(1, int(round((end - start) * rate)))
+    # half rounds up (FFmpeg's fps filter rounds to the nearest, ties away from zero); the epsilon keeps float
+    # error in times such as 1/30 from turning a tie into a round-down
+    slots = [math.floor((t - start) * rate + 0.5 + 1e-6) for t in times]
+    out, j = [], 0
+    for k in range(n_out):
+        while j + 1 < len(times) and slots[j + 1] <= k:
+            j += 1
+        out.append(j)
+    return out
+
+
+def write_clip(path: str | Path, frames: list, times: list[float], start: float, end: float, *, fps: Fraction,
+               crop: tuple[int, int, int, int] | None = None, max_long_side: int = 1080, crf: int = 18,
+               preset: str = "veryfast") -> tuple[int, int, int]:
+    """Encode decoded PyAV frames (shown at `times`) covering [start, end) as an H.264 (High, yuv420p, no
+    audio, faststart) MP4: resampled to constant `fps`, cropped to (w, h, x, y), scaled so the long side is at
+    most `max_long_side` with even sizes, square pixels. Written to a temporary name and renamed. Returns
+    (num_frames, height, width) of what was written."""
+    if not frames:
+        raise ValueError(f"{path}: no frames to encode")
+    first = frames[0]
+    cw, ch = (crop[0], crop[1]) if crop else (first.width, first.height)
+    ow, oh = even_size_within(cw, ch, max_long_side)
+    fps = Fraction(fps).limit_denominator(1001)
+    tb = 1 / fps
+    graph = av.filter.Graph()
+    chain = [graph.add_buffer(width=first.width, height=first.height, format=first.format.name, time_base=tb)]
+    if crop:
+        chain.append(graph.add("crop", "{}:{}:{}:{}".format(*crop)))
+    chain += [graph.add("scale", f"{ow}:{oh}"), graph.add("setsar", "1"), graph.add("format", "yuv420p"),
+              graph.add("buffersink")]
+    for a, b in zip(chain[:-1], chain[1:]):
+        a.link_to(b)
+    graph.configure()
+    picks = constant_rate_frames(times, start, end, fps)
+    path = Path(path)
+    with atomic_path(path, suffix=path.suffix or ".mp4") as tmp:
+        with av.open(tmp, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = ow, oh, "yuv420p"
+            stream.options = {"crf": str(crf), "preset": preset, "profile": "high", "threads": str(ENCODER_THREADS)}
+
+            def encode(out_frames):
+                for f in out_frames:
+                    for packet in stream.encode(f):
+                        container.mux(packet)
+
+            for k, j in enumerate(picks):
+                frame = frames[j]
+                frame.pts, frame.time_base = k, tb
+                graph.vpush(frame)
+                encode(_drain(graph))
+            graph.vpush(None)
+            encode(_drain(graph))
+            for packet in stream.encode():
+                container.mux(packet)
+    return len(picks), oh, ow

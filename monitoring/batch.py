@@ -1,6 +1,9 @@
 """What the batch steps push to a Pushgateway when they finish (``--pushgateway`` on ingest and filter).
 
-One group per step and level, keyed by job + run_id + stage (``push_batch_metrics``):
+One Pushgateway group per step and level, keyed by job + stage (``push_batch_metrics``): the next run of
+the same step replaces it, and the series carry ``run_id`` / ``recipe`` as labels. Every value is a gauge
+(``soraflow_batch_clips_in`` / ``_clips_kept`` / ``_clips_rejected``, ``_step_duration_seconds``,
+``_last_success_timestamp_seconds``): the run's final numbers, pushed once.
 
 * ``ingest`` counts **source videos**: in = sources listed, kept = sources that gave at least one clip,
   rejected by reason (``missing``, ``broken``, ``no_clips`` ...).

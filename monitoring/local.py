@@ -192,6 +192,12 @@ class LocalMonitoring:
     def alerts(self) -> list[dict]:
         return self._api("alerts")["alerts"]
 
+    def pushgateway_groups(self) -> list[dict[str, str]]:
+        """Grouping labels of every group the Pushgateway holds (its /api/v1/metrics)."""
+        with urllib.request.urlopen(f"{self.pushgateway_url}/api/v1/metrics", timeout=10) as r:
+            body = json.load(r)
+        return [g["labels"] for g in body["data"]]
+
 
 def serve_until_interrupted(mon: LocalMonitoring, *, out=None) -> None:
     """``soraflow monitor``: start, print the URLs, run until Ctrl-C / SIGTERM (or a server dies), stop both."""

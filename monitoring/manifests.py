@@ -2,7 +2,8 @@
 
 ``monitoring/k8s/prometheusrule.yaml`` is generated from ``monitoring/rules/soraflow.rules.yml`` (the file
 promtool tests), so the cluster runs the tested rules; a test checks the two stay identical. Regenerate with
-``python -m monitoring.manifests``.
+``python -m monitoring.manifests``. ``monitoring/kustomization.yaml`` deploys these objects together with one
+Grafana dashboard ConfigMap per ``monitoring/dashboards/*.json`` (:func:`kustomize_build` renders it).
 """
 
 from __future__ import annotations
@@ -56,6 +57,33 @@ def load_manifests(folder: Path = K8S_DIR) -> list[tuple[Path, dict]]:
     for path in sorted(Path(folder).glob("*.yaml")):
         out.extend((path, doc) for doc in yaml.safe_load_all(path.read_text()) if doc)
     return out
+
+
+KUSTOMIZATION_DIR = MONITORING_DIR  # monitoring/kustomization.yaml: what Argo CD's soraflow-monitoring app builds
+
+
+def kustomize_command() -> list[str] | None:
+    """``kustomize build`` or ``kubectl kustomize`` (kubectl bundles kustomize), whichever is on PATH."""
+    import shutil
+
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+def kustomize_build(folder: Path = KUSTOMIZATION_DIR) -> list[dict]:
+    """The objects ``folder``'s kustomization renders (what Argo CD applies), by the real kustomize."""
+    import subprocess
+
+    cmd = kustomize_command()
+    if cmd is None:
+        raise RuntimeError("neither kustomize nor kubectl is on PATH")
+    p = subprocess.run([*cmd, str(folder)], capture_output=True, text=True, timeout=120)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} {folder} failed:\n{p.stderr[-2000:]}")
+    return [d for d in yaml.safe_load_all(p.stdout) if d]
 
 
 def main() -> int:

@@ -1,6 +1,7 @@
 """The one home of soraflow's Prometheus metric definitions (design.md §5).
 
-Conventions: prefix ``soraflow_``, base units (seconds, bytes), ratios 0–1, counters end in ``_total``.
+Conventions: prefix ``soraflow_``, base units (seconds, bytes), ratios 0–1, counters end in ``_total``
+(and only counters: a value set once, like a batch step's count of clips, is a gauge without ``_total``).
 Labels: ``run_id``, ``stage``, ``recipe``, plus ``kind`` / ``reason`` / ``result`` / ``phase`` where a
 family is split. Never step, rank or file path: those are values or log fields, not series.
 
@@ -14,7 +15,11 @@ in one process never collide; no process-global default registry is touched).
   moves redone step time from productive to ``wasted_progress``. Export from rank 0 with
   :func:`start_exporter`.
 * Batch steps (ingest / filter / eval; short-lived, pushed): :class:`BatchMetrics` and
-  :func:`push_batch_metrics` to a Pushgateway, grouped by job, run_id and stage.
+  :func:`push_batch_metrics` to a Pushgateway. All gauges: the step pushes its final numbers once, and a
+  counter (``_total``, with ``rate()``/``increase()`` semantics and a ``_created`` series) would claim a
+  monotonic history that a one-shot push does not have. One Pushgateway group per job + stage: the next run's
+  push replaces the previous run's series (they still carry ``run_id`` as a label, and Prometheus keeps the
+  history), so the gateway holds one result per step instead of every run's forever.
 """
 
 from __future__ import annotations
@@ -230,16 +235,18 @@ def start_exporter(port: int, registry: CollectorRegistry, *, addr: str = "0.0.0
 
 # ---------------------------------------------------------------------- batch steps (Pushgateway)
 class BatchMetrics:
-    """Completion metrics of one batch step (ingest, filter, eval ...)."""
+    """Completion metrics of one batch step (ingest, filter, eval ...): gauges set once, then pushed."""
 
     def __init__(self, run_id: str, stage: str, recipe: str, registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else CollectorRegistry()
         self.label_values = (str(run_id), str(stage), str(recipe))
         r = self.registry
-        self.clips_in = Counter("soraflow_batch_clips_in", "Clips that entered the step.", LABELS, registry=r)
-        self.clips_kept = Counter("soraflow_batch_clips_kept", "Clips the step kept.", LABELS, registry=r)
-        self.clips_rejected = Counter(
-            "soraflow_batch_clips_rejected", "Clips the step rejected, by reason.", LABELS + ("reason",), registry=r)
+        # ingest counts source videos, the filter levels count clips (monitoring/batch.py)
+        self.clips_in = Gauge("soraflow_batch_clips_in", "Clips that entered the step in this run.", LABELS,
+                              registry=r)
+        self.clips_kept = Gauge("soraflow_batch_clips_kept", "Clips the step kept in this run.", LABELS, registry=r)
+        self.clips_rejected = Gauge("soraflow_batch_clips_rejected", "Clips the step rejected in this run, by reason.",
+                                    LABELS + ("reason",), registry=r)
         self.step_duration = Gauge(
             "soraflow_batch_step_duration_seconds", "Wall time of the batch step.", LABELS, registry=r)
         self.last_success = Gauge(
@@ -249,14 +256,25 @@ class BatchMetrics:
     def record(self, *, clips_in: int = 0, clips_kept: int = 0,
                rejected_by_reason: Mapping[str, int] | None = None, duration_s: float | None = None,
                finished_at: float | None = None) -> None:
+        """Set the run's numbers (absolute values: recording twice keeps the second, it does not add up)."""
         lv = self.label_values
-        self.clips_in.labels(*lv).inc(int(clips_in))
-        self.clips_kept.labels(*lv).inc(int(clips_kept))
+        self.clips_in.labels(*lv).set(int(clips_in))
+        self.clips_kept.labels(*lv).set(int(clips_kept))
         for reason, n in (rejected_by_reason or {}).items():
-            self.clips_rejected.labels(*lv, str(reason)).inc(int(n))
+            self.clips_rejected.labels(*lv, str(reason)).set(int(n))
         if duration_s is not None:
             self.step_duration.labels(*lv).set(float(duration_s))
         self.last_success.labels(*lv).set(time.time() if finished_at is None else float(finished_at))
+
+
+def batch_grouping_key(stage: str) -> dict[str, str]:
+    """Pushgateway grouping key of a batch step besides ``job``: the stage only, not the run.
+
+    A PUT replaces a whole group, so the next run of the same step overwrites this run's series instead of
+    adding a group per run that nobody deletes (which kept alerts on finished runs firing forever). Runs
+    that finish within one scrape interval of each other on the same step lose the earlier one's numbers.
+    """
+    return {"stage": str(stage)}
 
 
 def push_batch_metrics(
@@ -274,11 +292,11 @@ def push_batch_metrics(
 ) -> BatchMetrics:
     """Push one batch step's completion metrics to a Pushgateway (PUT: replaces the group).
 
-    The group key is ``job`` + ``run_id`` + ``stage``, so steps and runs never overwrite each other.
-    Returns the :class:`BatchMetrics` (its registry holds what was pushed).
+    The group is ``job`` + ``stage`` (:func:`batch_grouping_key`); ``run_id`` and ``recipe`` are labels of
+    the pushed series. Returns the :class:`BatchMetrics` (its registry holds what was pushed).
     """
     m = BatchMetrics(run_id, stage, recipe)
     m.record(clips_in=clips_in, clips_kept=clips_kept, rejected_by_reason=rejected_by_reason, duration_s=duration_s)
-    push_to_gateway(gateway_url, job=job, registry=m.registry,
-                    grouping_key={"run_id": str(run_id), "stage": str(stage)}, timeout=timeout)
+    push_to_gateway(gateway_url, job=job, registry=m.registry, grouping_key=batch_grouping_key(stage),
+                    timeout=timeout)
     return m

@@ -55,7 +55,23 @@ def _add_generate(sub) -> None:
     p.add_argument("--image-ae", help="t2i2v FLUX autoencoder: diffusers folder or ae.safetensors")
     p.add_argument("--image-resolution", default="768px", help="t2i2v image resolution (same aspect ratio)")
     p.add_argument("--image-guidance", type=float, default=4.0, help="t2i2v embedded (distilled) guidance")
+    p.add_argument("--dcae-scaling-factor", default="preset",
+                   help="Video DC-AE latent scaling: 'preset' (default; none for opensora2-hc as released, 0.493 "
+                        "for tiny-hc), 'none', or a number such as 0.493 (the value the hc DiT was trained with)")
+    p.add_argument("--keep-i2v-pad-frames", action="store_true",
+                   help="non-causal AE i2v: keep the 3 decoded frames next to the reference frame that the "
+                        "released sampler drops")
     p.set_defaults(func=_run_generate)
+
+
+def _scaling_arg(value: str):
+    if value in ("preset", "none"):
+        return None if value == "none" else value
+    try:
+        return float(value)
+    except ValueError:
+        raise SystemExit(f"soraflow generate: --dcae-scaling-factor must be 'preset', 'none' or a number, "
+                         f"got {value!r}") from None
 
 
 def _run_generate(args) -> int:
@@ -78,6 +94,7 @@ def _run_generate(args) -> int:
         out=args.out, out_dir=args.out_dir, fast=not args.no_fast, offload=args.offload, fp8=args.fp8,
         t2i2v=args.t2i2v, image_model=args.image_model, image_ae=args.image_ae,
         image_resolution=args.image_resolution, image_guidance=args.image_guidance,
+        dcae_scaling_factor=_scaling_arg(args.dcae_scaling_factor), keep_i2v_pad_frames=args.keep_i2v_pad_frames,
     )
     result = generate(opts)
     for path in result.images + result.paths:
@@ -92,11 +109,11 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a stage from a recipe (torchx local_cwd, or print the k8s job)",
                        description="Launch a training recipe through torchx with torchrun's elastic agent. With "
                                    "--stage, run it as a pipeline stage (inputs checked, model card, metrics).")
-    p.add_argument("--recipe", required=True, help="e.g. tiny-cpu-stage1, stage1-256px-h200x8")
+    p.add_argument("--recipe", required=True, help="one of: {recipes}")
     p.add_argument("--stage", default=None,
                    choices=["vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill"],
                    help="run as this pipeline stage (must match the recipe's stage)")
-    p.add_argument("--data-table", default=None, help="clip table (CSV/Parquet/JSONL) for --stage")
+    p.add_argument("--data-table", default=None, help="clip table (.parquet or .csv) for --stage")
     p.add_argument("--init-from", default=None, help="previous stage's model.safetensors (stage 1: FLUX weights)")
     p.add_argument("--autoencoder", default=None, help="autoencoder weights (distill: the Video DC-AE)")
     p.add_argument("--run-dir", default="runs/train")
@@ -104,26 +121,32 @@ def _add_train(sub) -> None:
     p.add_argument("--nnodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=0)
     p.add_argument("--max-restarts", type=int, default=3)
-    p.add_argument("--override", action="append", default=[], help="dotted.key=json-value, repeatable")
+    p.add_argument("--override", action="append", default=[],
+                   help="dotted.key=json-value, repeatable, e.g. optim.lr=1e-5; checked against the config's types")
     p.add_argument("--scheduler", choices=["local_cwd", "kubernetes-dryrun"], default="local_cwd")
     p.add_argument("--image", default=None, help="container image (kubernetes)")
     p.set_defaults(func=_run_train)
 
 
+def _print_progress(line: str) -> None:
+    print(f"  {line}", file=sys.stderr, flush=True)
+
+
 def _run_train(args) -> int:
+    from training.config import resolve
     from training.launch import DEFAULT_IMAGE, LaunchSpec, kubernetes_dryrun, run_local
-    from training.recipes import get_recipe
     from training.train import parse_overrides
 
-    get_recipe(args.recipe)  # unknown names fail here, before any process starts
     overrides = parse_overrides(args.override)
+    # the recipe and every override, typed and range-checked before any process or cluster job starts
+    resolve(args.recipe, overrides, run_dir=args.run_dir)
     stage_inputs = args.data_table or args.init_from or args.autoencoder
     if args.stage and args.scheduler == "local_cwd":
         from components.train_stage import run_stage
 
         out = run_stage(args.stage, recipe=args.recipe, run_dir=args.run_dir, data_table=args.data_table,
                         init_from=args.init_from, autoencoder=args.autoencoder, overrides=overrides,
-                        nproc=args.nproc, max_restarts=args.max_restarts)
+                        nproc=args.nproc, max_restarts=args.max_restarts, progress=_print_progress)
         print(json.dumps(out.__dict__, indent=1, default=str))
         return 0
     if stage_inputs and not args.stage:
@@ -138,10 +161,14 @@ def _run_train(args) -> int:
     spec = LaunchSpec(recipe=args.recipe, run_dir=args.run_dir, nnodes=args.nnodes, nproc_per_node=args.nproc,
                       gpus_per_node=args.gpus_per_node, max_restarts=args.max_restarts,
                       overrides=overrides, image=args.image or DEFAULT_IMAGE)
-    if args.scheduler == "kubernetes-dryrun":
-        print(json.dumps(kubernetes_dryrun(spec), indent=2, default=str))
+    if args.scheduler == "kubernetes-dryrun":  # the Volcano Job as YAML: `... | kubectl apply -f -` takes it
+        import yaml
+        from kubernetes.client import ApiClient
+
+        print(yaml.safe_dump(ApiClient().sanitize_for_serialization(kubernetes_dryrun(spec).resource),
+                             sort_keys=False), end="")
         return 0
-    status = run_local(spec, log_dir=f"{args.run_dir}/torchx-logs")
+    status = run_local(spec, log_dir=f"{args.run_dir}/torchx-logs", progress=_print_progress)
     print(f"training {args.recipe}: {status.state if status else 'unknown'}; run dir {args.run_dir}")
     return 0 if status is not None and str(status.state).endswith("SUCCEEDED") else 1
 
@@ -159,7 +186,7 @@ def _add_ingest(sub) -> None:
     p.add_argument("--clip-max", type=float, default=8.0)
     p.add_argument("--max-fps", type=float, default=30)
     p.add_argument("--max-long-side", type=int, default=1080)
-    p.add_argument("--scene-threshold", type=float, default=15.0, help="ffmpeg scdet score (0-100) for a cut")
+    p.add_argument("--scene-threshold", type=float, default=15.0, help="scene score (FFmpeg scdet, 0-100) that starts a new shot")
     p.add_argument("--no-progress", action="store_true")
     _add_pushgateway_flag(p)
     p.set_defaults(func=_run_ingest)
@@ -227,7 +254,7 @@ def _run_filter(args) -> int:
         for item in items:
             key, _, raw = item.partition("=")
             if key not in {f.name for f in dataclasses.fields(base)}:
-                raise ValueError(f"unknown threshold {key!r}")
+                raise UsageError(f"unknown threshold {key!r}")
             kw[key] = None if raw.lower() in ("none", "") else json.loads(raw)
         return dataclasses.replace(base, **kw)
 
@@ -308,12 +335,12 @@ def _parse_eval_model(spec: str, args):
     head, _, opts = spec.partition(":")
     name, eq, preset = head.partition("=")
     if not eq or not name or not preset:
-        raise ValueError(f"--model {spec!r}: expected NAME=PRESET[:key=value,...]")
+        raise UsageError(f"--model {spec!r}: expected NAME=PRESET[:key=value,...]")
     kw = {}
     for item in filter(None, opts.split(",")):
         key, eq, value = item.partition("=")
         if not eq or key not in ("dit", "ae", "weights_dir", "t5", "clip", "frames", "ae_kind"):
-            raise ValueError(f"--model {spec!r}: bad option {item!r} (keys: dit, ae, weights_dir, t5, clip, "
+            raise UsageError(f"--model {spec!r}: bad option {item!r} (keys: dit, ae, weights_dir, t5, clip, "
                              "frames, ae_kind)")
         kw["num_frames" if key == "frames" else key] = int(value) if key == "frames" else value
     kw.setdefault("weights_dir", args.weights_dir)
@@ -354,12 +381,18 @@ def _add_pipeline_commands(sub) -> None:
     p.add_argument("--suite", default="heldout",
                    help="eval prompt suite: 'heldout' (the held-out clips' captions), 'mini' or a "
                         "VBench_full_info.json file")
+    p.add_argument("--from-revision", metavar="MD5|pinned",
+                   help="run the retraining pipeline: start from this curated dataset revision ('pinned': the one "
+                        "data.dvc pins), fetched from the DVC remote, instead of ingest + filter")
+    p.add_argument("--dvc-remote", help="where --from-revision fetches from (default: this repo's DVC remote)")
     p.add_argument("--profile", default="cpu", choices=["cpu"],
                    help="recipes and eval sizes for the whole DAG: 'cpu' (tiny models, 2 cores)")
     p.set_defaults(func=_run_pipeline_local)
 
     p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
-    p.add_argument("--out", default="pipelines/compiled/soraflow.yaml")
+    p.add_argument("--start", choices=["raw", "revision"], default="raw",
+                   help="raw: curate from a manifest; revision: the retraining pipeline from a data.dvc revision")
+    p.add_argument("--out", help="default pipelines/compiled/soraflow.yaml (soraflow-retrain.yaml for revision)")
     p.add_argument("--k8s-manifests", metavar="DIR",
                    help="also render KFP Pipeline/PipelineVersion manifests for GitOps (Argo CD) into DIR")
     _add_cluster_flags(p)
@@ -377,6 +410,8 @@ def _add_pipeline_commands(sub) -> None:
                    help="a step's recipe, e.g. dit_stage1=stage1-256px-h200x8 (repeatable)")
     p.add_argument("--schedule", metavar="CRON",
                    help="create a recurring run instead, e.g. '0 0 3 * * 1' (KFP cron: seconds first)")
+    p.add_argument("--from-revision", metavar="MD5|pinned",
+                   help="submit the retraining pipeline, starting from this dataset revision ('pinned': data.dvc's)")
     _add_cluster_flags(p)
     p.set_defaults(func=_run_submit)
 
@@ -407,7 +442,7 @@ def _step_kv(items: list[str], what: str) -> dict:
         key, sep, raw = item.partition("=")
         step, dot, field = key.partition(".")
         if not sep or (what == "override" and not dot):
-            raise ValueError(f"--{what} expects {'STEP.KEY=JSON' if what == 'override' else 'STEP=RECIPE'}, "
+            raise UsageError(f"--{what} expects {'STEP.KEY=JSON' if what == 'override' else 'STEP=RECIPE'}, "
                              f"got {item!r}")
         if what == "recipe":
             out[step] = raw
@@ -425,9 +460,16 @@ def _run_pipeline_local(args) -> int:
 
     from components.eval.learning import format_checks
 
+    revision = None
+    if args.from_revision:
+        from pipelines.submit import pinned_revision
+
+        if args.raw:
+            raise UsageError("--raw and --from-revision start the pipeline in two different places: give one")
+        revision = pinned_revision() if args.from_revision == "pinned" else args.from_revision
     run = run_pipeline_locally(args.out_dir, raw_manifest=args.raw, overrides=_step_kv(args.override, "override"),
                                recipes=_step_kv(args.recipe, "recipe"), nproc=args.nproc, eval_suite=args.suite,
-                               profile=args.profile)
+                               profile=args.profile, data_revision=revision, dvc_remote=args.dvc_remote)
     print(f"pipeline finished in {run.seconds:.0f} s; every step's artifacts: {run.run_dir}")
     labels = {"curated": "curated dataset", "split": "train/held-out", "hunyuan_vae": "stage-1-3 AE",
               "dcae": "Video DC-AE", "stage1": "DiT stage 1", "stage2": "DiT stage 2", "stage3": "DiT stage 3",
@@ -459,31 +501,46 @@ def _run_compile(args) -> int:
 
     from pipelines.dag import compile_pipeline
 
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    print(compile_pipeline(args.out, _cluster_settings(args), release=args.release))
+    from pipelines.submit import pipeline_name
+
+    out = args.out or f"pipelines/compiled/{pipeline_name(args.start)}.yaml"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    print(compile_pipeline(out, _cluster_settings(args), release=args.release, start=args.start))
     if args.k8s_manifests:
         import subprocess
 
         renderer = Path(__file__).resolve().parents[1] / "infra" / "gitops" / "render_kfp_manifests.py"
         if not renderer.is_file():
             raise FileNotFoundError(f"{renderer}: --k8s-manifests needs a checkout of the repository")
-        subprocess.run([sys.executable, str(renderer), args.out, "--out-dir", args.k8s_manifests], check=True)
+        subprocess.run([sys.executable, str(renderer), out, "--out-dir", args.k8s_manifests], check=True)
         print(args.k8s_manifests)
     return 0
 
 
-def _run_submit(args) -> int:
-    from pipelines.submit import recipe_params, submit
+def submit_request(args) -> tuple[str, dict]:
+    """(start, pipeline parameters) of a `soraflow submit` command line."""
+    from pipelines.submit import pinned_revision, recipe_params
 
     params = recipe_params(_step_kv(args.recipe, "recipe"))
     for item in args.param:
         name, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--param expects NAME=VALUE, got {item!r}")
+            raise UsageError(f"--param expects NAME=VALUE, got {item!r}")
         params[name] = value
+    start = "raw"
+    if args.from_revision:
+        start = "revision"
+        params["data_revision"] = pinned_revision() if args.from_revision == "pinned" else args.from_revision
+    return start, params
+
+
+def _run_submit(args) -> int:
+    from pipelines.submit import submit
+
+    start, params = submit_request(args)
     print(json.dumps(submit(args.host, _cluster_settings(args), params=params, experiment=args.experiment,
                             version_name=args.version_name, run_name=args.run_name, namespace=args.namespace,
-                            schedule=args.schedule),
+                            schedule=args.schedule, start=start),
                      indent=2))
     return 0
 
@@ -517,10 +574,23 @@ def _run_monitor(args) -> int:
                           pushgateway_port=args.pushgateway_port, scrape_interval=args.scrape_interval, **kw)
     try:
         serve_until_interrupted(mon)
-    except MonitoringError as exc:
+    except MonitoringError as exc:  # a missing server binary or a busy port: an environment problem
         print(f"soraflow monitor: error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     return 0
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every default, and `{recipes}` in a help text lists the recipe registry (imported only when
+    help is printed: it pulls in torch)."""
+
+    def _get_help_string(self, action):
+        text = super()._get_help_string(action)
+        if text and "{recipes}" in text:
+            from training.recipes import RECIPES
+
+            text = text.replace("{recipes}", ", ".join(sorted(RECIPES)))
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -535,22 +605,51 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_eval(sub)
     _add_monitor(sub)
+    for command in sub.choices.values():
+        command.formatter_class = _HelpFormatter
     return parser
+
+
+class UsageError(ValueError):
+    """The command line itself is wrong (exit 2, like argparse's own errors)."""
+
+
+def _exit_code(exc: BaseException) -> int | None:
+    """2 for usage errors, 1 for the failures a run can meet (bad input, a failed step, a missing revision),
+    None for anything unexpected (the traceback is then the useful output)."""
+    from common.video_io import VideoBackendError, VideoReadError
+    from components.data import DataError
+    from components.filter.filter import FilterError
+    from components.filter.validation import ValidationError
+    from components.filter.versioning import DvcError
+    from components.ingest.ingest import IngestError
+    from components.train_stage.stage import StageFailed
+    from pipelines.local_run import PipelineRunError
+    from training.config import ConfigError
+
+    if isinstance(exc, (UsageError, ConfigError)):
+        return 2
+    if isinstance(exc, (ValueError, FileNotFoundError, KeyError, VideoBackendError, VideoReadError, IngestError,
+                        FilterError, ValidationError, DataError, DvcError, StageFailed, PipelineRunError)):
+        return 1
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    from pipelines.local_run import PipelineRunError
-
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line
+    args = parser.parse_args([a for a in argv if a != "--debug"])
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"soraflow {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except PipelineRunError as exc:  # the step's own message; its artifacts and log are above
-        print(f"soraflow {args.command}: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        code = _exit_code(exc)
+        if debug or code is None:
+            raise
+        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"soraflow {args.command}: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

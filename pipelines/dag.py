@@ -43,6 +43,7 @@ PipelineOutputs = NamedTuple("Outputs", [("curated", Dataset), ("split", Dataset
 
 @dataclass
 class Components:
+    data_pull: object
     ingest: object
     filter: object
     split: object
@@ -54,6 +55,7 @@ class Components:
 
 
 def build_components(settings: ClusterSettings) -> Components:
+    from components.data.component import data_pull_component
     from components.eval.component import eval_component
     from components.filter.component import filter_component
     from components.ingest.component import ingest_component
@@ -69,6 +71,7 @@ def build_components(settings: ClusterSettings) -> Components:
         return dsl.component(fn, base_image=image, install_kfp_package=False)
 
     return Components(
+        data_pull=on(settings.cpu_image, data_pull_component),
         ingest=on(settings.cpu_image, ingest_component),
         filter=on(settings.cpu_image, filter_component),
         split=on(settings.cpu_image, split_component),
@@ -110,67 +113,42 @@ def _on_gpu_pool(task, s: ClusterSettings, *, timeout_s: int, retries: int, gpus
         task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
 
 
-def build_pipeline(settings: ClusterSettings | None = None):
-    """The pipeline function for `settings` (images, pools): compile it, or call it under `kfp.local`."""
+def build_pipeline(settings: ClusterSettings | None = None, *, start: str = "raw"):
+    """The pipeline function for `settings` (images, pools): compile it, or call it under `kfp.local`.
+
+    `start="raw"` curates from a raw manifest (ingest -> filter); `start="revision"` is the retraining
+    pipeline (`soraflow-retrain`): it begins with the curated dataset a `data.dvc` revision pins, fetched from
+    the DVC remote, and runs the same training and eval steps. Two pipelines rather than a condition inside one:
+    KFP's local runner cannot merge an artifact out of If/Else branches (dsl.OneOf), and both must run here."""
+    if start not in ("raw", "revision"):
+        raise ValueError(f"start must be 'raw' or 'revision', got {start!r}")
     s = settings or ClusterSettings()
     c = build_components(s)
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Open-Sora 2.0: curation, DC-AE, DiT stages 1-3, distill, eval")
-    def soraflow(
-        raw_manifest: str,
-        data_revision: str = "",
-        clip_store: str = "",
-        vae_recipe: str = TINY_RECIPES["vae_train"],
-        hunyuan_vae_recipe: str = TINY_RECIPES["hunyuan_vae_train"],
-        stage1_recipe: str = TINY_RECIPES["dit_stage1"],
-        stage2_recipe: str = TINY_RECIPES["dit_stage2"],
-        stage3_recipe: str = TINY_RECIPES["dit_stage3"],
-        distill_recipe: str = TINY_RECIPES["distill"],
-        flux_weights: str = "",
-        hunyuan_vae: str = "",
-        text_encoders: str = "",
-        run_root: str = "",
-        run_tag: str = "",
-        train_scheduler: str = "local_cwd" if s.train_launcher == "in_pod" else "kubernetes",
-        nnodes: int = 1,
-        nproc: int = 1,
-        overrides: str = "{}",
-        eval_suite: str = "mini",
-        eval_num_frames: int = 9,
-        eval_resolution: str = "256px",
-        eval_height: int = 64,
-        eval_width: int = 64,
-        eval_steps: int = 4,
-        eval_seeds: str = "0",
-        vbench_python: str = "",
-        vbench_weights: str = "",
-    ) -> PipelineOutputs:
-        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        ingest = c.ingest(raw_manifest=raw_manifest, clip_store=clip_store, data_revision=data_revision,
-                          run_id=run_id, overrides=overrides)
-        ingest.set_display_name("ingest")
-        _on_cpu_pool(ingest, s, cache=True)
+    def place_training(task):
+        if s.train_launcher == "volcano":  # the job's pods get the GPUs; this task only follows the job
+            _on_cpu_pool(task, s, cache=False, timeout_s=s.train_step_timeout_s)
+            # the launcher mounts the pods' data volume into the Volcano job at the same path
+            task.set_env_variable("SORAFLOW_DATA_PVC", s.data_pvc)
+            task.set_env_variable("SORAFLOW_DATA_MOUNT", s.data_mount)
+            if s.train_retries:
+                task.set_retry(num_retries=s.train_retries, backoff_duration="60s", backoff_factor=2.0)
+        else:
+            _on_gpu_pool(task, s, timeout_s=s.train_step_timeout_s, retries=s.train_retries)
 
-        curate = c.filter(clips=ingest.outputs["clips"], data_revision=data_revision, run_id=run_id,
-                          overrides=overrides)
-        curate.set_display_name("filter")
-        _on_cpu_pool(curate, s, cache=True)
+    def train_and_eval(curated_set, run_id, *, vae_recipe, hunyuan_vae_recipe, stage1_recipe, stage2_recipe,
+                       stage3_recipe, distill_recipe, flux_weights, hunyuan_vae, text_encoders, run_root, run_tag,
+                       train_scheduler, nnodes, nproc, overrides, eval_suite, eval_num_frames, eval_resolution,
+                       eval_height, eval_width, eval_steps, eval_seeds, vbench_python, vbench_weights):
+        """split -> the training stages -> eval, from the curated set (the filter's, or a pinned revision's)."""
         # training steps read the split's tables (the curated sets minus the held-out sources)
-        split = c.split(curated=curate.outputs["curated"])
+        split = c.split(curated=curated_set)
         split.set_display_name("split")
         _on_cpu_pool(split, s, cache=True)
         curated = split.outputs["split"]
 
         common = dict(curated=curated, run_root=run_root, run_id=run_id, run_tag=run_tag, scheduler=train_scheduler,
                       nnodes=nnodes, nproc=nproc, image=s.gpu_image, queue=s.volcano_queue, overrides=overrides)
-
-        def place_training(task):
-            if s.train_launcher == "volcano":  # the job's pods get the GPUs; this task only follows the job
-                _on_cpu_pool(task, s, cache=False, timeout_s=s.train_step_timeout_s)
-                if s.train_retries:
-                    task.set_retry(num_retries=s.train_retries, backoff_duration="60s", backoff_factor=2.0)
-            else:
-                _on_gpu_pool(task, s, timeout_s=s.train_step_timeout_s, retries=s.train_retries)
 
         vae = c.vae_train(recipe=vae_recipe, **common)
         vae.set_display_name("vae_train")
@@ -209,21 +187,113 @@ def build_pipeline(settings: ClusterSettings | None = None):
         # one GPU samples one video at a time; no retries: sampling would restart from scratch
         _on_gpu_pool(evaluate, s, timeout_s=s.eval_timeout_s, retries=0, gpus=1)
 
-        return PipelineOutputs(curated=curate.outputs["curated"], split=curated, hunyuan_vae=hy_model,
+        return PipelineOutputs(curated=curated_set, split=curated, hunyuan_vae=hy_model,
                        dcae=vae.outputs["model"], stage1=stage_tasks[0].outputs["model"],
                        stage2=stage_tasks[1].outputs["model"], stage3=previous,
                        distilled=distill.outputs["model"], eval_results=evaluate.outputs["results"],
                        eval_report=evaluate.outputs["report"])
 
+
+    names = ("vae_recipe", "hunyuan_vae_recipe", "stage1_recipe", "stage2_recipe", "stage3_recipe", "distill_recipe",
+             "flux_weights", "hunyuan_vae", "text_encoders", "run_root", "run_tag", "train_scheduler", "nnodes",
+             "nproc", "overrides", "eval_suite", "eval_num_frames", "eval_resolution", "eval_height", "eval_width",
+             "eval_steps", "eval_seeds", "vbench_python", "vbench_weights")
+
+    if start == "revision":
+        @dsl.pipeline(name=f"{PIPELINE_NAME}-retrain",
+                      description="Open-Sora 2.0 retraining from a pinned dataset revision (data.dvc): DC-AE, DiT "
+                                  "stages 1-3, distill, eval")
+        def soraflow_retrain(
+            data_revision: str,
+            dvc_remote: str = s.dvc_remote,
+            vae_recipe: str = TINY_RECIPES["vae_train"],
+            hunyuan_vae_recipe: str = TINY_RECIPES["hunyuan_vae_train"],
+            stage1_recipe: str = TINY_RECIPES["dit_stage1"],
+            stage2_recipe: str = TINY_RECIPES["dit_stage2"],
+            stage3_recipe: str = TINY_RECIPES["dit_stage3"],
+            distill_recipe: str = TINY_RECIPES["distill"],
+            flux_weights: str = "",
+            hunyuan_vae: str = "",
+            text_encoders: str = "",
+            run_root: str = "",
+            run_tag: str = "",
+            train_scheduler: str = "local_cwd" if s.train_launcher == "in_pod" else "kubernetes",
+            nnodes: int = 1,
+            nproc: int = 1,
+            overrides: str = "{}",
+            eval_suite: str = "mini",
+            eval_num_frames: int = 9,
+            eval_resolution: str = "256px",
+            eval_height: int = 64,
+            eval_width: int = 64,
+            eval_steps: int = 4,
+            eval_seeds: str = "0",
+            vbench_python: str = "",
+            vbench_weights: str = "",
+        ) -> PipelineOutputs:
+            args = dict(locals())
+            pulled = c.data_pull(data_revision=data_revision, dvc_remote=dvc_remote)
+            pulled.set_display_name("data_pull")
+            _on_cpu_pool(pulled, s, cache=True)  # keyed on the revision: the same md5 is the same bytes
+            return train_and_eval(pulled.outputs["curated"], dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                  **{k: args[k] for k in names})
+
+        return soraflow_retrain
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Open-Sora 2.0: curation, DC-AE, DiT stages 1-3, distill, eval")
+    def soraflow(
+        raw_manifest: str,
+        data_revision: str = "",
+        clip_store: str = "",
+        vae_recipe: str = TINY_RECIPES["vae_train"],
+        hunyuan_vae_recipe: str = TINY_RECIPES["hunyuan_vae_train"],
+        stage1_recipe: str = TINY_RECIPES["dit_stage1"],
+        stage2_recipe: str = TINY_RECIPES["dit_stage2"],
+        stage3_recipe: str = TINY_RECIPES["dit_stage3"],
+        distill_recipe: str = TINY_RECIPES["distill"],
+        flux_weights: str = "",
+        hunyuan_vae: str = "",
+        text_encoders: str = "",
+        run_root: str = "",
+        run_tag: str = "",
+        train_scheduler: str = "local_cwd" if s.train_launcher == "in_pod" else "kubernetes",
+        nnodes: int = 1,
+        nproc: int = 1,
+        overrides: str = "{}",
+        eval_suite: str = "mini",
+        eval_num_frames: int = 9,
+        eval_resolution: str = "256px",
+        eval_height: int = 64,
+        eval_width: int = 64,
+        eval_steps: int = 4,
+        eval_seeds: str = "0",
+        vbench_python: str = "",
+        vbench_weights: str = "",
+    ) -> PipelineOutputs:
+        args = dict(locals())
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        ingest = c.ingest(raw_manifest=raw_manifest, clip_store=clip_store, data_revision=data_revision,
+                          run_id=run_id, overrides=overrides)
+        ingest.set_display_name("ingest")
+        _on_cpu_pool(ingest, s, cache=True)
+
+        curate = c.filter(clips=ingest.outputs["clips"], data_revision=data_revision, run_id=run_id,
+                          overrides=overrides)
+        curate.set_display_name("filter")
+        _on_cpu_pool(curate, s, cache=True)
+        return train_and_eval(curate.outputs["curated"], run_id, **{k: args[k] for k in names})
+
     return soraflow
 
 
-def compile_pipeline(path: str, settings: ClusterSettings | None = None, *, release: bool = False) -> str:
-    """Write the compiled pipeline (KFP IR YAML); `release=True` refuses images not pinned by digest."""
+def compile_pipeline(path: str, settings: ClusterSettings | None = None, *, release: bool = False,
+                     start: str = "raw") -> str:
+    """Write the compiled pipeline (KFP IR YAML); `release=True` refuses images not pinned by digest;
+    `start="revision"` compiles the retraining pipeline (from a data.dvc revision)."""
     from kfp import compiler
 
     s = settings or ClusterSettings()
     if release:
         s.require_digests()
-    compiler.Compiler().compile(build_pipeline(s), package_path=path)
+    compiler.Compiler().compile(build_pipeline(s, start=start), package_path=path)
     return path

@@ -25,7 +25,7 @@ from pathlib import Path
 from pipelines.dag import TINY_RECIPES, build_pipeline
 from pipelines.settings import ClusterSettings
 
-TASKS = {"ingest": "ingest-component", "filter": "filter-component", "split": "split-component",
+TASKS = {"data_pull": "data-pull-component", "ingest": "ingest-component", "filter": "filter-component", "split": "split-component",
          "vae_train": "vae-train-component", "hunyuan_vae_train": "hunyuan-vae-component",
          "dit_stage1": "dit-stage-component", "dit_stage2": "dit-stage-component-2",
          "dit_stage3": "dit-stage-component-3", "distill": "distill-component", "eval": "eval-component"}
@@ -78,10 +78,50 @@ PROFILES = {
 }
 
 
+def validate_run(recipes: dict, overrides: dict) -> None:
+    """Every step's recipe and overrides, checked before the first task starts (a typo in the distill overrides
+    used to surface only when distill was reached, minutes in). Raises ConfigError listing every problem."""
+    import difflib
+    import inspect
+
+    from components.filter import run_filter
+    from components.ingest import ingest
+    from training.config import ConfigError, resolve
+    from training.recipes import get_recipe
+
+    problems = []
+    steps = set(TINY_RECIPES) | {"ingest", "filter", "split", "eval"}
+    for step in overrides:
+        if step not in steps:
+            near = difflib.get_close_matches(step, steps, n=1)
+            problems.append(f"overrides name unknown step {step!r}" + (f" (did you mean {near[0]}?)" if near else ""))
+    for step, recipe in recipes.items():
+        try:
+            made_for = get_recipe(recipe).stage
+            if made_for != step:
+                problems.append(f"{step}: recipe {recipe!r} is a {made_for} recipe")
+                continue
+            resolve(recipe, overrides.get(step, {}))
+        except ConfigError as exc:
+            problems.append(f"{step}: {exc}")
+    for step, fn in (("ingest", ingest), ("filter", run_filter)):
+        known = [k for k in inspect.signature(fn).parameters if k not in ("inputs", "table", "out_dir")]
+        for key in overrides.get(step, {}):
+            if key not in known:
+                near = difflib.get_close_matches(key, known, n=1)
+                problems.append(f"{step}: unknown setting {key!r}" + (f" (did you mean {near[0]}?)" if near else ""))
+    if problems:
+        raise ConfigError("the run's recipes or overrides are wrong (nothing was started):\n  " + "\n  ".join(problems))
+
+
 def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overrides: dict | None = None,
                          recipes: dict | None = None, nproc: int = 1, eval_suite: str = "heldout",
-                         profile: str = "cpu") -> LocalRun:
-    """Run the DAG; returns where its artifacts are. Raises PipelineRunError naming the failed step's error."""
+                         profile: str = "cpu", data_revision: str | None = None,
+                         dvc_remote: str | None = None) -> LocalRun:
+    """Run the DAG; returns where its artifacts are. Raises PipelineRunError naming the failed step's error.
+
+    With `data_revision` (a data.dvc md5) the retraining pipeline runs instead: it fetches that curated dataset
+    from `dvc_remote` (default: this repository's DVC remote) and starts at training."""
     from kfp import local
 
     if profile not in PROFILES:
@@ -89,16 +129,26 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if raw_manifest is None:
-        from components.sample_data import make_sample_videos
-
-        manifest = out / "raw" / "manifest.csv"
-        raw_manifest = str(manifest if manifest.is_file() else make_sample_videos(out / "raw", training_set=True))
     recipes = {**PROFILES[profile]["recipes"], **(recipes or {})}
     unknown = set(recipes) - set(TINY_RECIPES)
     if unknown:
         raise ValueError(f"recipes for unknown step(s) {sorted(unknown)}; steps: {sorted(TINY_RECIPES)}")
     overrides = overrides or {}
+    validate_run(recipes, overrides)
+    if data_revision is not None:
+        if raw_manifest is not None:
+            raise ValueError("give raw_manifest or data_revision, not both")
+        if dvc_remote is None:
+            from components.data.dataset import _remote_url
+
+            dvc_remote = _remote_url(Path.cwd(), None)
+            if dvc_remote is None:
+                raise ValueError("no DVC remote configured here: give dvc_remote (or --dvc-remote)")
+    elif raw_manifest is None:
+        from components.sample_data.generate import DEMO_SAMPLE_SET, make_sample_videos
+
+        manifest = out / "raw" / "manifest.csv"
+        raw_manifest = str(manifest if manifest.is_file() else make_sample_videos(out / "raw", **DEMO_SAMPLE_SET))
     root = out / "pipeline-root"
     root.mkdir(exist_ok=True)
     before = set(root.iterdir())
@@ -106,7 +156,10 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
                enable_caching=True, cache_root=str(out / "kfp-cache"))
     # no task retries here: torchrun already restarts crashed workers, and a bad input fails the same way again
-    pipeline = build_pipeline(ClusterSettings(train_launcher="in_pod", train_retries=0, pushgateway=""))
+    pipeline = build_pipeline(ClusterSettings(train_launcher="in_pod", train_retries=0, pushgateway=""),
+                              start="raw" if data_revision is None else "revision")
+    source = ({"raw_manifest": str(raw_manifest)} if data_revision is None
+              else {"data_revision": data_revision, "dvc_remote": str(dvc_remote)})
     tail = _TailStdout(sys.stdout)
     t0 = time.time()
     try:
@@ -114,7 +167,7 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
             # expected here: the local runner ignores pod settings and runs the images' code in this interpreter
             warnings.filterwarnings("ignore", message=r".*(have no effect in the current local runner|"
                                                       r"non-Python base image).*")
-            task = pipeline(raw_manifest=str(raw_manifest), vae_recipe=recipes["vae_train"],
+            task = pipeline(**source, vae_recipe=recipes["vae_train"],
                      hunyuan_vae_recipe=recipes["hunyuan_vae_train"],
                      stage1_recipe=recipes["dit_stage1"], stage2_recipe=recipes["dit_stage2"],
                      stage3_recipe=recipes["dit_stage3"], distill_recipe=recipes["distill"],
@@ -135,6 +188,11 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
         raise RuntimeError(f"{root}: the local runner wrote no run folder")
     # artifacts served from KFP's cache live in the earlier run's folder: the pipeline outputs say where
     outputs = {name: Path(artifact.uri) for name, artifact in task.outputs.items()}
+    # the curated set where people and the next commands look for it (`soraflow data version --from D/curated`)
+    link = out / "curated"
+    if link.is_symlink() or link.exists():
+        link.unlink() if link.is_symlink() else shutil.rmtree(link)
+    link.symlink_to(outputs["curated"], target_is_directory=True)
     results = outputs["eval_results"]
     # the report's images are relative to it: bring them along, so out/report.html shows them
     for folder in ("plots", "thumbs"):

@@ -42,6 +42,9 @@ class ClusterSettings:
     train_step_timeout_s: int = 7 * 24 * 3600
     eval_timeout_s: int = 12 * 3600
     train_retries: int = 3  # a retried training task resumes from its last checkpoint on the PVC
+    # where the retraining pipeline fetches a data.dvc revision (the repository's DVC remote on the cluster's
+    # bucket; `soraflow data push` puts revisions there)
+    dvc_remote: str = "gs://soraflow-data/dvc"
     # batch steps push completion counts here (infra's prometheus-pushgateway release); "" = no push
     pushgateway: str = "prometheus-pushgateway.monitoring.svc:9091"
 

@@ -28,21 +28,55 @@ def recipe_params(recipes: dict) -> dict:
     return out
 
 
+def pipeline_name(start: str = "raw") -> str:
+    return PIPELINE_NAME if start == "raw" else f"{PIPELINE_NAME}-retrain"
+
+
+def required_inputs(package: str | Path) -> list[str]:
+    """The parameters a compiled pipeline cannot run without (no default)."""
+    import yaml
+
+    spec = next(yaml.safe_load_all(Path(package).read_text()))  # the pipeline spec; the platform spec follows
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    return sorted(k for k, v in params.items() if not v.get("isOptional"))
+
+
+def check_params(package: str | Path, params: dict) -> None:
+    """A submission that lacks a required input fails here, naming it, not minutes later in the KFP UI."""
+    missing = [k for k in required_inputs(package) if k not in params]
+    if missing:
+        raise ValueError(f"the pipeline needs {', '.join(missing)} (give --param NAME=VALUE"
+                         f"{' or --from-revision' if 'data_revision' in missing else ''})")
+
+
+def pinned_revision(repo: str | Path = ".") -> str:
+    """The dataset revision `data.dvc` pins (what the retraining pipeline fetches)."""
+    from components.data import revision
+
+    rev = revision(repo)
+    if rev is None:
+        raise ValueError(f"{Path(repo) / 'data.dvc'} does not exist: no dataset revision is pinned")
+    return rev["data_revision"]
+
+
 def submit(host: str, settings: ClusterSettings, *, params: dict, experiment: str = "soraflow",
            version_name: str | None = None, run_name: str | None = None, namespace: str | None = None,
-           schedule: str | None = None) -> dict:
-    """Compile with digest-pinned images, upload as a new version of pipeline `soraflow`, then start a run, or a
-    recurring run when `schedule` (a cron expression, seconds first as KFP expects) is given."""
+           schedule: str | None = None, start: str = "raw") -> dict:
+    """Compile with digest-pinned images, upload as a new version of pipeline `soraflow` (or `soraflow-retrain`
+    with start="revision"), then start a run, or a recurring run when `schedule` (a cron expression, seconds
+    first as KFP expects) is given. Missing required parameters fail before anything is uploaded."""
     import kfp
 
-    client = kfp.Client(host=host, namespace=namespace)
+    name_of_pipeline = pipeline_name(start)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    version_name = version_name or f"{PIPELINE_NAME}-{stamp}"
+    version_name = version_name or f"{name_of_pipeline}-{stamp}"
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(str(Path(tmp) / "soraflow.yaml"), settings, release=True)
-        pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
+        package = compile_pipeline(str(Path(tmp) / "soraflow.yaml"), settings, release=True, start=start)
+        check_params(package, params)
+        client = kfp.Client(host=host, namespace=namespace)
+        pipeline_id = client.get_pipeline_id(name_of_pipeline)
         if pipeline_id is None:
-            pipeline = client.upload_pipeline(package, pipeline_name=PIPELINE_NAME)
+            pipeline = client.upload_pipeline(package, pipeline_name=name_of_pipeline)
             pipeline_id = pipeline.pipeline_id
             version_id = client.list_pipeline_versions(pipeline_id).pipeline_versions[0].pipeline_version_id
         else:
@@ -50,7 +84,7 @@ def submit(host: str, settings: ClusterSettings, *, params: dict, experiment: st
                                                      pipeline_id=pipeline_id)
             version_id = version.pipeline_version_id
     exp = client.create_experiment(experiment, namespace=namespace)
-    name = run_name or f"{PIPELINE_NAME}-{stamp}"
+    name = run_name or f"{name_of_pipeline}-{stamp}"
     if schedule:
         job = client.create_recurring_run(experiment_id=exp.experiment_id, job_name=name, cron_expression=schedule,
                                           params=params, pipeline_id=pipeline_id, version_id=version_id)

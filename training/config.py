@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 
 from training.strategies import OptimConfig
@@ -21,6 +24,8 @@ class ModelSpec:
     grad_ckpt_settings: tuple[int, int] | None = None
     # torch.compile each block and the final layer (fused norms, modulation, RoPE, gating); GPU recipes set it.
     compile: bool = False
+    # FP8 training of the blocks' big linears (torchao float8): "" (off), "tensorwise" or "rowwise".
+    fp8: str = ""
     # Key prefixes left at their fresh init when loading `from_pretrained` (the DC-AE adaptation, spec §B.4:
     # img_in, cond_in and final_layer.linear change shape with the latent space); every other key loads strictly.
     reinit: tuple[str, ...] = ()
@@ -62,6 +67,7 @@ class ParallelSpec:
     param_dtype: str = "bf16"
     sp_size: int = 1
     sp_mode: str = "ring"  # ring | ulysses
+    plugin: str = "zero2"  # colossalai only (Open-Sora's `plugin`): zero1 | zero2 | hybrid (ZeRO-2 + SP groups)
 
 
 @dataclass
@@ -170,19 +176,206 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """A digest of the config as JSON carries it (int keys become strings first, so a config rebuilt from
+        JSON in a worker has the launcher's fingerprint)."""
+        canonical = json.loads(json.dumps(self.to_dict(), default=str))
+        return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A recipe + overrides that cannot run; the message names every bad key path and what it expects."""
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _check_value(path: str, value, hint):
+    """`value` converted to what the field `hint` holds, or a ConfigError naming `path`. Ints must be whole
+    numbers (2.5 is not a size), floats take ints, strings are never numbers, `None` only where allowed."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for alt in (a for a in args if a is not type(None)):
+            try:
+                return _check_value(path, value, alt)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: expects {hint}, got {value!r}")
+    if hint is typing.Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expects true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expects an integer, got {value!r} ({type(value).__name__})")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expects a number, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expects a string, got {value!r} ({type(value).__name__})")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expects a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check_value(f"{path}[{i}]", v, args[0]) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: expects {len(args)} values, got {len(value)}")
+        return tuple(_check_value(f"{path}[{i}]", v, t) for i, (v, t) in enumerate(zip(value, args)))
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expects a mapping, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        raise ConfigError(f"{path}: is a section; set its fields ({', '.join(f.name for f in dataclasses.fields(hint))})")
+    return value
+
+
+def _unknown(path: str, name: str, obj) -> ConfigError:
+    known = [f.name for f in dataclasses.fields(obj)]
+    near = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {path.rsplit('.', 1)[0] + '.' if '.' in path else ''}{near[0]}?" if near else ""
+    return ConfigError(f"unknown config key {path!r} ({type(obj).__name__} has {', '.join(known)}){hint}")
 
 
 def apply_overrides(cfg: TrainConfig, overrides: dict) -> TrainConfig:
-    """Dotted-key overrides, e.g. {"optim.lr": 1e-5, "max_steps": 10}; unknown keys are an error."""
+    """Dotted-key overrides, e.g. {"optim.lr": 1e-5, "max_steps": 10}, each checked against the field's type;
+    an unknown key is a ConfigError with the nearest known name. Every bad override is reported at once."""
+    problems = []
     for key, value in overrides.items():
-        target = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            if not hasattr(target, p):
-                raise KeyError(f"unknown config field {key!r} (no {p!r} in {type(target).__name__})")
-            target = getattr(target, p)
-        if not hasattr(target, parts[-1]):
-            raise KeyError(f"unknown config field {key!r} (no {parts[-1]!r} in {type(target).__name__})")
-        setattr(target, parts[-1], value)
+        try:
+            target = cfg
+            parts = key.split(".")
+            for i, p in enumerate(parts[:-1]):
+                if not dataclasses.is_dataclass(target) or p not in {f.name for f in dataclasses.fields(target)}:
+                    raise _unknown(".".join(parts[: i + 1]), p, target)
+                target = getattr(target, p)
+            if not dataclasses.is_dataclass(target) or parts[-1] not in {f.name for f in dataclasses.fields(target)}:
+                raise _unknown(key, parts[-1], target)
+            setattr(target, parts[-1], _check_value(key, value, _hints(type(target))[parts[-1]]))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError(problems[0] if len(problems) == 1 else "invalid overrides:\n  " + "\n  ".join(problems))
     return cfg
+
+
+def _check_types(obj, prefix: str = "") -> list[str]:
+    """Every field of the tree against its declared type (recipes are code too)."""
+    problems = []
+    for f in dataclasses.fields(obj):
+        value, path = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            problems += _check_types(value, path + ".")
+            continue
+        try:
+            _check_value(path, value, _hints(type(obj))[f.name])
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+STRATEGIES = ("fsdp2", "ddp", "single", "master", "colossalai")
+STAGES = ("vae_train", "hunyuan_vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Types, ranges and choices of the whole tree; all problems in one ConfigError, each with its key path."""
+    problems = _check_types(cfg)
+    if problems:
+        raise ConfigError("invalid training config:\n  " + "\n  ".join(problems))
+
+    def need(ok: bool, msg: str):
+        if not ok:
+            problems.append(msg)
+
+    need(cfg.stage in STAGES, f"stage: {cfg.stage!r} is not one of {', '.join(STAGES)}")
+    need(cfg.max_steps >= 0, f"max_steps: must be >= 0, got {cfg.max_steps}")
+    need(cfg.log_every >= 1, f"log_every: must be >= 1, got {cfg.log_every}")
+    o = cfg.optim
+    need(o.lr > 0, f"optim.lr: must be > 0, got {o.lr}")
+    need(all(0 <= b < 1 for b in o.betas), f"optim.betas: each must be in [0, 1), got {o.betas}")
+    need(o.eps > 0, f"optim.eps: must be > 0, got {o.eps}")
+    need(o.weight_decay >= 0, f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
+    need(o.grad_clip >= 0, f"optim.grad_clip: must be >= 0 (0 = off), got {o.grad_clip}")
+    need(o.warmup_steps >= 0, f"optim.warmup_steps: must be >= 0, got {o.warmup_steps}")
+    need(o.warmup_start_lr >= 0, f"optim.warmup_start_lr: must be >= 0, got {o.warmup_start_lr}")
+    steps = [m[0] for m in o.lr_milestones]
+    need(steps == sorted(set(steps)) and all(s > 0 for s in steps) and all(m[1] > 0 for m in o.lr_milestones),
+         f"optim.lr_milestones: (step, lr) pairs with increasing steps > 0 and lr > 0, got {o.lr_milestones}")
+    par = cfg.parallel
+    need(par.strategy in STRATEGIES, f"parallel.strategy: {par.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    need(par.param_dtype in ("bf16", "fp16", "fp32"), f"parallel.param_dtype: {par.param_dtype!r} is not bf16/fp16/fp32")
+    need(par.sp_size >= 1, f"parallel.sp_size: must be >= 1, got {par.sp_size}")
+    need(par.sp_mode in ("ring", "ulysses"), f"parallel.sp_mode: {par.sp_mode!r} is not ring or ulysses")
+    need(par.plugin in ("zero1", "zero2", "hybrid"), f"parallel.plugin: {par.plugin!r} is not zero1, zero2 or hybrid")
+    need(par.strategy != "colossalai" or par.sp_size == 1 or par.plugin == "hybrid",
+         f"parallel.sp_size={par.sp_size} with colossalai needs parallel.plugin=hybrid (ZeRO plugins have no SP groups)")
+    ck = cfg.checkpoint
+    need(ck.ckpt_every >= 1, f"checkpoint.ckpt_every: must be >= 1, got {ck.ckpt_every}")
+    need(ck.keep_n_latest >= 1, f"checkpoint.keep_n_latest: must be >= 1, got {ck.keep_n_latest}")
+    need(cfg.ae.kind in ("hunyuan", "dcae"), f"ae.kind: {cfg.ae.kind!r} is not hunyuan or dcae")
+    need(cfg.model.fp8 in ("", "tensorwise", "rowwise"), f"model.fp8: {cfg.model.fp8!r} is not '', tensorwise or rowwise")
+    need(cfg.data.num_workers >= 0, f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
+    need(0 <= cfg.text.dropout_ratio <= 1, f"text.dropout_ratio: must be in [0, 1], got {cfg.text.dropout_ratio}")
+    need(cfg.vae.phase in (1, 2), f"vae.phase: must be 1 or 2, got {cfg.vae.phase}")
+    need(0 <= cfg.vae.ema_decay < 1, f"vae.ema_decay: must be in [0, 1), got {cfg.vae.ema_decay}")
+    if cfg.condition_config is not None:
+        need(all(isinstance(v, (int, float)) and v >= 0 for v in cfg.condition_config.values())
+             and sum(cfg.condition_config.values()) > 0,
+             f"condition_config: non-negative weights with a positive sum, got {cfg.condition_config}")
+    if problems:
+        raise ConfigError("invalid training config:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def resolve(recipe: str, overrides: dict | None = None, *, run_dir: str | None = None) -> TrainConfig:
+    """The one resolved config of a run: the recipe, its run folder, the overrides, then `validate`. The launcher
+    calls this in the parent process, before any worker or cluster job starts; workers get the result."""
+    from training.recipes import get_recipe
+
+    cfg = get_recipe(recipe)
+    if run_dir is not None:
+        cfg.run_dir = run_dir
+        cfg.checkpoint.dir = f"{run_dir}/checkpoints"
+    apply_overrides(cfg, dict(overrides or {}))
+    return validate(cfg)
+
+
+def _tuples(v):
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
+def _bucket_config_from_json(raw: dict) -> dict:
+    """JSON turns the frame-count keys of `bucket_config` into strings and its (prob, batch size) tuples into
+    lists; the recipes' own form is int keys and tuples."""
+    return {str(res): {int(t): _tuples(v) for t, v in lengths.items()} for res, lengths in raw.items()}
+
+
+def from_dict(data: dict, cls=None):
+    """A TrainConfig (or a section) rebuilt from `to_dict()` output, types checked on the way."""
+    cls = cls or TrainConfig
+    hints = _hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        if f.name == "bucket_config" and isinstance(value, dict):
+            value = _bucket_config_from_json(value)
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            kwargs[f.name] = from_dict(value, hint)
+        else:
+            kwargs[f.name] = _check_value(f.name, value, hint)
+    extra = set(data) - {f.name for f in dataclasses.fields(cls)} - {"fingerprint"}
+    if extra:
+        raise ConfigError(f"{cls.__name__}: unknown keys {sorted(extra)}")
+    return cls(**kwargs)

@@ -64,7 +64,8 @@ class DiTObjective:
         # inference_shift_alpha too). Upstream trains with (H·W)//4 whatever the patch size, which for the
         # patch-1 DC-AE model disagrees with its sampler (spec §C.2); for patch 2 both are the same number.
         self.last_alpha = inference_shift_alpha(x0.shape, self.p)
-        t = sample_train_timesteps(b, self.last_alpha, generator=generator, device=x0.device)
+        # t in the training dtype, as released: bf16 training sees bf16-rounded t, fp32 training the fp32 value.
+        t = sample_train_timesteps(b, self.last_alpha, generator=generator, device=x0.device, dtype=self.dtype)
         # Noise drawn in fp32 and cast to the training dtype, as the reference does (spec §C.1).
         noise = draw_train_noise(x0.shape, generator=generator, device=x0.device, dtype=self.dtype).float()
         x_t = noisy_latent(x0, noise, t.float())

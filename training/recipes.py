@@ -8,6 +8,7 @@ same code on a 2-core machine with tiny random models and the generated sample v
 from __future__ import annotations
 
 import copy
+import difflib
 from typing import Callable
 
 from training.config import (
@@ -268,7 +269,11 @@ RECIPES: dict[str, Callable[[], TrainConfig]] = {
 
 def get_recipe(name: str) -> TrainConfig:
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
+        from training.config import ConfigError
+
+        near = difflib.get_close_matches(name, RECIPES, n=1)
+        raise ConfigError(f"unknown recipe {name!r}{f' (did you mean {near[0]}?)' if near else ''}; "
+                          f"known: {', '.join(sorted(RECIPES))}")
     return RECIPES[name]()
 
 

@@ -1,4 +1,5 @@
-"""Data-parallel strategies behind one interface: FSDP2 (default), DDP, and ColossalAI (optional extra).
+"""Data-parallel strategies behind one interface: FSDP2 (default), its one-rank form without FSDP2's copies
+("master"), DDP, and ColossalAI (optional extra).
 
 A strategy wraps the model, builds the optimizer, clips gradients and exposes model/optimizer state for
 `torch.distributed.checkpoint`. The trainer never branches on which one is in use.
@@ -21,7 +22,31 @@ class OptimConfig:
     eps: float = 1e-15
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warmup from warmup_start_lr over this many updates (0 = none, the recipes')
+    warmup_start_lr: float = 1e-6
+    # piecewise-constant schedule after warmup: ((step, lr), ...), e.g. the paper's ((40_000, 3e-5),)
+    lr_milestones: tuple[tuple[int, float], ...] = ()
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of update `step` (0-based). Warmup follows Open-Sora's LinearWarmupLR:
+        start + (step + 1) / (warmup + 1) * (lr - start) while step < warmup; then `lr`, replaced by the lr of
+        the last milestone whose step has been reached."""
+        if step < self.warmup_steps:
+            return self.warmup_start_lr + (step + 1) / (self.warmup_steps + 1) * (self.lr - self.warmup_start_lr)
+        lr = self.lr
+        for at, value in self.lr_milestones:
+            if step >= at:
+                lr = value
+        return lr
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every param group's learning rate (a tensor lr, as capturable/fused optimizers may hold, is filled)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -58,6 +83,13 @@ class Strategy:
     def forward_context(self):
         return torch.autocast("cuda", dtype=self.param_dtype, enabled=False)
 
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        """Runs after every optimizer step (FSDP2 with float8 all-gather precomputes the weights' scales)."""
+        if getattr(model, "_soraflow_fp8_fsdp_scales", False):
+            from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp
+
+            precompute_float8_dynamic_scale_for_fsdp(model)
+
     def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
         params = [p for p in model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf, foreach=True)
@@ -93,7 +125,7 @@ class SingleDevice(Strategy):
     Same precision as FSDP2's mixed-precision policy: the parameters, their gradients and the optimizer state
     stay fp32 (master weights); the forward runs under autocast in `param_dtype` on the model's device. On the
     H100 slice benchmark autocast's per-op casts cost more than FSDP2's one-rank copies (benchmarks/README.md),
-    which is why an FSDP2 recipe on one GPU stays FSDP2.
+    which is why an FSDP2 recipe on one GPU runs as "master" (below), not as this.
     """
 
     name = "single"
@@ -157,27 +189,106 @@ class FSDP2Strategy(Strategy):
         return model
 
 
+class OneRankMasterStrategy(Strategy):
+    """FSDP2's precision on a one-rank data-parallel group, without FSDP2's per-step copies.
+
+    bf16 parameters (views of one flat buffer) for compute, fp32 master weights and AdamW moments in flat
+    buffers, bf16 gradients collected into a flat buffer as autograd finishes each one, and one fused AdamW
+    pass that also writes the next step's bf16 weights (`training/flat_master.py`). Same numbers as FSDP2 on one
+    rank (tested against it); checkpoints have FSDP2's layout (names, fp32 weights, torch AdamW state), so a
+    one-GPU run resumes on N GPUs under FSDP2 and back. N ranks use FSDP2 (`trainer.effective_strategy`).
+    """
+
+    name = "master"
+
+    def __init__(self, param_dtype="bf16", reduce_dtype="fp32"):
+        super().__init__(param_dtype, reduce_dtype)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            raise ValueError(f"strategy 'master' runs on one rank; this group has {dist.get_world_size()} "
+                             "(use fsdp2)")
+        self.flat = None
+
+    def wrap(self, model, device):
+        from training.flat_master import FlatParams
+
+        model = model.to(device=device, dtype=torch.float32)  # init values become the fp32 master weights
+        self.flat = flat = FlatParams(model, self.param_dtype)
+        index = {name: i for i, name in enumerate(flat.names)}
+
+        def cast_inputs(module, args, kwargs):  # FSDP2's root cast of the floating-point inputs
+            cast = lambda t: t.to(self.param_dtype) if torch.is_tensor(t) and t.is_floating_point() else t  # noqa: E731
+            return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+        def master_state(module, state_dict, prefix, local_metadata):  # state_dict() reports the fp32 masters
+            for name, i in index.items():
+                if prefix + name in state_dict:
+                    state_dict[prefix + name] = flat.view(flat.master, i)
+
+        def load_master(module, state_dict, prefix, *args):  # load_state_dict() sets the masters, then bf16
+            with torch.no_grad():
+                for name, i in index.items():
+                    src = state_dict.get(prefix + name)
+                    dst = flat.view(flat.master, i)
+                    if src is not None and dst.data_ptr() != src.data_ptr():
+                        dst.copy_(src.full_tensor() if hasattr(src, "full_tensor") else src)
+
+        model.register_forward_pre_hook(cast_inputs, with_kwargs=True)
+        model.register_state_dict_post_hook(master_state)
+        model.register_load_state_dict_pre_hook(load_master)
+        return model
+
+    def build_optimizer(self, model, cfg):
+        from training.flat_master import FlatAdamW
+
+        return FlatAdamW(self.flat, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+    def clip_grad_norm(self, model, max_norm):
+        # The norm now; the clip coefficient is applied inside the fused update (no separate pass).
+        opt = getattr(self, "optimizer", None)
+        if opt is None:
+            raise RuntimeError("strategy 'master': clip_grad_norm before prepare()")
+        return opt.grad_norm(max_norm)
+
+    def prepare(self, model, device, optim):
+        model = self.wrap(model, device)
+        self.optimizer = self.build_optimizer(model, optim)
+        return model, self.optimizer
+
+    def state_dict(self, model, optimizer):
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+
+    @torch.no_grad()
+    def load_state_dict(self, model, optimizer, state):
+        model.load_state_dict(state["model"])  # the pre-hook fills the masters; the bf16 copy follows
+        self.flat.sync_compute()
+        optimizer.load_state_dict(state["optimizer"])
+
+
 class ColossalAIStrategy(Strategy):
     """ColossalAI Booster with LowLevelZero (ZeRO-2) or HybridParallel (for SP); optional extra, GPU only.
 
     Imported only when chosen: colossalai 0.5 pins torch<=2.5.1 and exact transformers/diffusers versions, so it
-    lives in the GPU training image (`pip install soraflow[colossalai]`), never on CPU machines.
+    lives in the GPU training image (installed there with `pip install --no-deps colossalai==0.5.0`), never on
+    CPU machines. `plugin` and `sp_size` come from `parallel.plugin` / `parallel.sp_size`, `max_norm` from
+    `optim.grad_clip` (the ZeRO optimizer clips inside its step).
     """
 
     name = "colossalai"
 
     def __init__(self, param_dtype="bf16", reduce_dtype="fp32", plugin: str = "zero2", sp_size: int = 1,
-                 reduce_bucket_size_in_m: int = 128):
+                 reduce_bucket_size_in_m: int = 128, max_norm: float = 1.0):
         super().__init__(param_dtype, reduce_dtype)
         try:
             import colossalai  # noqa: F401
         except ImportError as exc:
             raise RuntimeError(
-                "strategy 'colossalai' needs the optional extra: pip install 'soraflow[colossalai]' "
-                "(GPU image only; colossalai 0.5 pins torch<=2.5.1)"
+                "strategy 'colossalai' needs colossalai, which is not a dependency of soraflow (0.5 pins "
+                "torch<=2.5.1): in the GPU image, pip install --no-deps colossalai==0.5.0"
             ) from exc
+        if plugin not in ("zero1", "zero2", "hybrid"):
+            raise ValueError(f"parallel.plugin must be zero1, zero2 or hybrid, got {plugin!r}")
         self.plugin_name, self.sp_size, self.bucket_m = plugin, sp_size, reduce_bucket_size_in_m
-        self.max_norm = 1.0
+        self.max_norm = float(max_norm)
         self.booster = None
 
     def _plugin(self):
@@ -189,6 +300,7 @@ class ColossalAIStrategy(Strategy):
                                       reduce_bucket_size_in_m=self.bucket_m, overlap_allgather=False,
                                       max_norm=self.max_norm)
         return HybridParallelPlugin(tp_size=1, pp_size=1, sp_size=self.sp_size, zero_stage=2, precision=precision,
+                                    max_norm=self.max_norm,
                                     enable_sequence_parallelism=self.sp_size > 1,
                                     sequence_parallelism_mode="ring_attn" if self.sp_size > 1 else None)
 
@@ -223,12 +335,13 @@ class ColossalAIStrategy(Strategy):
         return model.unwrap()
 
 
-STRATEGIES = {"single": SingleDevice, "ddp": DDPStrategy, "fsdp2": FSDP2Strategy, "colossalai": ColossalAIStrategy}
+STRATEGIES = {"single": SingleDevice, "ddp": DDPStrategy, "fsdp2": FSDP2Strategy, "master": OneRankMasterStrategy,
+              "colossalai": ColossalAIStrategy}
 
 
 def build_strategy(name: str, **kwargs) -> Strategy:
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose from {sorted(STRATEGIES)}")
-    if name != "single" and not dist.is_initialized():
+    if name not in ("single", "master") and not dist.is_initialized():
         raise RuntimeError(f"strategy {name!r} needs torch.distributed initialised (launch with torchrun/torchx)")
     return STRATEGIES[name](**kwargs)

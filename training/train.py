@@ -1,4 +1,8 @@
-"""Entry point run by torchrun on every rank: `python -m training.train --recipe NAME [--override k=v ...]`."""
+"""Entry point run by torchrun on every rank.
+
+    python -m training.train --config-json '{...}'            # what the launchers pass: the resolved config
+    python -m training.train --recipe NAME --run-dir D [--override key=JSON ...]   # by hand, resolved the same way
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,7 @@ import json
 import logging
 import sys
 
-from training.config import apply_overrides
-from training.recipes import get_recipe
+from training.config import from_dict, resolve, validate
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -26,18 +29,23 @@ def parse_overrides(items: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.train")
-    ap.add_argument("--recipe", required=True)
-    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--config-json", help="the resolved config (training.config.resolve(...).to_dict())")
+    ap.add_argument("--recipe")
+    ap.add_argument("--run-dir")
     ap.add_argument("--override", action="append", default=[])
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    if args.config_json:
+        if args.recipe or args.override:
+            ap.error("--config-json is the whole config: no --recipe/--override with it")
+        cfg = validate(from_dict(json.loads(args.config_json)))
+    elif args.recipe and args.run_dir:
+        cfg = resolve(args.recipe, parse_overrides(args.override), run_dir=args.run_dir)
+    else:
+        ap.error("give --config-json, or --recipe with --run-dir")
 
     from training.trainer import Trainer
 
-    cfg = get_recipe(args.recipe)
-    cfg.run_dir = args.run_dir
-    cfg.checkpoint.dir = f"{args.run_dir}/checkpoints"
-    apply_overrides(cfg, parse_overrides(args.override))
     trainer = Trainer(cfg)
     try:
         summary = trainer.train()

@@ -18,10 +18,20 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from common.atomic import atomic_path, write_text_atomic
+from common.atomic import write_text_atomic
 from training.config import TrainConfig
+from training.strategies import set_lr
 
 log = logging.getLogger("soraflow.train")
+
+
+def strategy_kwargs(cfg: TrainConfig, strategy: str) -> dict:
+    """What the config gives the strategy: its precision, and for ColossalAI the plugin, its SP size and the
+    clipping norm (its ZeRO optimizer clips inside step(), so optim.grad_clip must reach it there)."""
+    kw = {"param_dtype": cfg.parallel.param_dtype}
+    if strategy == "colossalai":
+        kw.update(plugin=cfg.parallel.plugin, sp_size=max(1, cfg.parallel.sp_size), max_norm=cfg.optim.grad_clip)
+    return kw
 
 
 # ---- process group ----------------------------------------------------------------------------------------------
@@ -44,11 +54,12 @@ def effective_strategy(name: str, world: int, device_type: str) -> str:
     """The strategy a run uses for the recipe's `parallel.strategy` at this world size and device.
 
     Several processes: the recipe's. One process: DDP has nothing to replicate, so "single" (which keeps DDP's
-    fp32 parameters and bf16 autocast); FSDP2 on a GPU stays FSDP2 on a one-rank group (the trainer creates it);
-    FSDP2 on a CPU becomes "single" (the tiny CPU recipes compute in fp32, where both are the same)."""
+    fp32 parameters and bf16 autocast); FSDP2 on a GPU becomes "master", FSDP2's precision (bf16 compute, fp32
+    master weights) without its one-rank copies; FSDP2 on a CPU becomes "single" (the tiny CPU recipes compute in
+    fp32, where all three are the same)."""
     if world > 1 or name not in ("fsdp2", "ddp"):
         return name
-    return "fsdp2" if name == "fsdp2" and device_type == "cuda" else "single"
+    return "master" if name == "fsdp2" and device_type == "cuda" else "single"
 
 
 def all_mean(value: float, device) -> float:
@@ -122,11 +133,14 @@ class Trainer:
             self.stage = build_stage(cfg, self.device, dtype, self.rank, self.world)
             module = self.stage.build_model()
             strategy = effective_strategy(cfg.parallel.strategy, self.world, self.device.type)
-            if strategy == "fsdp2" and not dist.is_initialized():
-                # One GPU, no launcher: a one-rank group keeps FSDP2's precision (fp32 master weights and
-                # gradients, bf16 compute) and the code path the benchmarks measure.
-                dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1)
-            self.strategy = build_strategy(strategy, param_dtype=cfg.parallel.param_dtype)
+            if cfg.model.fp8:
+                # Before the strategy wraps the model (FSDP2 shards the converted linears; their float8
+                # all-gather needs that order). The state-dict keys do not change.
+                from models.mmdit.fp8 import convert_to_fp8_training
+
+                convert_to_fp8_training(module, cfg.model.fp8, fsdp_all_gather=strategy == "fsdp2",
+                                        emulate=self.device.type != "cuda")
+            self.strategy = build_strategy(strategy, **strategy_kwargs(cfg, strategy))
             self.model, self.optimizer = self.strategy.prepare(module, self.device, cfg.optim)
             self.sp_handle = self._setup_sequence_parallel()
             if cfg.model.compile:
@@ -267,8 +281,10 @@ class Trainer:
             staging = self.ckpt.wait_staging()  # the last checkpoint's copy must finish before weights change
             if staging > 0:
                 self.goodput.record_badput("checkpoint_save", staging)
+            set_lr(self.optimizer, cfg.optim.lr_at(self.step))  # a function of the step: nothing to checkpoint
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            self.strategy.after_optimizer_step(self.model)
             self.stage.after_step(weight)  # e.g. the discriminator's step and the EMA update
             if not staging_ready:
                 # Pin the checkpoint staging buffers once the optimizer state exists: a one-off start-up cost
@@ -349,19 +365,17 @@ class Trainer:
     def export_model(self, name: str = "model.safetensors", extras: bool = True) -> Path:
         """Full (unsharded) weights in the official layout, for the next stage's `from_pretrained` (the DiT's
         own weights; the autoencoder's EMA weights for vae_train)."""
-        from safetensors.torch import save_file
+        from common.safetensors_io import save_safetensors
 
         state = self.stage.export_state(self.model)
         path = self.run_dir / name
         if self.rank == 0:
-            with atomic_path(path) as tmp:
-                save_file({k: v.contiguous() for k, v in state.items()}, tmp,
-                          metadata={"config": self.stage.config_name, "step": str(self.step),
-                                    "recipe": self.cfg.name, "stage": self.cfg.stage,
-                                    **self.stage.export_metadata()})
-            for name, extra in (self.stage.extra_exports() if extras else {}).items():
-                with atomic_path(self.run_dir / name) as tmp:
-                    save_file({k: v.contiguous() for k, v in extra.items()}, tmp)
+            # byte-deterministic: identical tensors give an identical file, and so the same key downstream
+            save_safetensors(state, path, metadata={"config": self.stage.config_name, "step": str(self.step),
+                                                    "recipe": self.cfg.name, "stage": self.cfg.stage,
+                                                    **self.stage.export_metadata()})
+            for extra_name, extra in (self.stage.extra_exports() if extras else {}).items():
+                save_safetensors(extra, self.run_dir / extra_name)
         if dist.is_initialized():
             dist.barrier()
         return path

@@ -18,6 +18,7 @@ Layout, in the repository root:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -26,16 +27,17 @@ from typing import Any
 
 import pandas as pd
 
-from common.atomic import atomic_path
-from common.digests import file_digests
+from common.atomic import atomic_path, write_text_atomic
+from common.digests import file_digests, table_record
 from components.filter.versioning import DvcError, _dvc, _pointer, ensure_dvc_repo, track
 
-__all__ = ["DataError", "DATA_DIR", "POINTER", "TABLES", "version", "push", "pull", "status", "revision"]
+__all__ = ["DataError", "DATA_DIR", "POINTER", "TABLES", "version", "push", "pull", "status", "revision",
+           "file_listing", "pinned_listing", "diff_listings", "fetch_revision"]
 
 DATA_DIR = "data"
 POINTER = "data.dvc"
 TABLES = ("set_256px.parquet", "set_768px.parquet", "needs_caption.parquet")  # paths rewritten to clips/
-COPIED = ("full.parquet", "stats.json", "validation")  # copied as they are
+COPIED = ("stats.json", "validation")  # copied as they are (full.parquet is rewritten like the tables)
 
 
 class DataError(RuntimeError):
@@ -66,11 +68,27 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _portable_sources(values: list[str]) -> list[str]:
+    """Source video paths relative to the folder they share (`raw/a.mp4` -> `a.mp4`), so the tables hold no
+    path of the machine that curated them; URLs stay as they are."""
+    local = [v for v in values if v and "://" not in v]
+    if not local:
+        return values
+    root = os.path.commonpath([os.path.dirname(v) for v in local])
+    return [os.path.relpath(v, root) if v and "://" not in v else v for v in values]
+
+
 def _stage(curated: Path, staging: Path) -> None:
-    """Fill `staging` with a self-contained copy of the filter output `curated`."""
+    """Fill `staging` with a self-contained, machine-independent copy of the filter output `curated`.
+
+    Clips referenced by the training tables are linked into `clips/` and every table's `path` becomes
+    `clips/<name>`; in `full.parquet` a clip that no training table uses keeps only its file name; `source`
+    and `dup_of` lose the curating machine's folders too. The same curated content therefore gives the same
+    bytes, and the same DVC md5, wherever it was made."""
     clips = staging / "clips"
     clips.mkdir(parents=True)
     placed: dict[str, Path] = {}  # file name in clips/ -> source, so two sources never share a name
+    frames = {}
     for name in TABLES:
         src = curated / name
         if not src.exists():
@@ -78,7 +96,6 @@ def _stage(curated: Path, staging: Path) -> None:
         df = pd.read_parquet(src)
         if "path" not in df.columns:
             raise DataError(f"{src}: no `path` column")
-        rel = []
         for row, p in enumerate(df["path"].astype(str)):
             clip = Path(p) if Path(p).is_absolute() else (curated / p)
             if not clip.is_file():
@@ -89,12 +106,58 @@ def _stage(curated: Path, staging: Path) -> None:
                 placed[clip.name] = clip.resolve()
             elif prev != clip.resolve():
                 raise DataError(f"{src} row {row}: two clips share the file name {clip.name} ({prev}, {clip})")
-            rel.append(f"clips/{clip.name}")
-        df["path"] = pd.Series(rel, index=df.index, dtype=object)
+        frames[name] = df
+    full = curated / "full.parquet"
+    if full.exists():
+        frames["full.parquet"] = pd.read_parquet(full)
+    # one source root for every table, so a source is spelled the same in all of them
+    all_sources = sorted({str(v) for df in frames.values() if "source" in df.columns for v in df["source"]})
+    portable = dict(zip(all_sources, _portable_sources(all_sources)))
+
+    def clip_ref(p) -> object:
+        if not isinstance(p, str) or not p:
+            return p
+        name = Path(p).name
+        return f"clips/{name}" if name in placed else name
+
+    # free text (rejection reasons, scorer notes) names files too: drop the curating machine's folders there
+    prefixes = {os.path.dirname(str(p)) for df in frames.values() for p in df["path"] if os.path.isabs(str(p))}
+    local = [v for v in all_sources if v and "://" not in v]
+    if local:
+        prefixes.add(os.path.commonpath([os.path.dirname(v) for v in local]))
+    prefixes = sorted((p.rstrip("/") + "/" for p in prefixes if p not in ("", "/")), key=len, reverse=True)
+
+    def strip_folders(text):
+        if isinstance(text, str):
+            for prefix in prefixes:
+                text = text.replace(prefix, "")
+        return text
+
+    for name, df in frames.items():
+        df = df.copy()
+        for col in df.columns:
+            if (df[col].dtype == object or pd.api.types.is_string_dtype(df[col])) and col not in ("path", "dup_of", "source"):
+                df[col] = df[col].map(strip_folders)
+        df["path"] = pd.Series([clip_ref(p) for p in df["path"].astype(str)], index=df.index, dtype=object)
+        if "dup_of" in df.columns:
+            df["dup_of"] = pd.Series([clip_ref(p) for p in df["dup_of"]], index=df.index, dtype=object)
+        if "source" in df.columns:
+            df["source"] = pd.Series([portable.get(str(v), v) for v in df["source"]], index=df.index, dtype=object)
         with atomic_path(staging / name) as tmp:
             df.to_parquet(tmp, index=False)
+    stats_path = curated / "stats.json"
+    if stats_path.exists():
+        # the filter's digests are of tables that hold the curating machine's paths; here they describe the
+        # portable tables in data/ (what the trainer's data_revision hashes), and the input is named only
+        stats = json.loads(stats_path.read_text(encoding="utf-8"))
+        stats["input"] = {"table": Path(str(stats.get("input", {}).get("table", ""))).name}
+        stats["outputs"] = {Path(n).stem: table_record(staging / n, relative_to=staging)
+                            for n in (*TABLES, "full.parquet") if (staging / n).exists()}
+        write_text_atomic(staging / "stats.json", json.dumps(stats, indent=2, default=str))
     for name in COPIED:
         src = curated / name
+        if name == "stats.json":
+            continue  # rewritten above
         if src.is_dir():
             shutil.copytree(src, staging / name)
         elif src.exists():
@@ -191,6 +254,78 @@ def pull(repo: str | Path, remote: str | None = None) -> dict:
     return {**rev, "remote": url, "path": str(repo / DATA_DIR)}
 
 
+def file_listing(folder: str | Path) -> list[dict]:
+    """What DVC records for a folder: [{"md5", "relpath"}] of every file, sorted by relpath (the bytes of
+    DVC's `.dir` object are this list as JSON, and the folder's md5 is the md5 of those bytes)."""
+    from common.digests import file_md5
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return [{"md5": file_md5(p), "relpath": p.relative_to(folder).as_posix()} for p in files]
+
+
+def pinned_listing(repo: str | Path) -> list[dict] | None:
+    """The file list of the revision `data.dvc` pins, from the local DVC cache (None when not cached)."""
+    rev = revision(repo)
+    if rev is None or not str(rev["data_revision"]).endswith(".dir"):
+        return None
+    md5 = str(rev["data_revision"])
+    obj = Path(repo) / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    return json.loads(obj.read_text(encoding="utf-8")) if obj.is_file() else None
+
+
+def diff_listings(pinned: list[dict], current: list[dict]) -> dict[str, list[str]]:
+    """Which files were added, removed or changed between two listings (`file_listing` form)."""
+    a = {e["relpath"]: e["md5"] for e in pinned}
+    b = {e["relpath"]: e["md5"] for e in current}
+    return {"added": sorted(set(b) - set(a)), "removed": sorted(set(a) - set(b)),
+            "modified": sorted(k for k in set(a) & set(b) if a[k] != b[k])}
+
+
+def fetch_revision(remote_url: str, revision: str, dest: str | Path) -> dict:
+    """Materialise the dataset `revision` (a DVC directory md5, as `data.dvc` pins it) from a DVC remote into
+    `dest`, without a git checkout or DVC itself: the remote is content-addressed (`files/md5/<ab>/<rest>`), the
+    revision's `.dir` object lists every file with its md5, and each file is checked against it.
+
+    For pipeline steps that start from a pinned dataset (retraining when `data.dvc` changes). `remote_url` is a
+    local folder or an fsspec URL (gs://, s3:// with the matching fsspec package). `dest` is written to a
+    temporary sibling and renamed, so it is either complete or absent. Raises DataError naming what is missing."""
+    import fsspec
+
+    from common.digests import file_md5
+
+    rev = revision if revision.endswith(".dir") else f"{revision}.dir"
+    if len(rev) != 36 or any(c not in "0123456789abcdef" for c in rev[:32]):
+        raise DataError(f"data revision {revision!r} is not a DVC directory md5 (32 hex digits, as in data.dvc)")
+    fs, root = fsspec.core.url_to_fs(str(remote_url))
+
+    def obj(md5: str) -> str:
+        return f"{root.rstrip('/')}/files/md5/{md5[:2]}/{md5[2:]}"
+
+    if not fs.exists(obj(rev)):
+        raise DataError(f"data revision {rev} is not on the remote {remote_url} (push it with `soraflow data push` "
+                        f"from the machine that versioned it)")
+    listing = json.loads(fs.cat_file(obj(rev)))
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        for entry in listing:
+            target = staging / entry["relpath"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not fs.exists(obj(entry["md5"])):
+                raise DataError(f"data revision {rev}: {entry['relpath']} (md5 {entry['md5']}) is missing on {remote_url}")
+            fs.get_file(obj(entry["md5"]), str(target))
+            if file_md5(target) != entry["md5"]:
+                raise DataError(f"data revision {rev}: {entry['relpath']} from {remote_url} does not match its md5")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"data_revision": rev, "nfiles": len(listing), "path": str(dest), "remote": str(remote_url)}
+
+
 def status(repo: str | Path, remote: str | None = None) -> dict:
     """{"workspace": dvc status, "remote": dvc status --cloud (None without a remote), "clean": bool}."""
     import json
@@ -206,4 +341,9 @@ def status(repo: str | Path, remote: str | None = None) -> dict:
     if url is not None:
         proc = _dvc(repo, "status", "--cloud", "--json", *(["-r", remote] if remote else []), check=False)
         cloud = json.loads(proc.stdout.strip() or "{}") if proc.returncode == 0 else {"error": proc.stderr.strip()}
-    return {**rev, "remote_url": url, "workspace": local, "remote": cloud, "clean": not local and not cloud}
+    out = {**rev, "remote_url": url, "workspace": local, "remote": cloud, "clean": not local and not cloud}
+    if local and (Path(repo) / DATA_DIR).is_dir():  # say which files differ, when the pinned list is cached
+        pinned = pinned_listing(repo)
+        if pinned is not None:
+            out["changed"] = diff_listings(pinned, file_listing(Path(repo) / DATA_DIR))
+    return out

@@ -3,6 +3,7 @@
 from components.filter.filter import (
     THRESHOLDS_256,
     THRESHOLDS_768,
+    FilterError,
     FilterResult,
     FilterThresholds,
     read_table,
@@ -25,7 +26,7 @@ from components.filter.scorers import (
 from components.filter.validation import ValidationError, validate_table
 
 __all__ = [
-    "run_filter", "FilterThresholds", "FilterResult", "THRESHOLDS_256", "THRESHOLDS_768", "read_table",
+    "run_filter", "FilterError", "FilterThresholds", "FilterResult", "THRESHOLDS_256", "THRESHOLDS_768", "read_table",
     "write_table", "validate_table", "ValidationError", "Clip", "ScoreResult", "DecodeCheck", "MotionScorer",
     "BlurScorer", "JitterScorer", "PerceptualHasher", "AestheticScorer", "OCRScorer", "default_scorers",
     "find_duplicates",

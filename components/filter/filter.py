@@ -2,7 +2,7 @@
 
     table (path,text,num_frames,height,width,aspect_ratio,resolution,fps,...) ──> scorers (parallel over clips)
         ──> full.parquet       every clip, its scores, `rejected_by` (first failing stage) and `reason`
-        ──> set_256px.parquet  the looser set, training-ready (text carries the fps + motion suffix)
+        ──> set_256px.parquet  the looser set, training-ready (raw text; the dataset adds the fps + motion suffix)
         ──> set_768px.parquet  the stricter set (a subset of the 256px set by construction)
         ──> needs_caption.parquet  clips that passed but have no caption, for a captioner step
         ──> stats.json         counts per stage and level, thresholds, validation summary
@@ -32,15 +32,18 @@ import pandas as pd
 
 from common.atomic import atomic_path, write_text_atomic
 from common.digests import table_record
-from common.video_io import VideoReadError
+from common.video_io import VideoReadError, check_video_backend
 from components.filter.scorers import Clip, Scorer, default_scorers, find_duplicates
-from models.text.captions import training_caption
 
-__all__ = ["FilterThresholds", "FilterResult", "run_filter", "read_table", "write_table", "REQUIRED_COLUMNS",
+__all__ = ["FilterError", "FilterThresholds", "FilterResult", "run_filter", "read_table", "write_table", "REQUIRED_COLUMNS",
            "THRESHOLDS_256", "THRESHOLDS_768"]
 
 REQUIRED_COLUMNS = ["path", "text", "num_frames", "height", "width", "aspect_ratio", "resolution", "fps"]
 STAGE_ORDER = ["decode", "blur", "motion", "jitter", "aesthetic", "ocr", "size", "dedup"]
+
+
+class FilterError(RuntimeError):
+    """The filter as a whole cannot produce a dataset; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -171,11 +174,11 @@ def _has_caption(text) -> bool:
 
 
 def _training_set(df: pd.DataFrame) -> pd.DataFrame:
+    # The raw caption, next to its `fps` and `score_vmafmotion`: the training dataset appends the FPS / motion
+    # suffix (once) when it reads the row, as the released dataset does.
     out = df.copy()
+    out["text"] = pd.Series([str(t).strip() for t in out["text"]], index=out.index, dtype=object)
     out["caption"] = out["text"]
-    out["text"] = pd.Series([training_caption(str(t).strip(), float(f), float(m))
-                             for t, f, m in zip(out["text"], out["fps"], out["score_vmafmotion"])],
-                            index=out.index, dtype=object)
     return out.reset_index(drop=True)
 
 
@@ -201,6 +204,13 @@ def run_filter(
     when the input table lacks a required column.
     """
     t0 = time.time()
+    # what every clip needs, checked once: a missing library is one error here, not every clip "broken"
+    check_video_backend(encode=False)
+    try:
+        import cv2  # noqa: F401  (blur, jitter and pHash scorers)
+    except ImportError as exc:
+        raise FilterError(f"the filter needs OpenCV (blur, jitter, pHash): {exc}; install the project's "
+                          f"dependencies (`pip install -e .`, which pins opencv-python-headless)") from None
     table_path = None
     if not isinstance(table, pd.DataFrame):
         table_path = Path(table)
@@ -263,6 +273,10 @@ def run_filter(
     df["in_768"] = df["in_256"] & df["rejected_by_768"].isna()
     df["has_caption"] = [_has_caption(t) for t in df["text"]]
 
+    if not df["in_256"].any() and df["rejected_by"].nunique() == 1:
+        stage = df["rejected_by"].iloc[0]
+        raise FilterError(f"every one of the {len(df)} clips was rejected by the {stage!r} stage (first: "
+                          f"{df['path'].iloc[0]}: {df['reason'].iloc[0]}); nothing was written")
     keep_256 = df[df["in_256"] & df["has_caption"]]
     keep_768 = df[df["in_768"] & df["has_caption"]]
     needs_caption = df[df["in_256"] & ~df["has_caption"]].reset_index(drop=True)
@@ -330,7 +344,8 @@ def run_filter(
         stats["validation"] = validation
         # lineage: what this run read and wrote, by content (no timings here, so identical input gives a
         # byte-identical dataset and the same DVC hash); sha256 is the digest the trainer's data_revision hashes
-        stats["input"] = table_record(table_path) if table_path is not None else {"table": "<DataFrame>"}
+        stats["input"] = (table_record(table_path, relative_to=table_path.parent) if table_path is not None
+                          else {"table": "<DataFrame>"})
         stats["outputs"] = {k: table_record(v, relative_to=tmp) for k, v in files.items()}
         _write_json(stats, tmp / "stats.json")
         # swap: the old dataset moves aside only once the new one is complete and valid

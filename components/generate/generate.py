@@ -26,13 +26,17 @@ import numpy as np
 import torch
 
 from common.video_io import to_uint8_frames, write_video
-from models.aspect import inference_size
-from models.flow.sampler import inference_latent_shape, sample
+from models.aspect import inference_size, training_aspect_ratios
+from models.flow.sampler import drop_i2v_pad_frames, inference_latent_shape, sample
 from models.mmdit import get_config
 from models.mmdit.cuda_graph import CUDAGraphRunner
 from models.mmdit.checkpoint import build_mmdit
 from models.text import TextConditioner, inference_caption
 from models.text.tiny import soraflow_cache_dir as _cache_dir, tiny_text_encoder_dirs
+
+
+DCAE_TRAIN_SCALING_FACTOR = 0.493  # = DCAEConfig's default, what the high-compression DiT trains with
+PRESET = "preset"  # GenerateOptions.dcae_scaling_factor: take the preset's value
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,10 @@ class PipelinePreset:
     ae_file: str
     t5_dir: str = "google/t5-v1_1-xxl"
     clip_dir: str = "openai/clip-vit-large-patch14"
+    # Video DC-AE latent scaling used at generation: the released inference config builds the DC-AE without one
+    # (although its DiT was trained on latents / 0.493); the project's own tiny-hc models are trained and
+    # sampled with the training value. Hunyuan presets ignore it.
+    dcae_scaling_factor: float | None = None
 
 
 PIPELINES = {
@@ -52,7 +60,8 @@ PIPELINES = {
         "opensora2-hc", "dcae", False, "Open_Sora_v2_Video_DC_AE.safetensors", "F32T4C128_AE.safetensors"
     ),
     "tiny": PipelinePreset("tiny", "hunyuan", True, "dit.safetensors", "vae.safetensors"),
-    "tiny-hc": PipelinePreset("tiny-hc", "dcae", True, "dit.safetensors", "vae.safetensors"),
+    "tiny-hc": PipelinePreset("tiny-hc", "dcae", True, "dit.safetensors", "vae.safetensors",
+                              dcae_scaling_factor=DCAE_TRAIN_SCALING_FACTOR),
 }
 
 
@@ -98,6 +107,12 @@ class GenerateOptions:
     image_height: int | None = None
     image_width: int | None = None
     image_guidance: float = 4.0  # FLUX.1-dev's embedded (distilled) guidance
+    # Video DC-AE latent scaling: "preset" (the preset's value: None for opensora2-hc as released, 0.493 for
+    # tiny-hc), a float, or None (no scaling).
+    dcae_scaling_factor: float | str | None = PRESET
+    # Non-causal AEs only: the released sampler drops the tc-1 = 3 decoded frames next to an i2v reference
+    # frame (head: first 3, tail: last 3, loop: both), so i2v_head of 128 frames gives 125. True keeps them.
+    keep_i2v_pad_frames: bool = False
     keep_outputs: bool = False  # GenerateResult.latents / .frames (CPU) for comparisons
     progress: bool = True
 
@@ -137,7 +152,21 @@ def _resolve(explicit: str | None, weights_dir: str | None, name: str, what: str
     return path
 
 
-def _build_ae(kind: str, tiny: bool, path: Path | None, device, dtype):
+def _dcae_scaling(opts: "GenerateOptions", preset: PipelinePreset, path: Path | None = None) -> float | None:
+    """The DC-AE latent scaling: the user's value; else what an export of ours records (the factor measured on
+    its training latents); else the preset's (the released inference config's: none)."""
+    value = opts.dcae_scaling_factor
+    if value == PRESET:
+        from models.dc_ae.model import recorded_scaling_factor
+
+        recorded = recorded_scaling_factor(path)
+        return recorded if recorded is not None else preset.dcae_scaling_factor
+    if value is not None and (isinstance(value, str) or not value > 0):
+        raise ValueError(f"dcae_scaling_factor must be {PRESET!r}, None or a positive number, got {value!r}")
+    return value
+
+
+def _build_ae(kind: str, tiny: bool, path: Path | None, device, dtype, dcae_scaling: float | None = None):
     """The preset's autoencoder: loaded strictly from `path`, or random (tiny or full size)."""
     if kind == "hunyuan":
         from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
@@ -149,7 +178,7 @@ def _build_ae(kind: str, tiny: bool, path: Path | None, device, dtype):
     else:
         from models.dc_ae import DCAEConfig, VideoDCAE
 
-        config = DCAEConfig.for_weights(path, tiny)
+        config = DCAEConfig.tiny(scaling_factor=dcae_scaling) if tiny else DCAEConfig(scaling_factor=dcae_scaling)
         ae = VideoDCAE.from_pretrained(path, config=config) if path else VideoDCAE(config)
     return ae.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
@@ -171,7 +200,7 @@ def build_pipeline(opts: GenerateOptions, device: torch.device, dtype: torch.dty
                 "and CLIP folders: pass --t5 and --clip, or use a tiny preset"
             )
         dit = build_mmdit(get_config(preset.dit_config), None, device=device, dtype=dtype)
-        ae = _build_ae(preset.autoencoder, preset.tiny, None, side_device, dtype)
+        ae = _build_ae(preset.autoencoder, preset.tiny, None, side_device, dtype, _dcae_scaling(opts, preset))
     else:
         dit_path = _resolve(opts.dit, opts.weights_dir, preset.dit_file, "DiT")
         ae_path = _resolve(opts.ae, opts.weights_dir, preset.ae_file, "autoencoder")
@@ -181,7 +210,8 @@ def build_pipeline(opts: GenerateOptions, device: torch.device, dtype: torch.dty
             t5_dir = _resolve(opts.t5, opts.weights_dir, preset.t5_dir, "T5")
             clip_dir = _resolve(opts.clip, opts.weights_dir, preset.clip_dir, "CLIP")
         dit = build_mmdit(get_config(preset.dit_config), dit_path, device=device, dtype=dtype)
-        ae = _build_ae(preset.autoencoder, preset.tiny, ae_path, side_device, dtype)
+        ae = _build_ae(preset.autoencoder, preset.tiny, ae_path, side_device, dtype,
+                       _dcae_scaling(opts, preset, ae_path))
     text = TextConditioner.from_pretrained(
         t5_dir, clip_dir, dtype=dtype, device=side_device, cache_dir=_cache_dir() / "text-embeddings",
         t5_max_length=opts.t5_max_length,
@@ -213,9 +243,14 @@ def _on_device(modules, device: torch.device, offload: bool):
 
 
 def _image_size(opts: GenerateOptions, divisor: int) -> tuple[int, int]:
+    """t2i2v image size. The released t2i2v path takes it from the *training* table of the image resolution
+    with the video model's divisor (768px 16:9 -> 576x1024); a ratio that table lacks falls back to the
+    inference size."""
     if opts.image_height and opts.image_width:
         return opts.image_height, opts.image_width
-    return inference_size(opts.image_resolution, opts.aspect_ratio, divisor)
+    table = training_aspect_ratios(opts.image_resolution, divisor)
+    key = ":".join(part.strip() for part in opts.aspect_ratio.split(":"))
+    return table[key] if key in table else inference_size(opts.image_resolution, opts.aspect_ratio, divisor)
 
 
 def _save_png(image: torch.Tensor, path: Path) -> Path:
@@ -336,6 +371,7 @@ def generate(opts: GenerateOptions, pipeline: Pipeline | None = None) -> Generat
 
     paths: list[Path] = []
     images: list[Path] = []
+    written_frames = opts.num_frames
     result_latents: list[torch.Tensor] = []
     result_frames: list[torch.Tensor] = []
     out_dir = Path(opts.out_dir)
@@ -358,7 +394,7 @@ def generate(opts: GenerateOptions, pipeline: Pipeline | None = None) -> Generat
 
             t0 = time.perf_counter()
             image_pipe = pipe.image
-            ih, iw = _image_size(opts, image_pipe.spatial_compression * image_pipe.dit.config.patch_size)
+            ih, iw = _image_size(opts, divisor)
             image_text = {k: v.to(device=device, dtype=dtype) for k, v in image_text.items()}
             with torch.no_grad(), _on_device([image_pipe.dit, image_pipe.ae], device, opts.offload):
                 image = text_to_image(image_pipe, image_text, height=ih, width=iw, steps=opts.steps,
@@ -395,6 +431,10 @@ def generate(opts: GenerateOptions, pipeline: Pipeline | None = None) -> Generat
         t0 = time.perf_counter()
         with torch.no_grad(), _on_device([ae], device, opts.offload):
             video = ae.decode(latent.to(device=device, dtype=dtype))[0, :, : opts.num_frames, :height, :width]
+            if not opts.keep_i2v_pad_frames:
+                video = drop_i2v_pad_frames(video, cond_type, is_causal=ae.is_causal,
+                                            time_compression=ae.time_compression, dim=1)
+            written_frames = video.shape[1]
         sync()
         timings["vae_decode"] = timings.get("vae_decode", 0.0) + time.perf_counter() - t0
         phase_peak("vae_decode")
@@ -409,5 +449,5 @@ def generate(opts: GenerateOptions, pipeline: Pipeline | None = None) -> Generat
         phase_peak("write")
 
     peak = max(peaks.values()) if peaks else None
-    return GenerateResult(paths, timings, peak, height, width, opts.num_frames, peaks, images, result_latents,
+    return GenerateResult(paths, timings, peak, height, width, written_frames, peaks, images, result_latents,
                           result_frames)

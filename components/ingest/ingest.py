@@ -8,10 +8,12 @@ Per source (in parallel, one failure never stops the batch):
 1. fetch (URLs) and hash (sha256) the file; probe it with PyAV;
 2. preprocessing rules (D.2): duration ≥ `min_duration`, bits-per-pixel ≥ `min_bpp`, fps ≥ `min_fps`,
    aspect ratio (height/width) in `ar_range`, not H.264 Constrained Baseline, not broken (every frame decodes);
-3. one ffmpeg pass: `scdet` scene scores (a cut is a frame whose score ≥ `scene_threshold`) and per-frame
-   `cropdetect` boxes (black borders: the union of content boxes over a shot);
-4. shots > `clip_max` split into `clip_max` pieces, pieces < `clip_min` dropped; each clip re-encoded H.264,
-   fps kept when ≤ `max_fps` (else divided down), long side ≤ `max_long_side`, borders cropped.
+3. one decoding pass (PyAV, in process: no ffmpeg binary) gives every frame's scene score (FFmpeg's `scdet`
+   filter; a cut is a frame whose score ≥ `scene_threshold`) and non-black content box (rows/columns whose
+   mean luma is above `crop_limit`, as cropdetect measures them);
+4. as the frames arrive, shots > `clip_max` are split into `clip_max` pieces, pieces < `clip_min` dropped; each
+   clip is re-encoded H.264 from the decoded frames, fps kept when ≤ `max_fps` (else divided down), long side
+   ≤ `max_long_side`, cropped to the union of its frames' content boxes (black borders removed).
 
 Outputs in `out_dir`: `clips/*.mp4`, `clips.parquet` (columns `path,text,num_frames,height,width,aspect_ratio,
 resolution,fps` + provenance), `rejected.parquet` (`source,row,reason,detail`). Every file is written to a temp
@@ -27,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -38,7 +41,7 @@ import pandas as pd
 from common.atomic import atomic_path, write_bytes_atomic, write_text_atomic
 from common.digests import file_sha256, table_record
 
-from common.video_io import VideoReadError, probe_video, scan_video, transcode_clip
+from common.video_io import VideoReadError, check_video_backend, probe_video, scan_frames, write_clip
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
 REQUIRED_COLUMNS = ["path", "text", "num_frames", "height", "width", "aspect_ratio", "resolution", "fps"]
@@ -48,6 +51,10 @@ REJECTED_COLUMNS = ["source", "row", "reason", "detail"]
 _STANDARD_FPS = [Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30),
                  Fraction(50), Fraction(60000, 1001), Fraction(60), Fraction(12), Fraction(15), Fraction(16),
                  Fraction(20)]
+
+
+class IngestError(RuntimeError):
+    """Ingest as a whole cannot produce a clip table; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -195,12 +202,14 @@ def rule_violation(info, p: IngestParams) -> tuple[str, str] | None:
     return None
 
 
-def _shot_crop(frames, width: int, height: int):
-    boxes = [f for f in frames if f.x2 >= f.x1 and f.y2 >= f.y1]
+def clip_crop(boxes, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The crop (w, h, x, y) that keeps the union of the content boxes (x1, x2, y1, y2, inclusive) of a clip's
+    frames, with even offsets and sizes inside the content; None when every frame is black."""
+    boxes = [b for b in boxes if b[1] >= b[0] and b[3] >= b[2]]
     if not boxes:
         return None
-    x1, x2 = min(f.x1 for f in boxes), max(f.x2 for f in boxes)
-    y1, y2 = min(f.y1 for f in boxes), max(f.y2 for f in boxes)
+    x1, x2 = min(b[0] for b in boxes), max(b[1] for b in boxes)
+    y1, y2 = min(b[2] for b in boxes), max(b[3] for b in boxes)
     x1, y1 = x1 + (x1 % 2), y1 + (y1 % 2)  # even offsets, stay inside the content
     w, h = (x2 - x1 + 1) // 2 * 2, (y2 - y1 + 1) // 2 * 2
     if w <= 0 or h <= 0:
@@ -208,30 +217,48 @@ def _shot_crop(frames, width: int, height: int):
     return (w, h, x1, y1)
 
 
-def plan_clips(scan_frames, fps: float, p: IngestParams) -> list[dict]:
-    """Shots from scene scores, split into clips of at most `clip_max` s, clips shorter than `clip_min` dropped.
-    Returns `{shot, start_frame, end_frame, start_time, end_time}` (end exclusive)."""
-    n = len(scan_frames)
-    if n == 0:
-        return []
-    times = [f.pts_time for f in scan_frames]
-    step = 1.0 / fps if fps > 0 else (times[-1] - times[0]) / max(n - 1, 1)
-    times.append(times[-1] + step)  # end of the last frame
-    cuts = [i for i in range(1, n) if scan_frames[i].scene_score >= p.scene_threshold]
-    bounds = [0] + cuts + [n]
-    clips = []
-    for s_idx, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        start = a
-        while start < b:
-            end = start
-            while end < b and times[end + 1] - times[start] <= p.clip_max + 1e-6:
-                end += 1
-            end = max(end, start + 1)
-            if times[end] - times[start] >= p.clip_min - 1e-6:
-                clips.append({"shot": s_idx, "start_frame": start, "end_frame": end, "start_time": times[start],
-                              "end_time": times[end]})
-            start = end
-    return clips
+class ClipCutter:
+    """Cuts one decoding pass into clips as the frames arrive, so a source is decoded once.
+
+    A frame whose scene score is >= `scene_threshold` starts a new shot (never frame 0). Within a shot, clips
+    are made greedily: a clip grows while its duration (from its first frame's time to the next frame's time)
+    stays <= `clip_max`; clips shorter than `clip_min` are dropped. `on_clip(start_frame, end_frame, start_time,
+    end_time, shot, frames, times, boxes)` is called for each kept clip (end exclusive). Only the frames of the
+    clip being built are held, so memory is bounded by `clip_max` seconds of decoded frames."""
+
+    def __init__(self, p: IngestParams, step: float, on_clip):
+        self.p, self.step, self.on_clip = p, step, on_clip
+        self.shot = 0
+        self.buf: list = []  # ScannedFrames of the clip being built
+        self.last_time: float | None = None
+
+    def _close(self, end_time: float) -> None:
+        buf, self.buf = self.buf, []
+        if buf and end_time - buf[0].time >= self.p.clip_min - 1e-6:
+            self.on_clip(buf[0].index, buf[-1].index + 1, buf[0].time, end_time, self.shot,
+                         [f.frame for f in buf], [f.time for f in buf], [f.box for f in buf])
+
+    def _fit(self, next_time: float) -> None:
+        """Close the clip before its last frame if ending at `next_time` would make it longer than clip_max."""
+        if len(self.buf) > 1 and next_time - self.buf[0].time > self.p.clip_max + 1e-6:
+            last = self.buf.pop()
+            self._close(last.time)
+            self.buf = [last]
+
+    def add(self, f) -> None:
+        if self.buf:
+            self._fit(f.time)
+            if f.index > 0 and f.scene_score >= self.p.scene_threshold:
+                self._close(f.time)
+                self.shot += 1
+        self.buf.append(f)
+        self.last_time = f.time
+
+    def finish(self) -> None:
+        if self.buf:
+            end = self.last_time + self.step
+            self._fit(end)
+            self._close(end)
 
 
 # --- one source -----------------------------------------------------------------------------------------------------
@@ -239,6 +266,61 @@ def plan_clips(scan_frames, fps: float, p: IngestParams) -> list[dict]:
 def _reject(job, reason: str, detail: str) -> dict:
     return {"status": "rejected", "source": job["source"], "row": job["row"], "reason": reason, "detail": detail,
             "clips": []}
+
+
+def _cut_and_encode(local: str, src: str, info, sha: str, job: dict, out: Path, p: IngestParams):
+    """One decoding pass over `local`: scene scores and content boxes per frame, clips cut and re-encoded as
+    the frames arrive. Clips go to a per-source folder first and move into `clips/` only when the whole
+    source succeeded. Returns (clips, cuts) or a rejection dict."""
+    out_fps = _output_fps(info.fps, p.max_fps)
+    partial = out / "clips" / f".partial-{sha[:16]}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    clips, cuts = [], []
+    black = 0
+
+    def on_clip(start_frame, end_frame, start_time, end_time, shot, frames, times, boxes):
+        nonlocal black
+        crop = clip_crop(boxes, info.width, info.height)
+        if crop is None:
+            black += 1
+            return  # an all-black clip
+        if crop == (frames[0].width // 2 * 2, frames[0].height // 2 * 2, 0, 0):
+            crop = None
+        name = f"{sha[:16]}_{len(clips):03d}.mp4"
+        n, h, w = write_clip(partial / name, frames, times, start_time, end_time, fps=out_fps, crop=crop,
+                             max_long_side=p.max_long_side, crf=p.crf)
+        if start_frame > 0:
+            cuts.append(start_frame)
+        clips.append({"path": str((out / "clips" / name).resolve()), "num_frames": n, "height": h, "width": w,
+                      "aspect_ratio": h / w, "resolution": h * w, "fps": round(float(out_fps), 3), "source": src,
+                      "source_row": job["row"], "source_sha256": sha, "shot": shot, "start_frame": start_frame,
+                      "end_frame": end_frame, "start_time": start_time, "end_time": end_time,
+                      "crop": "" if crop is None else "{}:{}:{}:{}".format(*crop)})
+
+    try:
+        step = 1.0 / info.fps if info.fps > 0 else 0.0
+        cutter = ClipCutter(p, step, on_clip)
+        n, error = 0, ""
+        try:
+            for f in scan_frames(local, crop_limit=p.crop_limit):
+                cutter.add(f)
+                n = f.index + 1
+        except VideoReadError as exc:
+            error = str(exc)
+        expected = info.num_frames or 0
+        if n == 0 or (error and n < 0.98 * expected) or n < 0.9 * expected:
+            return _reject(job, "broken", f"{src}: {n} of {expected} frames decodable ({error or 'decode stopped early'})")
+        cutter.finish()
+        if not clips:
+            if black:
+                return _reject(job, "no_clips", f"{src}: every shot is black")
+            return _reject(job, "no_clips", f"{src}: no shot of at least {p.clip_min} s")
+        for c in clips:  # the source is complete: its clips take their final names
+            os.replace(partial / Path(c["path"]).name, c["path"])
+        return clips, cuts
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def process_source(job: dict, out_dir: str, p: IngestParams) -> dict:
@@ -261,42 +343,13 @@ def process_source(job: dict, out_dir: str, p: IngestParams) -> dict:
         bad = rule_violation(info, p)
         if bad:
             return _reject(job, bad[0], f"{src}: {bad[1]}")
-        scan = scan_video(local, crop_limit=p.crop_limit)
-        n = len(scan.frames)
-        expected = info.num_frames or 0
-        if n == 0 or (scan.returncode != 0 and n < 0.98 * expected) or n < 0.9 * expected:
-            why = scan.errors.splitlines()[-1] if scan.errors else "decode stopped early"
-            return _reject(job, "broken", f"{src}: {n} of {expected} frames decodable ({why})")
         sha = file_sha256(local)
-        plan = plan_clips(scan.frames, info.fps, p)
-        if not plan:
-            return _reject(job, "no_clips", f"{src}: no shot of at least {p.clip_min} s")
-        out_fps = _output_fps(info.fps, p.max_fps)
-        half = 0.1 / float(out_fps)  # seek a little before the first frame: no rounding ties in the fps filter
-        clips = []
-        for k, c in enumerate(plan):
-            crop = _shot_crop(scan.frames[c["start_frame"]:c["end_frame"]], info.width, info.height)
-            if crop is None:
-                continue  # an all-black shot
-            if crop == (info.width // 2 * 2, info.height // 2 * 2, 0, 0):
-                crop_arg = None
-            else:
-                crop_arg = crop
-            dst = out / "clips" / f"{sha[:16]}_{k:03d}.mp4"
-            start = max(c["start_time"] - half, 0.0)
-            transcode_clip(local, dst, start, start + c["end_time"] - c["start_time"], crop=crop_arg, fps=out_fps,
-                           max_long_side=p.max_long_side, crf=p.crf)
-            ci = probe_video(dst, count_frames=True)
-            clips.append({"path": str(dst.resolve()), "num_frames": ci.num_frames, "height": ci.height,
-                          "width": ci.width, "aspect_ratio": ci.height / ci.width, "resolution": ci.height * ci.width,
-                          "fps": round(ci.fps, 3), "source": src, "source_row": job["row"], "source_sha256": sha,
-                          "shot": c["shot"], "start_frame": c["start_frame"], "end_frame": c["end_frame"],
-                          "start_time": c["start_time"], "end_time": c["end_time"],
-                          "crop": "" if crop_arg is None else "{}:{}:{}:{}".format(*crop_arg)})
-        if not clips:
-            return _reject(job, "no_clips", f"{src}: every shot is black")
+        got = _cut_and_encode(local, src, info, sha, job, out, p)
+        if isinstance(got, dict):
+            return got
+        clips, cuts = got
         return {"status": "ok", "source": src, "row": job["row"], "reason": "", "detail": "", "clips": clips,
-                "cuts": [c["start_frame"] for c in plan if c["start_frame"] > 0]}
+                "cuts": cuts}
     except Exception as exc:  # never let one source stop the batch
         return _reject(job, "error", f"{src}: {type(exc).__name__}: {exc}")
 
@@ -319,8 +372,12 @@ def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_
            min_fps: float = 16, ar_range=(1 / 3, 3), clip_min: float = 2.0, clip_max: float = 8.0,
            max_fps: float = 30, max_long_side: int = 1080, scene_threshold: float = 15.0, crop_limit: int = 24,
            progress: bool = True) -> IngestResult:
-    """Ingest a folder / list / manifest of videos into `out_dir` (see the module docstring)."""
+    """Ingest a folder / list / manifest of videos into `out_dir` (see the module docstring).
+
+    Raises `IngestError` when there is nothing to ingest, or when every source was rejected for one and the
+    same reason (the tables are written first, so `rejected.parquet` shows each source's detail)."""
     t0 = time.perf_counter()
+    check_video_backend()  # a missing codec/filter is one error here, not every source rejected as broken
     params = IngestParams(min_duration=min_duration, min_bpp=min_bpp, min_fps=float(min_fps),
                           ar_range=tuple(float(x) for x in ar_range), clip_min=clip_min, clip_max=clip_max,
                           max_fps=float(max_fps), max_long_side=int(max_long_side),
@@ -328,6 +385,9 @@ def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_
     out = Path(out_dir)
     (out / ".done").mkdir(parents=True, exist_ok=True)
     jobs = read_inputs(inputs)
+    if not jobs:
+        raise IngestError(f"{inputs}: no videos to ingest (a folder is searched for {', '.join(sorted(VIDEO_EXTS))}; "
+                          f"a manifest needs rows)")
     results: dict[int, dict] = {}
     todo = []
     skipped = 0
@@ -351,7 +411,7 @@ def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_
 
     def run_one(job, marker):
         res = process_source(job, str(out), params)
-        if res["reason"] != "download":  # a failed download may work next time
+        if res["reason"] not in ("download", "error"):  # a failed download or an unexpected error may pass next time
             _atomic_write_bytes(marker, json.dumps(res).encode())
         return job, res
 
@@ -363,7 +423,8 @@ def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_
             results[job["row"]] = run_one(job, marker)[1]
             bar.update(1)
     else:
-        # The heavy work runs in ffmpeg subprocesses and PyAV (both release the GIL): threads use all the cores.
+        # Decoding, filtering and encoding run inside FFmpeg's libraries, which release the GIL: threads use
+        # all the cores.
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futs = [pool.submit(run_one, job, marker) for job, marker in todo]
             for fut in as_completed(futs):
@@ -392,6 +453,11 @@ def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_
     _atomic_parquet(clips, clips_path)
     _atomic_parquet(rejected, rejected_path)
     write_text_atomic(out / "lineage.json", json.dumps(_lineage(inputs, jobs, clips_path, rejected_path), indent=1))
+    reasons = set(rejected["reason"])
+    if clips.empty and len(reasons) == 1:
+        (reason,) = reasons
+        raise IngestError(f"every one of the {len(rejected)} sources was rejected for the same reason {reason!r} "
+                          f"(first: {rejected['detail'].iloc[0]}); see {rejected_path}")
     return IngestResult(clips_path=clips_path, rejected_path=rejected_path, clips=clips, rejected=rejected,
                         processed=len(todo), skipped=skipped,
                         counts=rejected["reason"].value_counts().to_dict(), seconds=time.perf_counter() - t0)

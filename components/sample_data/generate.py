@@ -11,7 +11,7 @@ borders of known size, hard cuts at known frame indices, variable frame rate, 10
 H.264 Constrained Baseline, too low bits-per-pixel, extreme aspect ratio, too short, too low fps, and broken files
 (truncated, zero bytes, a text file named .mp4). `expected` / `expected_reason` say what ingest must do with it.
 
-Depends only on numpy, PyAV, Pillow and scikit-image (no soraflow imports), so it can be used on its own.
+Depends on numpy, PyAV, Pillow and scikit-image, and on soraflow's `common` helpers only.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from common.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from common.video_io import ENCODER_THREADS
 
 H, W, FPS = 144, 256, 24
 
@@ -81,8 +82,10 @@ def _encode(path: Path, frames: np.ndarray, fps: float = FPS, codec: str = "libx
         with av.open(tmp, mode="w", format="mp4", options=copts) as c:
             st = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
             st.width, st.height, st.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
-            st.options = dict(options if options is not None else ({"crf": "18", "preset": "veryfast"}
-                                                                   if codec == "libx264" else {}))
+            opts = dict(options if options is not None else ({"crf": "18", "preset": "veryfast"}
+                                                             if codec == "libx264" else {}))
+            opts.setdefault("threads", str(ENCODER_THREADS))  # the same bytes on any machine
+            st.options = opts
             if codec == "mpeg4":
                 st.bit_rate = 1_500_000
             if pts_ms is not None:
@@ -152,6 +155,10 @@ def training_cases(kind: str = "train") -> list[tuple[str, str, str, str]]:
             [motions[(i + k) % len(motions)] for k in (0, 2, 3)]
         out += [(f"{kind}_{photo}_{m}", photo, m, f"{what}, {TRAIN_MOTIONS[m][0]}") for m in chosen]
     return out
+
+
+# What `make demo` curates (and what data.dvc pins): the known-truth cases plus the training clips.
+DEMO_SAMPLE_SET = {"seed": 0, "training_set": True}
 
 
 def make_sample_videos(out_dir: str | Path, seed: int = 0, training_set: bool = False) -> Path:

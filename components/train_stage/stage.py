@@ -17,6 +17,7 @@ Inputs by stage:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -73,15 +74,15 @@ def _check_file(path: str | None, what: str) -> Path | None:
 
 
 def _validate(stage, recipe, data_table, init_from, autoencoder, overrides):
-    from training.config import apply_overrides
+    from training.config import resolve
     from training.recipes import get_recipe
 
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r} is not one of {list(STAGES)}")
-    cfg = get_recipe(recipe)  # unknown recipe -> ValueError naming the known ones
-    if cfg.stage != stage:
-        raise ValueError(f"recipe {recipe!r} is a {cfg.stage} recipe, not a {stage} one")
-    apply_overrides(cfg, dict(overrides or {}))  # unknown override keys fail here, before any process starts
+    if get_recipe(recipe).stage != stage:  # unknown recipe -> ValueError naming the known ones
+        raise ValueError(f"recipe {recipe!r} is a {get_recipe(recipe).stage} recipe, not a {stage} one")
+    # unknown keys, wrong types and out-of-range values fail here, before any process starts
+    cfg = resolve(recipe, dict(overrides or {}))
     table = data_table or cfg.data.table
     if not table:
         raise ValueError(f"stage {stage}: no clip table (give data_table or override data.table)")
@@ -204,13 +205,18 @@ def _card(stage, recipe, cfg: dict, init, ae, table, revision, steps, final_loss
             f"Resolved recipe: `config.json`. Metrics: `stage_metrics.json`. Samples: `samples/`.\n")
 
 
+class StageFailed(RuntimeError):
+    """The training job of a stage did not succeed; the message has its state, run folder and last log lines."""
+
+
 def run_stage(stage: str, *, recipe: str, run_dir: str, data_table: str | None = None, init_from: str | None = None,
               autoencoder: str | None = None, overrides: dict | None = None, nproc: int = 1,
               max_restarts: int = 3, scheduler: str = "local_cwd", nnodes: int = 1, image: str = "",
-              queue: str = "default", namespace: str | None = None) -> StageOutputs:
+              queue: str = "default", namespace: str | None = None, progress=None) -> StageOutputs:
     """`scheduler="kubernetes"` submits a Volcano gang job of `nnodes` x `nproc` GPUs running `image` and
-    follows it; `run_dir` (and the table) must then be on a volume those pods mount."""
-    from training.launch import LaunchSpec, run_kubernetes, run_local
+    follows it; `run_dir` (and the table) must then be on a volume those pods mount. `progress(line)` gets
+    rank 0's step lines while a local job runs."""
+    from training.launch import LaunchSpec, cluster_job_name, run_kubernetes, run_local
 
     if scheduler not in ("local_cwd", "kubernetes"):
         raise ValueError(f"scheduler must be 'local_cwd' or 'kubernetes', got {scheduler!r}")
@@ -224,13 +230,15 @@ def run_stage(stage: str, *, recipe: str, run_dir: str, data_table: str | None =
     if scheduler == "kubernetes":
         spec.gpus_per_node = nproc
         spec.image = image or spec.image
-        status = run_kubernetes(spec, queue=queue, namespace=namespace)
+        # one job name per run folder: a retried task follows (or cleanly resubmits) its own job, never a second
+        job = cluster_job_name(hashlib.sha1(str(run.resolve()).encode()).hexdigest()[:10], stage)
+        status = run_kubernetes(spec, queue=queue, namespace=namespace, job_name=job)
     else:
-        status = run_local(spec, log_dir=str(log_dir))
+        status = run_local(spec, log_dir=str(log_dir), progress=progress)
     state = str(status.state) if status is not None else "unknown"
     model_path = run / "model.safetensors"
     if not state.endswith("SUCCEEDED") or not model_path.exists():
-        raise RuntimeError(f"stage {stage} (recipe {recipe}) ended {state}; run dir {run}; last log lines:\n"
+        raise StageFailed(f"stage {stage} (recipe {recipe}) ended {state}; run dir {run}; last log lines:\n"
                            f"{_failure_tail(log_dir)}")
 
     cfg = json.loads((run / "config.json").read_text())

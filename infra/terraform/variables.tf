@@ -324,7 +324,7 @@ variable "gitops_repo_url" {
 }
 
 variable "gitops_revision" {
-  description = "Branch or tag Argo CD syncs infra/gitops/cluster and monitoring/k8s from."
+  description = "Branch or tag Argo CD syncs infra/gitops/cluster and monitoring/ from (alert runbook links point at it too)."
   type        = string
   default     = "main"
 }

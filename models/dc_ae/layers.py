@@ -156,7 +156,13 @@ class IdentityLayer(nn.Module):
 
 
 class ConvLayer(nn.Module):
-    """Zero-padded ("same", symmetric in time) 3D conv -> optional RMSNorm3d -> optional activation."""
+    """Zero-padded ("same", symmetric in time) 3D conv -> optional RMSNorm3d -> optional activation.
+
+    The zero padding is applied with `F.pad` before an unpadded conv, as the released model does. Besides
+    matching it, this avoids a CPU bug: torch's bf16 conv3d with the padding inside the conv returns wrong,
+    run-to-run varying values on a one-frame input with 3 input channels (the DC-AE's `project_in` on an
+    image), see docs/fidelity.md.
+    """
 
     def __init__(
         self,
@@ -177,14 +183,17 @@ class ConvLayer(nn.Module):
             out_channels,
             kernel_size,
             stride=stride,
-            padding=kernel_size // 2,
+            padding=0,
             groups=groups,
             bias=use_bias,
         )
+        self.pad = (kernel_size // 2,) * 6  # (W, W, H, H, T, T)
         self.norm = RMSNorm3d(out_channels) if norm else None
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.pad):
+            x = F.pad(x, self.pad)
         x = self.conv(x)
         if self.norm is not None:
             x = self.norm(x)

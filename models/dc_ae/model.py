@@ -32,6 +32,21 @@ __all__ = ["DCAEConfig", "VideoDCAE", "Encoder", "Decoder", "init_dc_ae_weights"
 BLOCK_TYPES = ("ResBlock", "EViTS5_GLU")
 
 
+def recorded_scaling_factor(path) -> float | None:
+    """The latent scaling factor an export of ours records in its safetensors metadata (`scaling_factor`,
+    measured on its training latents); None for other files (the released weights record none)."""
+    if path is None:
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            sf = (f.metadata() or {}).get("scaling_factor")
+    except Exception:  # noqa: BLE001 - not a single safetensors file: nothing recorded
+        return None
+    return float(sf) if sf else None
+
+
 @dataclass
 class DCAEConfig:
     """Config of the Video DC-AE. Defaults = the released `dc-ae-f32t4c128`."""
@@ -93,16 +108,8 @@ class DCAEConfig:
         """tiny/full, with the latent scaling factor an export of ours records in its safetensors metadata
         (`scaling_factor`, measured on its training latents) instead of the released model's 0.493."""
         config = cls.tiny() if tiny else cls()
-        if path is None:
-            return config
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                sf = (f.metadata() or {}).get("scaling_factor")
-        except Exception:  # noqa: BLE001 - not a single safetensors file: keep the default
-            sf = None
-        return replace(config, scaling_factor=float(sf)) if sf else config
+        sf = recorded_scaling_factor(path)
+        return replace(config, scaling_factor=sf) if sf is not None else config
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "DCAEConfig":

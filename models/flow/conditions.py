@@ -21,8 +21,10 @@ v2v_tail_easy  T-k .. T-1              last 65 frames -> k = 17         last 64 
 ============== ======================= ================================ =========================================
 
 (For a time compression other than 4 the v2v references are 32/64 pixel frames (+1 for causal AEs), giving
-32/tc (+1) and 64/tc (+1) latent frames.) Every reference is encoded **separately** from the training clip
-(one posterior sample each) so the condition does not leak information from the frames being generated. A
+32/tc (+1) and 64/tc (+1) latent frames.) In training, every i2v reference and every causal v2v reference is
+encoded **separately** from the training clip (one posterior sample each) so the condition does not leak
+information from the frames being generated; a non-causal v2v reference is the slice of the whole clip's latent,
+as in the released training code (the released high-compression model was trained on those references). A
 one-frame reference needs an autoencoder that accepts a single frame (an image), for both AE kinds, as in the
 released code.
 """
@@ -325,7 +327,8 @@ def prepare_train_condition(
     ``video`` [B, 3, F, H, W] in [-1, 1]. A condition type is drawn per sample from ``weights`` (default
     ``DEFAULT_TRAIN_CONDITION_WEIGHTS``) with ``generator`` unless ``cond_types`` is given. x0 = encode(clip)
     for the whole batch; then, per condition type, its references are encoded separately (first frame alone,
-    last frame alone, first/last 33|32 frames...) and written into the masked frames of ``ref_latent``.
+    last frame alone, first/last 33 frames for a causal AE) or, for v2v with a non-causal AE, sliced from x0
+    (first/last 8|16 latent frames), and written into the masked frames of ``ref_latent``.
     The optional frame-padding trick of the released non-causal variant (off by default) is not implemented.
     """
     b, f = video.shape[0], video.shape[2]
@@ -352,7 +355,12 @@ def prepare_train_condition(
         if ct == "t2v":
             continue
         idx = [i for i, c in enumerate(cond_types) if c == ct]
-        refs = encode_references(ae, video[idx], ct, generator=generator)
+        if is_v2v(ct) and not ae.is_causal:
+            # The released non-causal rule: the reference is the first/last k latent frames of the clip's own
+            # latent, not a separate encode (the released high-compression model was trained this way).
+            refs = [x0[idx]]
+        else:
+            refs = encode_references(ae, video[idx], ct, generator=generator)
         sub_shape = (len(idx),) + tuple(x0.shape[1:])
         ref[idx] = place_references(ct, refs, sub_shape, is_causal=ae.is_causal, time_compression=tc,
                                     device=x0.device, dtype=x0.dtype)

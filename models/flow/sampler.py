@@ -216,6 +216,23 @@ def inference_latent_shape(
     return (batch, latent_channels, t_lat, patch_size * math.ceil(height / d), patch_size * math.ceil(width / d))
 
 
+def drop_i2v_pad_frames(video: torch.Tensor, cond_type: str, *, is_causal: bool, time_compression: int,
+                        dim: int = 2) -> torch.Tensor:
+    """Decoded frames -> the frames the released sampler keeps: for a non-causal AE it drops the
+    ``time_compression - 1`` frames decoded together with an i2v reference frame (first ones for ``i2v_head``,
+    last ones for ``i2v_tail``, both for ``i2v_loop``); causal AEs and other conditions keep every frame.
+    ``dim`` is the time axis (2 for [B, C, T, H, W], 1 for [C, T, H, W])."""
+    pad = time_compression - 1
+    if is_causal or pad <= 0 or cond_type not in ("i2v_head", "i2v_tail", "i2v_loop"):
+        return video
+    n = video.shape[dim]
+    start = pad if cond_type in ("i2v_head", "i2v_loop") else 0
+    stop = n - pad if cond_type in ("i2v_tail", "i2v_loop") else n
+    if stop <= start:
+        raise ValueError(f"{cond_type}: {n} decoded frames leave nothing after dropping {pad} pad frame(s)")
+    return video.narrow(dim, start, stop - start)
+
+
 def initial_noise(
     latent_shape: Sequence[int], seed: int, device=None, dtype: torch.dtype = torch.bfloat16
 ) -> torch.Tensor:

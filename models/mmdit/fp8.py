@@ -1,4 +1,7 @@
-"""FP8 (e4m3) matmuls for the MMDiT's big linears (inference only).
+"""FP8 (e4m3) matmuls for the MMDiT's big linears: inference (`quantize_fp8`) and training
+(`convert_to_fp8_training`, torchao's float8 training). Both convert the same linears (`fp8_linear_names`).
+
+Inference:
 
 Each linear y = x Wᵀ + b of the double/single blocks (q/k/v, proj, MLP in/out; the single blocks' q/k, v_mlp,
 linear2) becomes
@@ -117,15 +120,11 @@ def quantize_fp8(model: nn.Module, granularity: str = "row", emulate: bool | Non
         block.txt_attn._fused = None
     for block in model.single_blocks:
         block._fused = None
-    for name in fp8_linear_names(model):
+    # Linears already converted, or with dims that are not multiples of 16, stay as they are.
+    for name in sorted(fp8_convertible(model)):
         parent_name, child = name.rsplit(".", 1)
         parent = model.get_submodule(parent_name)
-        linear = parent.get_submodule(child)
-        if not isinstance(linear, nn.Linear):
-            continue  # already converted
-        if linear.in_features % 16 or linear.out_features % 16:
-            continue  # FP8 tensor-core GEMMs need multiples of 16; such a layer stays as it is
-        setattr(parent, child, FP8Linear(linear, granularity, emulate, fast_accum))
+        setattr(parent, child, FP8Linear(parent.get_submodule(child), granularity, emulate, fast_accum))
     model._soraflow_fp8 = granularity
     return model
 
@@ -143,3 +142,47 @@ def e4m3_matmul_error_bound(x: torch.Tensor, weight: torch.Tensor, granularity: 
     dw = torch.maximum(E4M3_UNIT_ROUNDOFF * wf.abs(), E4M3_SUBNORMAL_HALF_SPACING * sw.expand_as(wf))
     bound = dx @ wf.abs().t() + xf.abs() @ dw.t() + dx @ dw.t()
     return bound.view(*x.shape[:-1], weight.shape[0])
+
+
+FP8_TRAINING_RECIPES = ("tensorwise", "rowwise")
+
+
+def fp8_convertible(model: nn.Module) -> set[str]:
+    """The names of `fp8_linear_names` that are nn.Linear with both dims multiples of 16 (FP8 tensor-core GEMMs
+    need them); the one selection the inference and the training conversion share."""
+    out = set()
+    for name in fp8_linear_names(model):
+        layer = model.get_submodule(name)
+        if isinstance(layer, nn.Linear) and not (layer.in_features % 16 or layer.out_features % 16):
+            out.add(name)
+    return out
+
+
+def convert_to_fp8_training(model: nn.Module, recipe: str = "tensorwise", *, fsdp_all_gather: bool = False,
+                            emulate: bool = False) -> nn.Module:
+    """Swap the blocks' big linears for torchao's `Float8Linear` in place (training; call before the strategy
+    wraps the model and before `compile_blocks`).
+
+    recipe "tensorwise": one dynamic scale per tensor for inputs, weights and output gradients (with
+    `fsdp_all_gather`, FSDP2 all-gathers the weights already in float8); "rowwise": one scale per row of each
+    GEMM operand (torchao's "rowwise" recipe; no float8 all-gather). The master weights stay as they were
+    (Float8Linear keeps nn.Linear's `weight` and `bias`), so state-dict keys and values do not change and a
+    checkpoint loads into a bf16 or an FP8 model alike. `emulate`: torchao computes the float8 products in
+    higher precision from the same quantised operands (CPU tests).
+    """
+    import dataclasses
+
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    if recipe not in FP8_TRAINING_RECIPES:
+        raise ValueError(f"model.fp8 must be one of {FP8_TRAINING_RECIPES} (or empty for off), got {recipe!r}")
+    if recipe == "tensorwise":
+        config = Float8LinearConfig(enable_fsdp_float8_all_gather=fsdp_all_gather, emulate=emulate)
+    else:
+        config = dataclasses.replace(Float8LinearConfig.from_recipe_name("rowwise"), emulate=emulate)
+    names = fp8_convertible(model)
+    convert_to_float8_training(model, config=config, module_filter_fn=lambda mod, fqn: fqn in names)
+    model._soraflow_fp8_training = recipe
+    # FSDP2's float8 all-gather wants the weights' scales computed once per step, after the optimizer step.
+    model._soraflow_fp8_fsdp_scales = recipe == "tensorwise" and fsdp_all_gather
+    return model

@@ -13,6 +13,7 @@ import re
 __all__ = [
     "map_target_fps",
     "training_caption",
+    "motion_score_text",
     "ensure_sentence_ends_with_period",
     "check_fps_added",
     "inference_caption",
@@ -32,14 +33,29 @@ def map_target_fps(fps: float, max_fps: int = 24) -> tuple[float, int]:
     return math.floor(fps / interval), interval
 
 
-def training_caption(caption: str, fps: float, vmaf: float, max_fps: int = 24) -> str:
-    """Training-time caption: ``f"{caption} {target_fps} FPS, {round(vmaf)} motion score."``.
+def motion_score_text(vmaf: float) -> int:
+    """The integer written for a motion score: ``int(v + 0.5)``, as the released dataset does (2.5 -> 3, where
+    Python's ``round`` would give 2)."""
+    return int(vmaf + 0.5)
 
-    ``fps`` is the *source* fps; the printed value is ``map_target_fps(fps, max_fps)[0]`` written the
-    way Python prints it (``23.976``, ``15``). ``round`` is Python's (banker's) rounding.
+
+def training_caption(caption: str, fps: float | None, vmaf: float | None, max_fps: int = 24) -> str:
+    """Training-time caption: ``f"{caption} {target_fps} FPS, {motion} motion score."``.
+
+    ``fps`` is the *source* fps; the printed value is ``map_target_fps(fps, max_fps)[0]`` written the way Python
+    prints it (``23.976``, ``15``). Each part is left out when its value is unusable, like the released dataset:
+    no FPS part when fps is missing, NaN or 0 (``map_target_fps`` gives 0 for NaN there), no motion part when
+    the score is missing or NaN; with neither the caption is unchanged. The motion score is rounded half up
+    (``motion_score_text``).
     """
-    target_fps, _ = map_target_fps(fps, max_fps)
-    return f"{caption} {target_fps} FPS, {round(vmaf)} motion score."
+    parts = []
+    if fps is not None and not math.isnan(fps):
+        target_fps, _ = map_target_fps(fps, max_fps)
+        if target_fps != 0:
+            parts.append(f"{target_fps} FPS")
+    if vmaf is not None and not math.isnan(vmaf):
+        parts.append(f"{motion_score_text(vmaf)} motion score")
+    return f"{caption} {', '.join(parts)}." if parts else caption
 
 
 def ensure_sentence_ends_with_period(sentence: str) -> str:

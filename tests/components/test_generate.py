@@ -226,3 +226,38 @@ def test_text_to_image_to_video_on_cpu(tmp_path):
     assert np.abs(drawn - ((image[0].permute(1, 2, 0).numpy() + 1) * 127.5)).max() <= 0.51
     with pytest.raises(ValueError, match="drop --ref"):
         generate(_opts(tmp_path, t2i2v=True, ref_image=str(png)), pipeline=pipe)
+
+
+def test_noncausal_i2v_drops_the_three_pad_frames_like_the_release(tmp_path):
+    """The released sampler drops the tc-1 = 3 frames decoded with a non-causal i2v reference frame; the flag keeps
+    them. Causal (HunyuanVAE) i2v keeps every frame."""
+    from PIL import Image
+
+    ref = tmp_path / "ref.png"
+    Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)).save(ref)
+    common = dict(model="tiny-hc", num_frames=12, ref_image=str(ref), steps=2, dtype="fp32")
+    counts = {}
+    for ct in ("i2v_head", "i2v_tail", "i2v_loop"):
+        r = generate(_opts(tmp_path, cond_type=ct, out=str(tmp_path / f"{ct}.mp4"), **common))
+        counts[ct] = (r.num_frames, probe_video(r.paths[0], count_frames=True).num_frames)
+    assert counts == {"i2v_head": (9, 9), "i2v_tail": (9, 9), "i2v_loop": (6, 6)}
+    kept = generate(_opts(tmp_path, cond_type="i2v_head", out=str(tmp_path / "kept.mp4"), keep_outputs=True,
+                          keep_i2v_pad_frames=True, **common))
+    dropped = generate(_opts(tmp_path, cond_type="i2v_head", out=str(tmp_path / "dropped.mp4"), keep_outputs=True,
+                             **common))
+    assert kept.num_frames == 12 and torch.equal(kept.frames[0][3:], dropped.frames[0])
+
+
+def test_hc_generation_builds_the_dcae_without_scaling_like_the_release(tmp_path):
+    from components.generate.generate import DCAE_TRAIN_SCALING_FACTOR, PIPELINES
+
+    # the released inference config builds the DC-AE without a scaling factor; tiny-hc (trained here with the
+    # training value) keeps it; an explicit value or None overrides the preset
+    assert PIPELINES["opensora2-hc"].dcae_scaling_factor is None
+    assert PIPELINES["tiny-hc"].dcae_scaling_factor == DCAE_TRAIN_SCALING_FACTOR == 0.493
+    dev = torch.device("cpu")
+    for value, expected in (("preset", 0.493), (None, None), (0.3, 0.3)):
+        pipe = build_pipeline(_opts(tmp_path, model="tiny-hc", dcae_scaling_factor=value), dev, torch.float32)
+        assert pipe.ae.scaling_factor == expected
+    with pytest.raises(ValueError, match="dcae_scaling_factor"):
+        build_pipeline(_opts(tmp_path, model="tiny-hc", dcae_scaling_factor=-1.0), dev, torch.float32)

@@ -181,5 +181,73 @@ def test_cli_sample_data_and_ingest(tmp_path, capsys):
     table = pd.read_parquet(tmp_path / "o" / "clips.parquet")
     assert len(table) == 1
     assert sorted(pd.read_parquet(tmp_path / "o" / "rejected.parquet").reason) == ["broken", "fps"]
-    assert main(["ingest", str(tmp_path / "missing.csv"), "--out-dir", str(tmp_path / "o")]) == 2
+    assert main(["ingest", str(tmp_path / "missing.csv"), "--out-dir", str(tmp_path / "o")]) == 1  # bad input
     assert "missing.csv" in capsys.readouterr().err
+
+
+# --- the cutting rules on known frame times, and failing fast -------------------------------------------------------
+
+def _cut(times, scores, **kw):
+    from common.video_io import ScannedFrame
+    from components.ingest import ClipCutter, IngestParams
+
+    clips = []
+    cutter = ClipCutter(IngestParams(**kw), 1 / 24,
+                        lambda a, b, t0, t1, shot, frames, ts, boxes: clips.append((a, b, shot, round(t1 - t0, 6))))
+    for i, (t, s) in enumerate(zip(times, scores)):
+        cutter.add(ScannedFrame(i, t, s, (0, 9, 0, 9), None))
+    cutter.finish()
+    return clips
+
+
+def test_clip_cutter_splits_shots_greedily():
+    """20 s at 24 fps with a cut at 5 s: the 5 s shot is one clip; the 15 s shot is 8 s + 7 s. An 8.5 s shot
+    gives 8 s and a 0.5 s rest that is dropped (< clip_min)."""
+    times = [i / 24 for i in range(480)]
+    scores = [30.0 if i == 120 else 1.0 for i in range(480)]
+    assert _cut(times, scores) == [(0, 120, 0, 5.0), (120, 312, 1, 8.0), (312, 480, 1, 7.0)]
+    assert _cut(times[:204], [1.0] * 204) == [(0, 192, 0, 8.0)]
+    # a high score on frame 0 is no cut; a shot shorter than clip_min is dropped
+    assert _cut(times[:100], [99.0] + [1.0] * 30 + [50.0] + [1.0] * 68) == [(31, 100, 1, 69 / 24)]
+
+
+def test_constant_rate_resampling():
+    from fractions import Fraction
+
+    from common.video_io import constant_rate_frames
+
+    t30 = [i / 30 for i in range(60)]
+    assert constant_rate_frames(t30, 0.0, 2.0, Fraction(15)) == list(range(0, 60, 2))
+    # a 0.2 s gap after frame 2 (10 fps input) at 10 fps out: the frame is repeated, nothing is skipped
+    t = [0.0, 0.1, 0.2, 0.4, 0.5]
+    assert constant_rate_frames(t, 0.0, 0.6, Fraction(10)) == [0, 1, 2, 2, 3, 4]
+
+
+def test_every_source_rejected_for_one_reason_stops_with_it(tmp_path):
+    from components.ingest import IngestError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for k in range(3):
+        (src / f"x{k}.mp4").write_text("not a video\n")
+    with pytest.raises(IngestError, match=r"every one of the 3 sources was rejected for the same reason 'broken'"):
+        ingest(src, tmp_path / "out", progress=False)
+    assert len(pd.read_parquet(tmp_path / "out" / "rejected.parquet")) == 3  # the details stay readable
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(IngestError, match="no videos to ingest"):
+        ingest(empty, tmp_path / "out2", progress=False)
+    assert main(["ingest", str(empty), "--out-dir", str(tmp_path / "out3")]) == 1
+
+
+def test_missing_video_backend_is_one_error_at_the_start(sample, tmp_path, monkeypatch):
+    """A PyAV build without the scene filter: ingest stops before touching any source, naming what is
+    missing, instead of rejecting every video as broken."""
+    import av.filter
+
+    from common.video_io import VideoBackendError
+
+    monkeypatch.setattr(av.filter, "filters_available", set(av.filter.filters_available) - {"scdet"})
+    with pytest.raises(VideoBackendError, match="lacks filter scdet"):
+        ingest([sample["truth"]["pan_coffee"]["path"]], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "clips").exists() and not list((tmp_path / "out" / ".done").glob("*"))

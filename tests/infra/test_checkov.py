@@ -1,8 +1,8 @@
 """checkov over infra/: no failed check that is not suppressed in place with a written reason.
 
-checkov pins old packaging/networkx and so is not installed in the project's environment;
-CI installs it with pipx (ci.yml, infra job). Here it runs when a `checkov` executable is on
-PATH or named by $CHECKOV, and is skipped otherwise."""
+checkov pins old packaging/networkx and so is not installed in the project's environment:
+`make test-deps` puts it in `.venv-checkov/`. It runs when $CHECKOV names it, `checkov` is on PATH or
+`.venv-checkov/bin/checkov` exists, and is skipped otherwise."""
 from __future__ import annotations
 
 import json
@@ -19,9 +19,10 @@ INFRA = REPO / "infra"
 
 
 def _checkov():
-    exe = os.environ.get("CHECKOV") or shutil.which("checkov")
+    local = REPO / ".venv-checkov" / "bin" / "checkov"
+    exe = os.environ.get("CHECKOV") or shutil.which("checkov") or (str(local) if local.exists() else None)
     if not exe:
-        pytest.skip("checkov not installed (pipx install checkov==3.3.30, or set CHECKOV=/path/to/checkov)")
+        pytest.skip("checkov not installed: make test-deps (or set CHECKOV=/path/to/checkov)")
     return exe
 
 

@@ -13,6 +13,8 @@ from infra_helpers import GITOPS, TF_ROOT
 
 import kubernetes_validate as kv  # noqa: E402  (declared in the test extra)
 
+# What cluster_addons' local.runbook_base_url makes of the sample gitops_repo_url / gitops_revision below.
+RUNBOOK_BASE = "https://github.com/o/r/blob/main/docs"
 MANIFESTS = sorted(p for p in (GITOPS / "cluster").glob("*.yaml") if p.name != "kustomization.yaml")
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -69,6 +71,7 @@ def _render_argocd_apps() -> list[dict]:
         "gitops_revision": "main", "pipelines_revision": "kfp-manifests", "pipeline_root": "gs://b-pipeline-root",
         "pipeline_runner_gsa": "a@p.iam.gserviceaccount.com", "training_gsa": "t@p.iam.gserviceaccount.com",
         "ci_gsa": "c@p.iam.gserviceaccount.com", "training_ksa": "soraflow-training", "volcano_gpu_quota": "16",
+        "runbook_base_url": RUNBOOK_BASE,
     }
     used = set(re.findall(r"\$\{(\w+)\}", text))
     assert used <= set(values), f"template uses unknown {used - set(values)}"
@@ -103,3 +106,41 @@ def test_argocd_patches_hit_objects_in_the_cluster_manifests():
     for patch in apps["soraflow-cluster"]["source"]["kustomize"]["patches"]:
         target = (patch["target"]["kind"], patch["target"]["name"])
         assert target in objects, f"patch target {target} does not exist in infra/gitops/cluster"
+
+
+def test_monitoring_app_builds_the_monitoring_kustomization_with_repo_runbook_links(tmp_path):
+    """Argo CD's soraflow-monitoring app: its path holds the kustomization (dashboards + monitoring/k8s), and
+    its patch turns every alert's relative runbook link into this repository's blob URL at the synced
+    revision. Argo CD applies an app's kustomize patches by adding them to the kustomization before the
+    build, so the test does the same on a copy and builds it with the real kustomize."""
+    import shutil
+
+    from monitoring.manifests import kustomize_build, kustomize_command
+    from infra_helpers import REPO, tf_module
+
+    main = (TF_ROOT / "modules" / "cluster_addons" / "main.tf").read_text()
+    assert 'runbook_base_url = "${trimsuffix(var.gitops_repo_url, ".git")}/blob/${var.gitops_revision}/docs"' in main
+    assert "runbook_base_url         = local.runbook_base_url" in main
+    assert tf_module(TF_ROOT / "modules" / "cluster_addons")  # the module still parses
+
+    app = _render_argocd_apps()["soraflow-monitoring"]
+    src = REPO / app["source"]["path"]
+    assert app["source"]["path"] == "monitoring" and (src / "kustomization.yaml").is_file()
+    assert app["destination"]["namespace"] == "monitoring"
+    if kustomize_command() is None:
+        pytest.skip("needs kustomize or kubectl on PATH for the build: sudo make test-deps")
+    work = tmp_path / "monitoring"
+    work.mkdir()
+    shutil.copy(src / "kustomization.yaml", work)
+    for sub in ("k8s", "dashboards"):
+        shutil.copytree(src / sub, work / sub)
+    k = yaml.safe_load((work / "kustomization.yaml").read_text())
+    k["patches"] = k.get("patches", []) + app["source"]["kustomize"]["patches"]
+    (work / "kustomization.yaml").write_text(yaml.safe_dump(k, sort_keys=False))
+    docs = kustomize_build(work)
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    urls = {r["alert"]: r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]
+            if "alert" in r}
+    assert len(urls) == 6
+    assert urls == {name: f"{RUNBOOK_BASE}/runbooks.md#{name.lower()}" for name in urls}
+    assert not [d for d in docs if d["metadata"]["name"] == "soraflow-runbook-base"]

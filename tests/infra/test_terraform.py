@@ -29,7 +29,8 @@ MODULES = {d.name: tf_module(d) for d in TF_DIRS[1:]}
 def test_terraform_fmt_check():
     tf = shutil.which("terraform")
     if tf is None:
-        pytest.skip("terraform binary not on PATH: fmt -check runs in the CI infra job")
+        pytest.skip("terraform binary not on PATH (not packaged by Debian or PyPI; install HashiCorp's release): "
+                    "fmt -check runs in the GitHub CI infra job")
     r = subprocess.run([tf, "fmt", "-check", "-recursive", "-diff", str(TF_ROOT)], capture_output=True, text=True)
     assert r.returncode == 0, f"terraform fmt would change files:\n{r.stdout}{r.stderr}"
 

@@ -13,11 +13,13 @@ from infra_helpers import REPO, TF_ROOT, WORKFLOWS, outputs, tf_module
 FILES = sorted(WORKFLOWS.glob("*.yml"))
 # The soraflow CLI contract these workflows rely on (pipelines/ is built by the lead).
 SORAFLOW_CONTRACT = {
-    "compile": {"--out", "--cpu-image", "--gpu-image", "--gpu-pool", "--release"},
-    "submit": {"--host", "--experiment", "--version-name", "--cpu-image", "--gpu-image", "--gpu-pool", "--release"},
+    "compile": {"--start", "--out", "--cpu-image", "--gpu-image", "--gpu-pool", "--release"},
+    "submit": {"--host", "--experiment", "--version-name", "--from-revision", "--cpu-image", "--gpu-image",
+               "--gpu-pool", "--release"},
 }
 # Files the lead's contract promises (docker/) are allowed even before they land.
-CONTRACT_FILES = {"docker/cpu.Dockerfile", "docker/gpu.Dockerfile", "pipelines/compiled/soraflow.yaml"}
+CONTRACT_FILES = {"docker/cpu.Dockerfile", "docker/gpu.Dockerfile", "pipelines/compiled/soraflow.yaml",
+                  "pipelines/compiled/soraflow-retrain.yaml"}
 
 
 def load(path):
@@ -89,6 +91,25 @@ def test_retrain_triggers():
     assert any("soraflow submit" in line for line in lines)
     assert any("publish-manifests.sh" in line for line in lines)
     assert doc["concurrency"]["cancel-in-progress"] is False
+
+
+def test_retrain_submission_gives_every_input_the_compiled_pipeline_requires(monkeypatch):
+    """The workflow's `soraflow submit` line, parsed by the real CLI: the pipeline it submits (the retraining
+    one, from data.dvc's revision) gets every required input; the curating pipeline would lack raw_manifest."""
+    from pipelines.cli import build_parser, submit_request
+    from pipelines.submit import check_params, required_inputs
+
+    line = next(line for line in run_lines(wf("retrain.yml")) if "soraflow submit" in line)
+    words = shlex.split(line.split("soraflow ", 1)[1].replace("${", "X{"))
+    monkeypatch.chdir(REPO)  # --from-revision pinned reads this checkout's data.dvc
+    start, params = submit_request(build_parser().parse_args(words))
+    assert start == "revision"
+    golden = REPO / "pipelines" / "compiled" / "soraflow-retrain.yaml"
+    assert required_inputs(golden) == ["data_revision"]
+    assert params["data_revision"] == yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]["md5"]
+    check_params(golden, params)
+    with pytest.raises(ValueError, match="raw_manifest"):
+        check_params(REPO / "pipelines" / "compiled" / "soraflow.yaml", params)
 
 
 def test_soraflow_calls_stay_within_the_cli_contract():

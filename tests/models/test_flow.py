@@ -507,7 +507,9 @@ def test_prepare_train_condition_noncausal_and_draw():
     tc = prepare_train_condition(ae, video, cond_types=["v2v_head", "i2v_tail"])
     assert tc.x0.shape == (2, 2, 10, 2, 2)
     assert _frames(tc.mask[:1]) == list(range(8)) and _frames(tc.mask[1:]) == [9]
-    torch.testing.assert_close(tc.ref_latent[0, :, :8], ae.encode(video[:1, :, :32])[0])  # first 32 -> 8 latents
+    # non-causal v2v: the first 8 latent frames of the whole clip's latent, as released (not a separate encode)
+    torch.testing.assert_close(tc.ref_latent[0, :, :8], tc.x0[0, :, :8])
+    assert not torch.allclose(tc.ref_latent[0, :, :8], ae.encode(video[:1, :, :32])[0])
     torch.testing.assert_close(tc.ref_latent[1, :, 9], ae.encode(video[1:2, :, -1:])[0, :, 0])
     # drawn types (generator) on a short causal clip never pick v2v
     ae = FakeAE(is_causal=True)

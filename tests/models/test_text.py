@@ -416,7 +416,9 @@ def test_training_caption():
     assert training_caption("A cat sleeps.", 60, 12.0) == "A cat sleeps. 20 FPS, 12 motion score."
     assert training_caption("A cat sleeps.", 25, 0.4) == "A cat sleeps. 12 FPS, 0 motion score."
     assert training_caption("A cat sleeps.", 23.976, 3) == "A cat sleeps. 23.976 FPS, 3 motion score."
-    assert training_caption("x", 15.0, 2.5) == "x 15.0 FPS, 2 motion score."  # float kept; banker's round
+    assert training_caption("x", 15.0, 2.5) == "x 15.0 FPS, 3 motion score."  # float kept; int(v + 0.5)
+    assert training_caption("x", float("nan"), 2.5) == "x 3 motion score."  # released: motion without fps
+    assert training_caption("x", 0, None) == "x"
 
 
 def test_inference_caption():

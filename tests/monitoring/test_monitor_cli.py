@@ -37,7 +37,7 @@ def test_generated_config_keeps_the_project_jobs_and_rules(tmp_path):
 
 
 @pytest.mark.skipif(not (shutil.which("prometheus") and shutil.which("prometheus-pushgateway")),
-                    reason="needs Debian prometheus and prometheus-pushgateway (installed by .ci/run)")
+                    reason="needs Debian prometheus and prometheus-pushgateway: sudo make test-deps")
 def test_monitor_starts_both_servers_and_stops_on_ctrl_c(tmp_path):
     prom, pgw = free_port(), free_port()
     cmd = [sys.executable, "-m", "pipelines.cli", "monitor", "--data-dir", str(tmp_path / "mon"),

@@ -18,10 +18,11 @@ from monitoring import metrics as m
 ROOT = Path(__file__).resolve().parents[2]
 MON = ROOT / "monitoring"
 RULES = MON / "rules" / "soraflow.rules.yml"
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
 RULE_TESTS = sorted((MON / "rules" / "tests").glob("*.yml"))
 DASHBOARDS = sorted((MON / "dashboards").glob("*.json"))
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="needs Debian promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="needs Debian promtool (package prometheus): sudo make test-deps")
 
 
 def _promtool(*args: str) -> str:
@@ -93,7 +94,7 @@ _NAME = re.compile(r"(?<![\w:$])([a-zA-Z_][a-zA-Z0-9_]*:[a-zA-Z0-9_:]+|soraflow_
 
 def test_metric_names_are_exported_or_dcgm():
     exported = _exported_names()
-    assert "soraflow_train_restarts_total" in exported and "soraflow_batch_clips_in_total" in exported
+    assert "soraflow_train_restarts_total" in exported and "soraflow_batch_clips_in" in exported
     recorded = {r["record"] for r in _rules() if "record" in r}
     used: set[str] = set()
     for where, expr in _exprs():
@@ -150,3 +151,81 @@ def test_no_forbidden_labels():
 def test_label_helper_sees_labels():
     # Guard against a vacuous forbidden-label check.
     assert _labels_in('sum by (run_id, step) (x{path="a", stage=~"b"})') == {"run_id", "step", "path", "stage"}
+
+
+# ---------------------------------------------------------------------------- metric types of the batch push
+BATCH_FAMILIES = {"soraflow_batch_clips_in", "soraflow_batch_clips_kept", "soraflow_batch_clips_rejected",
+                  "soraflow_batch_step_duration_seconds", "soraflow_batch_last_success_timestamp_seconds",
+                  "soraflow_build_info"}
+
+
+def test_batch_push_is_gauges_of_the_run_not_counters():
+    """A batch step pushes its final numbers once: gauges (no `_total`, no `_created`), set, not added."""
+    bm = m.BatchMetrics("r1", "filter_256", "default")
+    bm.record(clips_in=3, clips_kept=2, rejected_by_reason={"blur": 1}, duration_s=1.5, finished_at=100.0)
+    bm.record(clips_in=10, clips_kept=7, rejected_by_reason={"blur": 3}, duration_s=2.5, finished_at=200.0)
+    text = generate_latest(bm.registry).decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert set(fams) == BATCH_FAMILIES
+    assert {f.type for f in fams.values()} == {"gauge"}  # the build Info is exposed as a gauge too
+    samples = {(s.name, s.labels.get("reason")): s.value for f in fams.values() for s in f.samples}
+    assert not [n for n, _ in samples if n.endswith(("_total", "_created"))]
+    # the second record() replaced the first: absolute values of one run
+    assert samples[("soraflow_batch_clips_in", None)] == 10
+    assert samples[("soraflow_batch_clips_kept", None)] == 7
+    assert samples[("soraflow_batch_clips_rejected", "blur")] == 3
+    assert samples[("soraflow_batch_step_duration_seconds", None)] == 2.5
+    assert samples[("soraflow_batch_last_success_timestamp_seconds", None)] == 200.0
+    if PROMTOOL:  # Prometheus' own naming lint (e.g. a non-counter ending in _total is an error)
+        p = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_batch_grouping_key_is_job_and_stage_only():
+    # The run is a label of the series, not part of the group: the next run's PUT replaces this one.
+    assert m.batch_grouping_key("filter_256") == {"stage": "filter_256"}
+
+
+# ---------------------------------------------------------------------------- alerts: for, annotations, runbooks
+def _github_anchor(heading: str) -> str:
+    """The id GitHub gives a Markdown heading: lower case, punctuation dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _runbook_sections() -> dict[str, tuple[str, str]]:
+    text = RUNBOOKS.read_text()
+    out = {}
+    for chunk in text.split("\n## ")[1:]:
+        heading, _, body = chunk.partition("\n")
+        out[_github_anchor(heading)] = (heading.strip(), body)
+    return out
+
+
+def test_github_anchor_helper():
+    assert _github_anchor("GPUXidErrors") == "gpuxiderrors"
+    assert _github_anchor("What to do, now!") == "what-to-do-now"
+
+
+def test_every_alert_has_for_summary_description_and_a_runbook_section():
+    sections = _runbook_sections()
+    alerts = [r for r in _rules() if "alert" in r]
+    assert len(alerts) == 6
+    for r in alerts:
+        name = r["alert"]
+        assert re.fullmatch(r"([1-9]\d*[smh])+", str(r.get("for", ""))), f"{name}: needs a non-zero `for:`"
+        ann = r.get("annotations", {})
+        assert ann.get("summary", "").strip() and ann.get("description", "").strip(), name
+        url = ann.get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "docs/runbooks.md" and (ROOT / path).is_file(), f"{name}: runbook_url {url!r}"
+        assert anchor in sections, f"{name}: no section #{anchor} in docs/runbooks.md"
+        heading, body = sections[anchor]
+        assert heading == name
+        for part in ("**What it means.**", "**How to check.**", "**What to do.**"):
+            assert part in body, f"docs/runbooks.md#{anchor} lacks {part}"
+    # and no runbook section is left for an alert that no longer exists
+    assert set(sections) == {r["alert"].lower() for r in alerts}
+    # links between sections point at sections that exist
+    for _, body in sections.values():
+        for link in re.findall(r"\]\(#([\w-]+)\)", body):
+            assert link in sections, link

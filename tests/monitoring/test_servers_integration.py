@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "rules" / "soraflow.rules.yml"
 pytestmark = pytest.mark.skipif(
     not (shutil.which("prometheus") and shutil.which("prometheus-pushgateway")),
-    reason="needs Debian prometheus and prometheus-pushgateway (installed by .ci/run)")
+    reason="needs Debian prometheus and prometheus-pushgateway: sudo make test-deps")
 
 RUN_ID = "it-crash"
 CKPT_EVERY = 2
@@ -190,39 +190,69 @@ def test_recording_rules_evaluate_on_the_real_rules_file(stack, crashed_run):
     assert _value(_last(stack, f"soraflow:train_steps:rate5m{sel}")) > 0
 
 
-def test_batch_step_push_and_filter_drop_rate_alert(stack):
+def _firing(stack, alertname: str) -> set[tuple[str, str]]:
+    return {(a["labels"]["run_id"], a["labels"]["stage"]) for a in stack.alerts()
+            if a["labels"]["alertname"] == alertname and a["state"] == "firing"}
+
+
+def test_batch_push_fires_filter_drop_rate_and_a_newer_run_ends_it(stack):
+    """The real rules file on real servers: an old run's bad filter result fires FilterDropRateHigh (after its
+    `for:`), and the next run's push of the same step replaces the Pushgateway group, so the old run's alert
+    stops (its series end) while Prometheus keeps the old run's numbers for the dashboards."""
+    import yaml
+
+    rules = {r.get("alert"): r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    rule = rules["FilterDropRateHigh"]
     # A filter run's counts (the shape FilterResult.counts has): 10 clips, 3 kept at 256px, 1 of those at 768px.
     counts = {"input": 10, "kept_256": 3, "kept_768": 1, "rejected_256": {"motion": 5, "blur": 2},
               "rejected_768": {"256px": 7, "aesthetic": 2}}
-    pushed = push_groups(stack.pushgateway_url, "filter", filter_groups(counts, seconds=12.5), run_id="it-drop",
+    pushed = push_groups(stack.pushgateway_url, "filter", filter_groups(counts, seconds=12.5), run_id="it-old",
                          recipe="default")
-    good = {"input": 10, "kept_256": 9, "kept_768": 9, "rejected_256": {"blur": 1}, "rejected_768": {"256px": 1}}
-    push_groups(stack.pushgateway_url, "filter", filter_groups(good, seconds=3.0), run_id="it-ok", recipe="default")
     assert pushed == ["filter_256", "filter_768"]
+    t_push = time.monotonic()
+    # One group per job + stage, the run only a label of the series.
+    groups = [g for g in stack.pushgateway_groups() if g.get("job") == "filter"]
+    assert sorted(g["stage"] for g in groups) == ["filter_256", "filter_768"]
+    assert not [g for g in groups if "run_id" in g]
 
-    # Scraped through the Pushgateway with the pushed labels kept (honor_labels).
-    got = _wait_for(lambda: stack.query('soraflow_batch_clips_in_total{run_id="it-drop"}'), 15, "pushed series")
+    # Scraped through the Pushgateway with the pushed labels kept (honor_labels); gauges, no _total.
+    got = _wait_for(lambda: stack.query('soraflow_batch_clips_in{run_id="it-old"}'), 15, "pushed series")
     assert {(r["metric"]["job"], r["metric"]["stage"], float(r["value"][1])) for r in got} == {
         ("filter", "filter_256", 10.0), ("filter", "filter_768", 3.0)}
-    rej = stack.query('soraflow_batch_clips_rejected_total{run_id="it-drop", stage="filter_256"}')
+    rej = stack.query('soraflow_batch_clips_rejected{run_id="it-old", stage="filter_256"}')
     assert {r["metric"]["reason"]: float(r["value"][1]) for r in rej} == {"motion": 5.0, "blur": 2.0}
-    assert _value(stack.query('soraflow_batch_step_duration_seconds{run_id="it-drop", stage="filter_256"}')) == 12.5
+    assert _value(stack.query('soraflow_batch_step_duration_seconds{run_id="it-old", stage="filter_256"}')) == 12.5
+    assert not stack.query('{__name__=~"soraflow_batch_.*_(total|created)"}')
 
-    # The alert's own expression, taken from the rules file, against the pushed data: 7/10 and 2/3 are > 0.5.
-    import yaml
-
-    rule = next(r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]
-                if r.get("alert") == "FilterDropRateHigh")
+    # The alert's own expression against the pushed data: 7/10 and 2/3 are > 0.5, and the pushes are fresh.
     hits = _wait_for(lambda: stack.query(rule["expr"]), 15, "FilterDropRateHigh expression")
     assert {(r["metric"]["run_id"], r["metric"]["stage"]): float(r["value"][1]) for r in hits} == pytest.approx(
-        {("it-drop", "filter_256"): 0.7, ("it-drop", "filter_768"): 2 / 3})
+        {("it-old", "filter_256"): 0.7, ("it-old", "filter_768"): 2 / 3})
 
-    # ... and Prometheus fires it (no `for`: firing at the first evaluation), only for the bad run.
-    def firing():
-        return {(a["labels"]["run_id"], a["labels"]["stage"]) for a in stack.alerts()
-                if a["labels"]["alertname"] == "FilterDropRateHigh" and a["state"] == "firing"}
+    # Prometheus fires it once `for:` has passed, for both levels of the old run.
+    assert rule["for"] == "1m"
+    assert _wait_for(lambda: _firing(stack, "FilterDropRateHigh"), 90, "FilterDropRateHigh firing") == {
+        ("it-old", "filter_256"), ("it-old", "filter_768")}
+    assert time.monotonic() - t_push >= 60
 
-    assert _wait_for(firing, 15, "FilterDropRateHigh firing") == {("it-drop", "filter_256"), ("it-drop", "filter_768")}
+    # A newer run of the same step (most clips kept) pushes: it replaces both groups.
+    good = {"input": 10, "kept_256": 9, "kept_768": 9, "rejected_256": {"blur": 1}, "rejected_768": {"256px": 1}}
+    push_groups(stack.pushgateway_url, "filter", filter_groups(good, seconds=3.0), run_id="it-new", recipe="default")
+    groups = [g for g in stack.pushgateway_groups() if g.get("job") == "filter"]
+    assert sorted(g["stage"] for g in groups) == ["filter_256", "filter_768"]  # still two groups, not four
+
+    def old_gone():
+        active = {(a["labels"]["run_id"], a["labels"]["stage"]) for a in stack.alerts()
+                  if a["labels"]["alertname"] == "FilterDropRateHigh"}
+        return not stack.query('soraflow_batch_clips_in{run_id="it-old"}') and not active
+
+    _wait_for(old_gone, 20, "the old run's series and its FilterDropRateHigh alert to end")
+    new = stack.query('soraflow:batch_clips_rejected:ratio{job="filter"}')
+    assert {(r["metric"]["run_id"], r["metric"]["stage"]): float(r["value"][1]) for r in new} == pytest.approx(
+        {("it-new", "filter_256"): 0.1, ("it-new", "filter_768"): 0.0})
+    # Prometheus still has the old run's numbers (the dashboards' history); only the gateway forgot them.
+    old = _last(stack, 'soraflow_batch_clips_in{run_id="it-old", stage="filter_256"}')
+    assert _value(old) == 10.0
 
 
 def test_ingest_cli_pushes_its_counts(stack, tmp_path):
@@ -243,11 +273,12 @@ def test_ingest_cli_pushes_its_counts(stack, tmp_path):
     report = json.loads(next(line for line in res.stderr.splitlines() if line.startswith("{")))
     assert report["rejected"] == {"duration": 1} and report["clips"] >= 1
 
+    assert {"job": "ingest", "stage": "ingest"} in stack.pushgateway_groups()  # no run_id: the next run replaces it
     sel = '{job="ingest", run_id="it-ingest", stage="ingest"}'
-    got = _wait_for(lambda: stack.query(f"soraflow_batch_clips_in_total{sel}"), 15, "ingest series")
+    got = _wait_for(lambda: stack.query(f"soraflow_batch_clips_in{sel}"), 15, "ingest series")
     assert _value(got) == 2
-    assert _value(stack.query(f"soraflow_batch_clips_kept_total{sel}")) == 1
-    rej = stack.query(f"soraflow_batch_clips_rejected_total{sel}")
+    assert _value(stack.query(f"soraflow_batch_clips_kept{sel}")) == 1
+    rej = stack.query(f"soraflow_batch_clips_rejected{sel}")
     assert {r["metric"]["reason"]: float(r["value"][1]) for r in rej} == {
         k: float(v) for k, v in report["rejected"].items()}
     assert _value(stack.query(f"soraflow_batch_step_duration_seconds{sel}")) == pytest.approx(

@@ -36,7 +36,10 @@ def test_training_aspect_table_matches_spec_values():
     for table, d in ((t256, 16), (t768, 16), (training_aspect_ratios("256px", 32), 32)):
         sizes = list(table.values())
         assert all(h % d == 0 and w % d == 0 for h, w in sizes)
-        assert len(set(sizes)) == len(sizes)  # duplicates removed
+    # a listed ratio repeating an earlier size is skipped, but transposed entries may repeat one (as released)
+    t256_32 = training_aspect_ratios("256px", 32)
+    assert "1.85:1" not in t256_32 and t256_32["16:9"] == t256_32["2:1"] == (192, 352)
+    assert t256_32["1:2"] == t256_32["9:16"] == (352, 192)
     assert training_aspect_ratios("256px_ar1:1") == {"1:1": (256, 256)}
     assert len(training_aspect_ratios("768px_max")) == 1
     with pytest.raises(ValueError):
@@ -269,11 +272,24 @@ def test_caption_suffix(clips, tmp_path):
     ds = VideoTextDataset(clips)
     assert ds["0-8-64-96"]["text"] == "a test clip number 0 20 FPS, 3 motion score."
     assert ds["1-4-64-96"]["text"] == "a test clip number 1 24 FPS, 6 motion score."
-    assert make_caption("a cat", 23.976, 4.5) == "a cat 23.976 FPS, 4 motion score."
+    assert make_caption("a cat", 23.976, 4.5) == "a cat 23.976 FPS, 5 motion score."  # half up, as released
     assert make_caption("a cat", 30.0, None) == "a cat 15 FPS."
-    assert make_caption("a cat", NAN, 3.0) == "a cat"
+    assert make_caption("a cat", NAN, 3.0) == "a cat 3 motion score."  # no usable fps: the motion part stays
+    assert make_caption("a cat", None, None) == "a cat"
     no_motion = pd.read_csv(clips).drop(columns=["score_vmafmotion"])
     assert VideoTextDataset(no_motion)["2-4-64-96"]["text"] == "a test clip number 2 15 FPS."
+
+
+def test_already_suffixed_captions_are_reported(clips, caplog):
+    old = pd.read_csv(clips)
+    old.loc[1, "text"] = old.loc[1, "text"] + " 24 FPS, 6 motion score."  # a table curated with the suffix
+    with caplog.at_level("WARNING", logger="training.data.dataset"):
+        VideoTextDataset(old)
+    assert "1 caption(s) already end with an FPS / motion-score suffix (first: row 1" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="training.data.dataset"):
+        VideoTextDataset(clips)
+    assert "suffix" not in caplog.text
 
 
 def test_cached_mode_returns_latents_and_text_features(tmp_path):

@@ -309,12 +309,13 @@ def test_exporter_rank0_only_and_pushgateway(tmp_path):
                            clips_in=10, clips_kept=7, rejected_by_reason={"blur": 2, "ocr": 1}, duration_s=3.5)
     finally:
         gw.shutdown()
-    assert got["path"] == "/metrics/job/filter/run_id/r/stage/filter"
+    assert got["path"] == "/metrics/job/filter/stage/filter"  # one group per job + stage: the next run replaces it
     fams = {f.name: f for f in text_string_to_metric_families(got["body"])}
     val = {(s.name, s.labels.get("reason")): s.value for f in fams.values() for s in f.samples}
-    assert val[("soraflow_batch_clips_in_total", None)] == 10
-    assert val[("soraflow_batch_clips_kept_total", None)] == 7
-    assert val[("soraflow_batch_clips_rejected_total", "blur")] == 2
+    assert {s.labels["run_id"] for f in fams.values() for s in f.samples if "run_id" in s.labels} == {"r"}
+    assert val[("soraflow_batch_clips_in", None)] == 10
+    assert val[("soraflow_batch_clips_kept", None)] == 7
+    assert val[("soraflow_batch_clips_rejected", "blur")] == 2
     assert val[("soraflow_batch_step_duration_seconds", None)] == 3.5
     for f in fams.values():
         for s in f.samples:

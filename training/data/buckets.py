@@ -8,7 +8,7 @@ Assignment of one row (deterministic in (seed, epoch, row index)):
 
 * effective length `T_eff = num_frames // interval`, interval from the fps rule (`map_target_fps`);
 * resolutions are tried from the largest pixel budget down; a resolution is skipped when `H·W < 0.8·budget`;
-* an image (`num_frames == 1`) goes to that resolution's `1` bucket with probability `p_keep`;
+* an image (`T_eff == 1`, as released) goes to that resolution's `1` bucket with probability `p_keep`;
 * a video scans that resolution's frame buckets (1 excluded) in descending order and takes the first with
   `T_eff >= t_bucket`; with a `(p_keep, p_skip)` tuple it first moves on to the next smaller qualifying length
   with probability `p_skip`; the chosen bucket is kept with probability `p_keep`;
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.aspect import num_pixels_from_name, parse_aspect_ratio, training_aspect_ratios
+from models.aspect import height_over_width, num_pixels_from_name, training_aspect_ratios
 from models.text.captions import map_target_fps
 
 __all__ = ["BucketId", "BucketConfig", "Assignment", "sampling_intervals", "APPROX_PIXELS"]
@@ -145,7 +145,9 @@ class BucketConfig:
             raise ValueError("num_frames, height, width and fps must have the same length")
         interval = sampling_intervals(fps, self.fps_max)
         t_eff = num_frames // interval
-        is_image = num_frames == 1
+        # As released, "image" means one frame after the fps subsampling: a 2-frame clip at 30 fps (interval 2)
+        # is an image sample, a 1-frame row with fps >= 2·fps_max (T_eff 0) fits no bucket.
+        is_image = t_eff == 1
         hw = height * width
         u = self.draws(n, seed, epoch)
 
@@ -188,7 +190,7 @@ class BucketConfig:
             if not rows.any():
                 continue
             names = list(self.ar_tables[r])
-            targets = np.array([1.0 / parse_aspect_ratio(a) for a in names])
+            targets = np.array([height_over_width(a) for a in names])
             ar_idx[rows] = np.argmin(np.abs(ratio_hw[rows, None] - targets[None, :]), axis=1)  # ties: first name
         return Assignment(self, res_idx, t_out, ar_idx)
 

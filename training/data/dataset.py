@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections import Counter
 
 import numpy as np
@@ -65,14 +66,15 @@ def resize_crop(frames: torch.Tensor, height: int, width: int, mode: str = "bili
     return x[:, :, top: top + height, left: left + width]
 
 
+_SUFFIX = re.compile(r"\d+(\.\d+)? FPS(, \d+ motion score)?\.$|\d+ motion score\.$")
+
+
 def make_caption(text: str, fps: float | None, motion: float | None, fps_max: int = 24) -> str:
-    """Training caption (§C.7): `training_caption` when fps and motion score are known; fps only ->
-    "<text> {fps} FPS."; no usable fps -> the text unchanged."""
-    if fps is None or not math.isfinite(fps) or fps <= 0:
-        return text
-    if motion is not None and math.isfinite(motion):
-        return training_caption(text, fps, motion, max_fps=fps_max)
-    return f"{text} {map_target_fps(fps, fps_max)[0]} FPS."
+    """Training caption (§C.7): the raw caption from the table plus `training_caption`'s suffix. This is the one
+    place the suffix is appended (the curated tables store the raw caption with `fps` / `score_vmafmotion`).
+    A missing part is left out like the released dataset: no usable fps -> "<text> {m} motion score.", no
+    motion score -> "<text> {fps} FPS.", neither -> the text unchanged."""
+    return training_caption(text, fps, motion, max_fps=fps_max)
 
 
 def _num(value) -> float | None:
@@ -115,6 +117,11 @@ class VideoTextDataset(Dataset):
         self._fps = [_num(v) for v in self.table["fps"].tolist()]
         self._motion = [_num(v) for v in self.table["score_vmafmotion"].tolist()] if self.use_motion else None
         self._cache_paths = ({c: self.table[c].astype(str).tolist() for c in CACHED_COLUMNS} if self.cached else None)
+        suffixed = [i for i, t in enumerate(self._texts) if isinstance(t, str) and _SUFFIX.search(t)]
+        if suffixed:  # curated before the filter stored raw captions: the suffix would appear twice
+            log.warning("%d caption(s) already end with an FPS / motion-score suffix (first: row %d, %r); this "
+                        "dataset appends it once more. Re-run the filter step to store raw captions.",
+                        len(suffixed), suffixed[0], self._texts[suffixed[0]][-60:])
 
     def __len__(self) -> int:
         return len(self._paths)

@@ -10,6 +10,8 @@
 
 locals {
   system_node_selector = { "soraflow.io/pool" = "cpu" }
+  # Alerts link to docs/runbooks.md at the revision Argo CD syncs (a GitHub-style blob URL; see the runbook).
+  runbook_base_url = "${trimsuffix(var.gitops_repo_url, ".git")}/blob/${var.gitops_revision}/docs"
 }
 
 resource "helm_release" "cert_manager" {
@@ -118,6 +120,7 @@ resource "helm_release" "argocd_apps" {
     ci_gsa                   = var.ci_gsa
     training_ksa             = var.training_ksa_name
     volcano_gpu_quota        = var.volcano_gpu_quota
+    runbook_base_url         = local.runbook_base_url
     enable_monitoring_app    = var.enable_kube_prometheus_stack
     enable_pipeline_manifest = var.enable_pipeline_manifests_app
   })]
