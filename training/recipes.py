@@ -194,8 +194,10 @@ def tiny_cpu_stage3() -> TrainConfig:
     cfg = tiny_cpu_stage2()
     cfg.name, cfg.stage = "tiny-cpu-stage3", "dit_stage3"
     cfg.model.grad_ckpt_settings = (100, 100)
-    cfg.data.bucket_config = {"96px": {9: (1.0, 2)}}
-    cfg.max_steps = 40
+    # like the paper's stage 3 (768px and 256px buckets): the higher resolution keeps half its clips, the rest
+    # train at the stage-1/2 size (training at 96px only made the 64px held-out loss worse: 0.448 -> 0.465)
+    cfg.data.bucket_config = {"96px": {9: (0.5, 2)}, "64px": {9: (1.0, 4)}}
+    cfg.max_steps = 80
     return cfg
 
 
@@ -221,7 +223,7 @@ def tiny_cpu_vae() -> TrainConfig:
         ae=AESpec("dcae", tiny=True),
         data=DataSpec(bucket_config={"64px": {8: (1.0, 4)}}, num_workers=0, pin_memory=False),
         optim=OptimConfig(lr=2e-3, betas=(0.9, 0.98), eps=1e-8), parallel=ParallelSpec("ddp", "fp32"),
-        checkpoint=CheckpointSpec(ckpt_every=100, keep_n_latest=2),
+        checkpoint=CheckpointSpec(ckpt_every=40, keep_n_latest=2),
         vae=VAESpec(phase=2, disc_start=190, disc_ndf=8, disc_layers=3, disc_lr=1e-3, ema_decay=0.95,
                     standardise_batches=20),
         samples=SampleSpec(every=0), max_steps=200, log_every=25,
@@ -231,14 +233,16 @@ def tiny_cpu_vae() -> TrainConfig:
 
 def tiny_cpu_hunyuan_vae() -> TrainConfig:
     """The tiny HunyuanVideo-architecture VAE (16 channels) that DiT stages 1-3 train on: L1 + KL, EMA,
-    the latent standardisation folded in at export (so the DiT sees unit-variance latents). Architecture
-    `hunyuan-vae-tiny-s4` (4x4x4): the 4x8x8 tiny widths plateau near 15.5 dB held-out PSNR here."""
+    the latent standardisation folded in at export (so the DiT sees unit-variance latents). 4x8x8 like the
+    released model; it reaches about 15.5 dB held-out PSNR in the demo's budget, short of the 22 dB target (the
+    4x4x4 variant `hunyuan-vae-tiny-s4` does no better in the same steps: benchmarks/, docs/learning.md)."""
     return TrainConfig(
         name="tiny-cpu-hunyuan-vae", stage="hunyuan_vae_train",
-        ae=AESpec("hunyuan", tiny=True, config="hunyuan-vae-tiny-s4"),
+        ae=AESpec("hunyuan", tiny=True, config="hunyuan-vae-tiny"),
         data=DataSpec(bucket_config={"64px": {9: (1.0, 2)}}, num_workers=0, pin_memory=False),
-        optim=OptimConfig(lr=4e-3, betas=(0.9, 0.98), eps=1e-8), parallel=ParallelSpec("ddp", "fp32"),
-        checkpoint=CheckpointSpec(ckpt_every=100, keep_n_latest=2),
+        optim=OptimConfig(lr=2e-3, betas=(0.9, 0.98), eps=1e-8), parallel=ParallelSpec("ddp", "fp32"),
+        # a checkpoint every 40 steps: a loss spike (lr 4e-3 spiked at step 96) rolls back instead of failing
+        checkpoint=CheckpointSpec(ckpt_every=40, keep_n_latest=2),
         vae=VAESpec(phase=1, ema_decay=0.95, standardise_batches=20),
         samples=SampleSpec(every=0), max_steps=200, log_every=20,
         heldout=HeldoutSpec(num_clips=6, num_frames=9, height=64, width=64, export_init=True),

@@ -362,6 +362,12 @@ class VAEStage(Stage):
         super().setup(trainer)
         self.inner = trainer.strategy.unwrap(trainer.model)
         self.ema = {n: p.detach().float().clone() for n, p in self.inner.ae.named_parameters()}
+        if self.cfg.vae.standardise_batches:
+            # allocated up front so a checkpoint restore fills them (a restore only loads keys it is given): a
+            # run resumed at its end exports the same standardised autoencoder as the run that reached it
+            c = self.inner.ae.latent_channels
+            self.lat = {"lat_sum": torch.zeros(c, dtype=torch.float64), "lat_sq": torch.zeros(c, dtype=torch.float64),
+                        "lat_n": torch.zeros(1, dtype=torch.float64)}
         if self.gan:
             v = self.cfg.vae
             torch.manual_seed(self.cfg.seed + 2)  # the same discriminator init on every rank
@@ -472,7 +478,9 @@ class VAEStage(Stage):
 
     def load_state_dict(self, state: dict) -> None:
         if "latent_stats" in state:
-            self.lat = {k: v.clone() for k, v in state["latent_stats"].items()}
+            for k, v in state["latent_stats"].items():
+                if k in self.lat and self.lat[k].data_ptr() != v.data_ptr():
+                    self.lat[k].copy_(v)
         for name, t in state.get("ema", {}).items():
             if self.ema[name].data_ptr() != t.data_ptr():
                 self.ema[name].copy_(t)
@@ -499,7 +507,7 @@ class VAEStage(Stage):
         if not n or self.trainer.step < self.cfg.max_steps - n:
             return
         flat = z.detach().float().transpose(0, 1).reshape(z.shape[1], -1)
-        if "lat_n" not in self.lat:
+        if "lat_n" not in self.lat or self.lat["lat_sum"].numel() != z.shape[1]:
             self.lat = {"lat_sum": torch.zeros(z.shape[1], dtype=torch.float64),
                         "lat_sq": torch.zeros(z.shape[1], dtype=torch.float64),
                         "lat_n": torch.zeros(1, dtype=torch.float64)}

@@ -192,9 +192,8 @@ class HunyuanVAEConfig:
         )
 
 
-# Named configs: "hunyuan-vae" is the released model; "hunyuan-vae-tiny" the CPU test size (4x8x8);
-# "hunyuan-vae-tiny-s4" the same tiny widths compressing 4x4x4 (time x height x width), the `make demo`
-# autoencoder: at 4x8x8 the tiny widths plateau near 15.5 dB held-out PSNR on the sample set (docs/learning.md).
+# Named configs: "hunyuan-vae" is the released model; "hunyuan-vae-tiny" the CPU test size and the `make demo`
+# autoencoder (4x8x8); "hunyuan-vae-tiny-s4" the same tiny widths compressing 4x4x4 (time x height x width).
 NAMED_CONFIGS = {
     "hunyuan-vae": HunyuanVAEConfig.full,
     "hunyuan-vae-tiny": HunyuanVAEConfig.tiny,
