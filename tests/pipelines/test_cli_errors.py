@@ -46,3 +46,5 @@ def test_run_checks_every_step_before_starting(tmp_path, capsys):
     assert "filter: unknown setting 'thresholds_265' (did you mean thresholds_256?)" in err
     assert "unknown step 'dit_stage9'" in err
     assert not (out / "raw").exists() and not (out / "pipeline-root").exists()
+    assert main(["run", "--out-dir", str(out), "--recipe", "dit_stage2=no-such-recipe"]) == 2
+    assert "dit_stage2: unknown recipe 'no-such-recipe'" in capsys.readouterr().err
