@@ -167,7 +167,7 @@ def test_latent_standardisation_fold_is_exact():
     torch.testing.assert_close(per_channel.std(1), torch.ones(16), atol=1e-3, rtol=1e-3)
 
 
-@pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="needs Debian's chromium")
+@pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="needs Debian's chromium: sudo make test-deps")
 def test_report_images_load_in_chromium_and_a_missing_one_is_caught(tmp_path):
     from components.eval.browser import report_images
     from components.eval.report import _gif_frames, curve_svg

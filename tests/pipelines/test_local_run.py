@@ -152,7 +152,7 @@ def test_eval_compares_both_models_on_the_same_prompts(run):
     assert stage3["train"]["fm_val_loss_mean"] == pytest.approx(s3_curve["heldout"][-1]["fm_loss_mean"], rel=1e-4)
 
 
-@pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="needs Debian's chromium")
+@pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="needs Debian's chromium: sudo make test-deps")
 def test_the_report_where_the_run_says_to_open_it_shows_every_image(run):
     from components.eval.browser import report_images
 
