@@ -236,7 +236,7 @@ def _add_filter(sub) -> None:
     p.add_argument("--set-256", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a 256px threshold, e.g. motion_min=0.5 (repeatable)")
     p.add_argument("--set-768", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a 768px threshold (repeatable)")
+                   help="override a 768px threshold, e.g. min_short_side=480 (default 576: the smallest 768px bucket's short side) (repeatable)")
     p.add_argument("--dvc-repo", help="track --out-dir with DVC in this repo (init if needed) and push")
     p.add_argument("--dvc-remote", help="DVC remote (default: a local folder next to the repo)")
     p.add_argument("--no-progress", action="store_true")
@@ -245,21 +245,23 @@ def _add_filter(sub) -> None:
 
 
 def _run_filter(args) -> int:
-    import dataclasses
+    from components.filter import THRESHOLDS_256, THRESHOLDS_768, as_thresholds, run_filter
 
-    from components.filter import THRESHOLDS_256, THRESHOLDS_768, run_filter
-
-    def thresholds(base, items):
-        kw = {}
+    def thresholds(base, items, flag):
+        changes = {}
         for item in items:
             key, _, raw = item.partition("=")
-            if key not in {f.name for f in dataclasses.fields(base)}:
-                raise UsageError(f"unknown threshold {key!r}")
-            kw[key] = None if raw.lower() in ("none", "") else json.loads(raw)
-        return dataclasses.replace(base, **kw)
+            try:
+                changes[key] = None if raw.lower() in ("none", "null", "") else json.loads(raw)
+            except json.JSONDecodeError:
+                raise UsageError(f"{flag} {item}: the value must be a number or none") from None
+        try:
+            return as_thresholds(changes, base, flag)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
-    result = run_filter(args.table, args.out_dir, thresholds_256=thresholds(THRESHOLDS_256, args.set_256),
-                        thresholds_768=thresholds(THRESHOLDS_768, args.set_768),
+    result = run_filter(args.table, args.out_dir, thresholds_256=thresholds(THRESHOLDS_256, args.set_256, "--set-256"),
+                        thresholds_768=thresholds(THRESHOLDS_768, args.set_768, "--set-768"),
                         aesthetic_weights=args.aesthetic_weights, ocr_weights=args.ocr_weights,
                         num_workers=args.workers, progress=not args.no_progress)
     summary = {"out_dir": str(result.out_dir), "counts": result.counts, "files": result.files}

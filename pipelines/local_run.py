@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from components.sample_data.generate import DEMO_FILTER_SETTINGS
 from pipelines.dag import TINY_RECIPES, build_pipeline
 from pipelines.settings import ClusterSettings
 
@@ -72,10 +73,22 @@ def _newest_run(pipeline_root: Path, before: set[Path]) -> Path | None:
 
 # Profiles: recipes and eval settings for the whole DAG on one machine. "cpu" is `make demo` (2 cores): the
 # tiny recipes, eval samples at 9 x 64 x 64 with 8 sampler steps, 2 seeds per held-out caption.
+# Its step settings (`overrides`, under the user's own) scale the filter's 768px size rule to the sample set.
 PROFILES = {
     "cpu": {"recipes": TINY_RECIPES, "eval": {"eval_num_frames": 9, "eval_height": 64, "eval_width": 64,
-                                              "eval_steps": 8, "eval_seeds": "0,1"}},
+                                              "eval_steps": 8, "eval_seeds": "0,1"},
+            "overrides": {"filter": DEMO_FILTER_SETTINGS}},
 }
+
+
+def merge_overrides(base: dict, extra: dict) -> dict:
+    """`extra` over `base`, mapping by mapping (a user's `thresholds_768.motion_min` keeps the profile's
+    `thresholds_768.min_short_side`)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge_overrides(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
 
 
 def validate_run(recipes: dict, overrides: dict) -> None:
@@ -84,7 +97,7 @@ def validate_run(recipes: dict, overrides: dict) -> None:
     import difflib
     import inspect
 
-    from components.filter import run_filter
+    from components.filter import THRESHOLDS_256, as_thresholds, run_filter
     from components.ingest import ingest
     from training.config import ConfigError, resolve
     from training.recipes import get_recipe
@@ -106,10 +119,15 @@ def validate_run(recipes: dict, overrides: dict) -> None:
             problems.append(f"{step}: {exc}")
     for step, fn in (("ingest", ingest), ("filter", run_filter)):
         known = [k for k in inspect.signature(fn).parameters if k not in ("inputs", "table", "out_dir")]
-        for key in overrides.get(step, {}):
+        for key, value in overrides.get(step, {}).items():
             if key not in known:
                 near = difflib.get_close_matches(key, known, n=1)
                 problems.append(f"{step}: unknown setting {key!r}" + (f" (did you mean {near[0]}?)" if near else ""))
+            elif step == "filter" and key in ("thresholds_256", "thresholds_768"):
+                try:
+                    as_thresholds(value, THRESHOLDS_256, f"filter.{key}")
+                except ValueError as exc:
+                    problems.append(str(exc))
     if problems:
         raise ConfigError("the run's recipes or overrides are wrong (nothing was started):\n  " + "\n  ".join(problems))
 
@@ -133,7 +151,7 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
     unknown = set(recipes) - set(TINY_RECIPES)
     if unknown:
         raise ValueError(f"recipes for unknown step(s) {sorted(unknown)}; steps: {sorted(TINY_RECIPES)}")
-    overrides = overrides or {}
+    overrides = merge_overrides(PROFILES[profile].get("overrides", {}), overrides or {})
     validate_run(recipes, overrides)
     if data_revision is not None:
         if raw_manifest is not None:

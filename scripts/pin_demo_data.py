@@ -3,8 +3,8 @@
     python scripts/pin_demo_data.py --root /tmp/demo-data          # curate into ROOT, print the revision
     python scripts/pin_demo_data.py --root /tmp/demo-data --pin    # ... and rewrite data.dvc + the fixture
 
-The recipe is the one `make demo` runs (the sample videos of DEMO_SAMPLE_SET -> ingest -> filter with default
-settings -> `data version`), done here in a fresh git repository under ROOT. Re-pin only after a deliberate change to
+The recipe is the one `make demo` runs (the sample videos of DEMO_SAMPLE_SET -> ingest -> filter with
+DEMO_FILTER_SETTINGS -> `data version`), done here in a fresh git repository under ROOT. Re-pin only after a deliberate change to
 what the demo curates; tests/components/test_demo_dataset.py checks that the pin is reproduced.
 """
 
@@ -26,13 +26,13 @@ def curate(root: Path) -> dict:
     from components.data import version
     from components.filter import run_filter
     from components.ingest import ingest
-    from components.sample_data.generate import DEMO_SAMPLE_SET, make_sample_videos
+    from components.sample_data.generate import DEMO_FILTER_SETTINGS, DEMO_SAMPLE_SET, make_sample_videos
 
     (root / "repo").mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "init", "-q"], cwd=root / "repo", check=True)
     manifest = make_sample_videos(root / "raw", **DEMO_SAMPLE_SET)
     ingest(manifest, root / "ingested", workers=2, progress=False)
-    run_filter(root / "ingested" / "clips.parquet", root / "curated", progress=False)
+    run_filter(root / "ingested" / "clips.parquet", root / "curated", progress=False, **DEMO_FILTER_SETTINGS)
     return version(root / "repo", root / "curated")
 
 

@@ -17,6 +17,8 @@ a failed validation leaves the previous good dataset untouched.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import os
 import shutil
@@ -63,8 +65,34 @@ class FilterThresholds:
 
 
 THRESHOLDS_256 = FilterThresholds()
+# 576 px is the short side of the smallest 768px training bucket (16:9, 576x1024): a smaller clip would be
+# upscaled to train at 768px, so it stays in the 256px set only.
 THRESHOLDS_768 = FilterThresholds(motion_min=0.5, motion_max=30.0, blur_min=40.0, jitter_max=3.0,
-                                  aesthetic_min=5.0, ocr_max=0.08, min_short_side=0)
+                                  aesthetic_min=5.0, ocr_max=0.08, min_short_side=576)
+
+
+def as_thresholds(value: FilterThresholds | dict, base: FilterThresholds, where: str) -> FilterThresholds:
+    """`value` as thresholds: a FilterThresholds as is, or a mapping of changes to `base` (what JSON overrides
+    and the CLI's key=value flags give). Unknown names and wrong types raise ValueError naming `where.key`."""
+    if isinstance(value, FilterThresholds):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected a mapping of threshold names to values, got {value!r}")
+    fields = {f.name: f for f in dataclasses.fields(FilterThresholds)}
+    changes = {}
+    for key, v in value.items():
+        if key not in fields:
+            near = difflib.get_close_matches(key, fields, n=1)
+            raise ValueError(f"{where}: unknown threshold {key!r}" + (f" (did you mean {near[0]}?)" if near else "")
+                             + f"; thresholds: {', '.join(fields)}")
+        integral = key in ("min_short_side", "min_num_frames", "dup_max_hamming")
+        ok = (isinstance(v, int) and not isinstance(v, bool)) if integral else (
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
+        if not ok:
+            raise ValueError(f"{where}.{key}: expected {'an integer' if integral else 'a number or null'}, "
+                             f"got {v!r}")
+        changes[key] = v
+    return dataclasses.replace(base, **changes)
 
 
 @dataclass
@@ -186,8 +214,8 @@ def run_filter(
     table: pd.DataFrame | str | Path,
     out_dir: str | Path,
     *,
-    thresholds_256: FilterThresholds = THRESHOLDS_256,
-    thresholds_768: FilterThresholds = THRESHOLDS_768,
+    thresholds_256: FilterThresholds | dict = THRESHOLDS_256,
+    thresholds_768: FilterThresholds | dict = THRESHOLDS_768,
     scorers: list[Scorer] | None = None,
     aesthetic_weights: str | None = None,
     ocr_weights: str | None = None,
@@ -204,6 +232,8 @@ def run_filter(
     when the input table lacks a required column.
     """
     t0 = time.time()
+    thresholds_256 = as_thresholds(thresholds_256, THRESHOLDS_256, "thresholds_256")
+    thresholds_768 = as_thresholds(thresholds_768, THRESHOLDS_768, "thresholds_768")
     # what every clip needs, checked once: a missing library is one error here, not every clip "broken"
     check_video_backend(encode=False)
     try:

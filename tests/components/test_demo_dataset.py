@@ -98,6 +98,7 @@ def test_changed_input_changes_revision_and_names_the_files(curated, tmp_path):
     from components.data import version
     from components.filter import run_filter
     from components.ingest import ingest
+    from components.sample_data.generate import DEMO_FILTER_SETTINGS
 
     root, before = curated
     manifest = pd.read_csv(root / "raw" / "manifest.csv", dtype=str, keep_default_na=False)
@@ -106,7 +107,7 @@ def test_changed_input_changes_revision_and_names_the_files(curated, tmp_path):
     changed = tmp_path / "manifest.csv"
     manifest.to_csv(changed, index=False)
     ingest(changed, root / "ingested", workers=2, progress=False)  # sources already cut: only the table changes
-    run_filter(root / "ingested" / "clips.parquet", tmp_path / "curated", progress=False)
+    run_filter(root / "ingested" / "clips.parquet", tmp_path / "curated", progress=False, **DEMO_FILTER_SETTINGS)
     repo = tmp_path / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
@@ -115,3 +116,19 @@ def test_changed_input_changes_revision_and_names_the_files(curated, tmp_path):
     diff = diff_listings(json.loads(LISTING.read_text()), file_listing(repo / "data"))
     assert diff["added"] == diff["removed"] == []
     assert diff["modified"] == ["full.parquet", "set_256px.parquet", "set_768px.parquet", "stats.json"]
+
+
+def test_the_768px_set_is_a_strict_subset_of_the_256px_set(curated):
+    """Stricter by the quality thresholds and by size: the set's one 128x224 clip is below the demo's 144 px
+    768px size rule, so it trains at 256px only."""
+    import pandas as pd
+
+    root, _ = curated
+    data = root / "repo" / "data"
+    s256, s768 = (pd.read_parquet(data / f"set_{r}.parquet") for r in ("256px", "768px"))
+    assert set(s768["path"]) < set(s256["path"])
+    assert file_md5(data / "set_768px.parquet") != file_md5(data / "set_256px.parquet")
+    small = s256[s256[["height", "width"]].min(axis=1) < 144]
+    assert len(small) >= 1 and not set(small["path"]) & set(s768["path"])
+    full = pd.read_parquet(data / "full.parquet").set_index("path")
+    assert all(full.loc[p, "reason_768"] == "short side 128px < 144px" for p in small["path"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import shutil
 import subprocess
@@ -290,3 +292,34 @@ def test_every_clip_rejected_by_one_stage_stops_with_it(table, tmp_path):
     with pytest.raises(FilterError, match=r"every one of the 2 clips was rejected by the 'decode' stage"):
         run_filter(bad, tmp_path / "curated", progress=False)
     assert not (tmp_path / "curated").exists()  # nothing written
+
+
+def _scored_row(height: int, width: int) -> pd.Series:
+    """A clip whose quality scores pass both levels' default thresholds: only its size decides."""
+    row = {"status_decode": "ok", "height": height, "width": width, "decoded_frames": 16,
+           "score_blur": 100.0, "score_vmafmotion": 5.0, "score_jitter": 0.5, "score_aesthetic": 6.0,
+           "score_ocr": 0.0}
+    row.update({f"status_{s}": "ok" for s in ("blur", "motion", "jitter", "aesthetic", "ocr")})
+    return pd.Series(row)
+
+
+def test_the_768px_level_needs_a_clip_as_large_as_its_smallest_bucket():
+    from components.filter.filter import THRESHOLDS_256, THRESHOLDS_768, _check
+
+    # the smallest 768px bucket is 16:9 576x1024: a 480p clip would be upscaled, so it stays 256px-only
+    assert _check(_scored_row(480, 854), THRESHOLDS_256) == (None, "")
+    assert _check(_scored_row(480, 854), THRESHOLDS_768) == ("size", "short side 480px < 576px")
+    assert _check(_scored_row(1024, 576), THRESHOLDS_768) == (None, "")  # portrait: the short side counts
+    assert _check(_scored_row(576, 1024), THRESHOLDS_768) == (None, "")
+
+
+def test_thresholds_from_a_mapping_change_only_what_they_name():
+    from components.filter import THRESHOLDS_768, as_thresholds
+
+    t = as_thresholds({"min_short_side": 144, "aesthetic_min": None}, THRESHOLDS_768, "thresholds_768")
+    assert (t.min_short_side, t.aesthetic_min) == (144, None)
+    assert dataclasses.replace(t, min_short_side=576, aesthetic_min=5.0) == THRESHOLDS_768
+    with pytest.raises(ValueError, match=r"thresholds_768: unknown threshold 'blur' \(did you mean blur_min\?\)"):
+        as_thresholds({"blur": 3}, THRESHOLDS_768, "thresholds_768")
+    with pytest.raises(ValueError, match=r"thresholds_768.motion_min: expected a number or null, got '1'"):
+        as_thresholds({"motion_min": "1"}, THRESHOLDS_768, "thresholds_768")
