@@ -300,10 +300,14 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
         raise ValueError(f"model names must be unique, got {names}")
     if not seeds:
         raise ValueError("give at least one seed")
+    # inputs checked before the output folder exists: a wrong path fails at once and leaves nothing behind
+    the_suite = load_suite(suite, max_prompts)
+    if reference_clips and not Path(reference_clips).exists():
+        raise FileNotFoundError(f"reference clips {reference_clips}: no such folder or table (a curated set: "
+                                f"the filter's --out-dir, or demo-out/curated after `make demo`)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
-    the_suite = load_suite(suite, max_prompts)
     samples_dir = out / "samples"
     manifest = samples_dir / "manifest.jsonl"
     if samples_manifest:

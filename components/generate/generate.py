@@ -320,6 +320,8 @@ def generate(opts: GenerateOptions, pipeline: Pipeline | None = None) -> Generat
         raise ValueError("--t2i2v draws the reference image itself: drop --ref")
     if opts.cond_type != "t2v" and not opts.ref_image and not opts.t2i2v:
         raise ValueError(f"cond_type {opts.cond_type!r} needs a reference image (--ref)")
+    if opts.ref_image and not Path(opts.ref_image).is_file():  # before minutes of weight loading
+        raise FileNotFoundError(f"reference image {opts.ref_image}: no such file")
     device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, None: None}[opts.dtype]
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
