@@ -3,6 +3,7 @@ recipes (design §4). One run, checked step by step: what each step read is what
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -180,3 +181,41 @@ def test_step_glue_rejects_bad_parameters(tmp_path):
     assert model_file(None) is None
     with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
         model_file(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def retrain(run, tmp_path_factory):
+    """The retraining path locally: the first run's curated set versioned and pushed with DVC (what
+    `make demo` does), then a run that starts from that revision: data_pull -> split -> training -> eval."""
+    import subprocess
+
+    from components.data import push, version
+
+    base = tmp_path_factory.mktemp("retrain")
+    repo, remote = base / "repo", base / "remote"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    pinned = version(repo, run.outputs["curated"], remote=str(remote))
+    push(repo)
+    out = base / "out"
+    return {"pinned": pinned, "run": run_pipeline_locally(str(out), overrides=STEPS, data_revision=pinned["data_revision"],
+                                                          dvc_remote=str(remote)), "out": out}
+
+
+def test_a_run_from_a_data_revision_pulls_it_and_trains_on_it(retrain, run):
+    r, pinned = retrain["run"], retrain["pinned"]
+    tasks = {p.name for p in r.run_dir.iterdir() if p.is_dir()}
+    assert "data-pull-component" in tasks and not tasks & {"ingest-component", "filter-component"}
+    assert not (retrain["out"] / "raw").exists()  # no sample videos were generated: nothing was curated
+    pulled = r.outputs["curated"]
+    out = json.loads((pulled.parent / "executor_output.json").read_text())
+    (art,) = out["artifacts"]["curated"]["artifacts"]
+    assert art["metadata"]["data_revision"] == pinned["data_revision"]
+    # the pulled tables are byte-identical to the versioned ones, and stage 1 trained on their training rows
+    for name, digests in pinned["tables"].items():
+        assert hashlib.md5((pulled / name).read_bytes()).hexdigest() == digests["md5"], name
+    train_rows = pd.read_parquet(r.outputs["split"] / "set_256px.parquet")
+    assert len(train_rows) == len(pd.read_parquet(run.outputs["split"] / "set_256px.parquet")) > 0
+    cfg = json.loads((r.outputs["stage1"] / "config.json").read_text())
+    assert Path(cfg["data"]["table"]).resolve() == (r.outputs["split"] / "set_256px.parquet").resolve()
+    assert (r.outputs["distilled"] / "model.safetensors").is_file() and r.report_html.is_file()
