@@ -6,6 +6,7 @@ import torch
 
 from models.mmdit import MMDiT, get_config, load_flux_checkpoint
 from training.config import AESpec, ModelSpec, TextSpec
+from training.parallel.mmdit import apply_activation_checkpointing
 
 
 def build_dit(spec: ModelSpec, seed: int) -> MMDiT:
@@ -18,7 +19,7 @@ def build_dit(spec: ModelSpec, seed: int) -> MMDiT:
         load_pretrained(model, spec.from_pretrained, spec.reinit)
     elif spec.from_flux:
         load_flux_checkpoint(model, spec.from_flux)
-    model.set_grad_checkpointing(spec.grad_ckpt_settings)
+    apply_activation_checkpointing(model, spec.grad_ckpt_settings)
     return model
 
 

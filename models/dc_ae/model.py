@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
 from .layers import (
     ChannelDuplicatingPixelShuffle,
@@ -72,7 +71,6 @@ class DCAEConfig:
     spatial_tile_size: int = 256  # pixels
     temporal_tile_size: int = 32  # frames
     tile_overlap_factor: float = 0.25
-    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.width_list)
@@ -136,19 +134,12 @@ def _build_block(block_type: str, width: int, cfg: DCAEConfig) -> nn.Module:
     return EfficientViTBlock(width, cfg.attn_head_dim, tuple(cfg.attn_scales), cfg.mlp_expand_ratio)
 
 
-def _run(module: nn.Module, x: torch.Tensor, use_ckpt: bool) -> torch.Tensor:
-    if use_ckpt and torch.is_grad_enabled() and x.requires_grad:
-        return checkpoint(module, x, use_reentrant=False)
-    return module(x)
-
-
 class Encoder(nn.Module):
     """project_in conv 3->w0; stage s = depth_s blocks (+ strided-conv downsample with averaging shortcut for
     s < last); project_out = Residual(conv w_last->latent, channel-averaging shortcut)."""
 
     def __init__(self, cfg: DCAEConfig) -> None:
         super().__init__()
-        self.gradient_checkpointing = cfg.gradient_checkpointing
         w = cfg.width_list
         self.project_in = ConvLayer(cfg.in_channels, w[0], 3, use_bias=True)
         stages = []
@@ -171,11 +162,10 @@ class Encoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ck = self.gradient_checkpointing
         x = self.project_in(x)
         for stage in self.stages:
-            x = _run(stage, x, ck)
-        return _run(self.project_out, x, ck)
+            x = stage(x)
+        return self.project_out(x)
 
 
 class Decoder(nn.Module):
@@ -185,7 +175,6 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: DCAEConfig) -> None:
         super().__init__()
-        self.gradient_checkpointing = cfg.gradient_checkpointing
         w = cfg.width_list
         self.project_in = ResidualBlock(
             ConvLayer(cfg.latent_channels, w[-1], 3, use_bias=True),
@@ -210,11 +199,10 @@ class Decoder(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        ck = self.gradient_checkpointing
-        x = _run(self.project_in, z, ck)
+        x = self.project_in(z)
         for stage in reversed(self.stages):
-            x = _run(stage, x, ck)
-        return _run(self.project_out, x, ck)
+            x = stage(x)
+        return self.project_out(x)
 
 
 def init_dc_ae_weights(module: nn.Module, std: float = 0.02) -> None:

@@ -23,8 +23,6 @@ class MMDiTConfig:
     cond_embed: bool = True  # zero-initialised cond_in for image/video conditions
     # "rotate_half" is the released Open-Sora layout (Liger RoPE); "interleaved" is original FLUX.
     rope_layout: str = "rotate_half"
-    # (n_double, n_single): checkpoint the first n blocks of each kind; None = no checkpointing.
-    grad_ckpt_settings: tuple[int, int] | None = None
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:

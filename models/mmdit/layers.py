@@ -112,13 +112,14 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
         self.norm = QKNorm(dim // num_heads)
         self.proj = nn.Linear(dim, dim)
+        self.concat_projections = True  # see `project`
 
     def qkv(self, x):
         fused = getattr(self, "_fused", None)
         if fused is not None:
             qkv = F.linear(x, *fused).chunk(3, dim=-1)
         else:
-            qkv = project(x, [self.q_proj, self.k_proj, self.v_proj])
+            qkv = project(x, [self.q_proj, self.k_proj, self.v_proj], self.concat_projections)
         q, k, v = (_heads(t, self.num_heads) for t in qkv)
         q, k = self.norm(q, k, v)
         return q, k, v
@@ -131,12 +132,9 @@ class SelfAttention(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
 
-# One GEMM for the projections that share an input (below); False runs them one by one (benchmarks compare).
-CONCAT_PROJECTIONS = True
-
-
-def project(x: torch.Tensor, linears: list[nn.Linear]) -> tuple[torch.Tensor, ...]:
-    """The outputs of several Linears over the same input, as one GEMM over their concatenated weights.
+def project(x: torch.Tensor, linears: list[nn.Linear], concat: bool = True) -> tuple[torch.Tensor, ...]:
+    """The outputs of several Linears over the same input, as one GEMM over their concatenated weights
+    (`concat=False` runs them one by one; the blocks' `concat_projections` attribute, which benchmarks flip).
 
     Training path: the weights are concatenated per call (a copy of the weights, small next to the activations),
     autograd hands each weight its slice of the gradient, and the input's gradient comes out of one GEMM rather
@@ -145,7 +143,7 @@ def project(x: torch.Tensor, linears: list[nn.Linear]) -> tuple[torch.Tensor, ..
     biases = [m.bias for m in linears]
     plain = all(type(m) is nn.Linear for m in linears)  # e.g. FP8Linear keeps its own GEMM
     same_bias = all(b is None for b in biases) or all(b is not None for b in biases)
-    if not (CONCAT_PROJECTIONS and plain and same_bias):
+    if not (concat and plain and same_bias):
         return tuple(m(x) for m in linears)
     bias = None if biases[0] is None else torch.cat(biases)
     out = F.linear(x, torch.cat([m.weight for m in linears]), bias)
@@ -252,6 +250,7 @@ class SingleStreamBlock(nn.Module):
         self.norm = QKNorm(dim // num_heads)
         self.modulation = Modulation(dim, double=False)
         self.mlp_act = nn.GELU(approximate="tanh")
+        self.concat_projections = True  # see `project`
 
     def forward(self, x, vec, pe, attn_fn=None):
         (shift, scale, gate), _ = self.modulation(vec)
@@ -265,7 +264,7 @@ class SingleStreamBlock(nn.Module):
             q, k, v = F.linear(a, w[: 3 * d], b[: 3 * d]).chunk(3, dim=-1)
             h_act = linear_gelu_tanh(a, w[3 * d :], b[3 * d :])
         else:
-            q, k, v_h = project(a, [self.q_proj, self.k_proj, self.v_mlp])
+            q, k, v_h = project(a, [self.q_proj, self.k_proj, self.v_mlp], self.concat_projections)
             v, h = torch.split(v_h, [d, self.mlp_hidden], dim=-1)
             h_act = self.mlp_act(h)
         q, k, v = (_heads(t, self.num_heads) for t in (q, k, v))

@@ -282,13 +282,14 @@ def test_text_and_image_positions():
 
 
 def test_selective_checkpointing_keeps_values_and_gradients():
+    from training.parallel.mmdit import apply_activation_checkpointing
     cfg = get_config("tiny")
     x = _inputs(cfg)
     grads = []
     for settings in (None, (1, 2), (100, 100)):
         model = _randomize(MMDiT(cfg))
         model.train()
-        model.set_grad_checkpointing(settings)
+        apply_activation_checkpointing(model, settings)
         out = model(**x)
         out.square().mean().backward()
         grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
@@ -378,16 +379,15 @@ def test_fused_projections_keep_outputs_and_state_dict():
         assert torch.allclose(model(**{k: v.double() for k, v in x.items()}).float(), ref, atol=1e-5)
 
 
-def test_concatenated_projections_give_the_separate_linears_values_and_gradients(monkeypatch):
-    from models.mmdit import layers
+def test_concatenated_projections_give_the_separate_linears_values_and_gradients():
+    from training.parallel.mmdit import set_concat_projections
 
     cfg = get_config("tiny")
     x = _inputs(cfg)
     results = {}
     for concat in (True, False):
-        monkeypatch.setattr(layers, "CONCAT_PROJECTIONS", concat)
         torch.manual_seed(0)
-        model = _randomize(MMDiT(cfg).double())
+        model = set_concat_projections(_randomize(MMDiT(cfg).double()), concat)
         out = model(**{k: v.double() for k, v in x.items()})
         (out * torch.linspace(-1, 1, out.shape[-1], dtype=torch.float64)).sum().backward()
         results[concat] = (out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
