@@ -1,4 +1,5 @@
-"""Video DC-AE (4x32x32, 128 latent channels): encoder, decoder, tiling and checkpoint loading (spec §B.2).
+"""Video DC-AE (4x32x32, 128 latent channels): encoder, decoder, tiling and checkpoint loading
+(docs/models.md#video-dc-ae).
 
 Registered upstream as `dc-ae-f32t4c128`. Module attribute names reproduce the official state-dict keys
 (`encoder.project_in.conv.weight`, `encoder.stages.{s}.op_list.{k}...`, `decoder.project_out.op_list.{0,2}...`).
@@ -63,9 +64,10 @@ class DCAEConfig:
     mlp_expand_ratio: float = 4.0  # GLUMBConv
     # Latent scaling, DC-AE convention (issue #838): encode -> z / scaling_factor, decode -> z * scaling_factor.
     # 0.493 = configs/diffusion/train/high_compression.py; None = no scaling (configs/diffusion/inference/
-    # high_compression.py and configs/vae/*). Which one the released DiT expects is unverified (spec §B.2).
+    # high_compression.py and configs/vae/*). Which one the released DiT expects is unverified
+    # (docs/models.md#video-dc-ae).
     scaling_factor: float | None = 0.493
-    # tiling (docs/ae.md: both on by default; tiles match the 256px/32-frame training size)
+    # tiling (docs/models.md#video-dc-ae: both on by default; tiles match the 256px/32-frame training size)
     use_spatial_tiling: bool = True
     use_temporal_tiling: bool = True
     spatial_tile_size: int = 256  # pixels
@@ -236,7 +238,7 @@ class VideoDCAE(nn.Module):
       applied exactly once. `DCAEConfig.scaling_factor` defaults to **0.493**, the value the DiT adaptation
       was trained with (`configs/diffusion/train/high_compression.py`); pass `scaling_factor=None` for the
       unscaled latents of the shipped inference/VAE configs. Whether the released DiT checkpoint expects
-      the scaled or unscaled space is not verified (spec §B.2 / open questions).
+      the scaled or unscaled space is not verified (docs/models.md#video-dc-ae / open questions).
     * `encode`/`decode` work per sample and use overlapping tiles (spatial 256 px stride 192, temporal
       32 frames stride 24, linear blending of the overlap) when the input exceeds a tile, as upstream.
     * A latent with a single frame always decodes to one frame (image mode), as upstream: a 4-frame clip

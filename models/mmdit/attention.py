@@ -1,4 +1,4 @@
-"""The one attention function every MMDiT block calls (spec §A.6).
+"""The one attention function every MMDiT block calls (docs/models.md#mmdit-attention-kernels).
 
 FlashAttention-3 (`flash_attn_interface`) or FlashAttention-2 (`flash_attn`) when importable and the inputs are
 on a CUDA device in half precision; otherwise torch SDPA, which on Hopper picks the cuDNN or flash kernels.

@@ -1,4 +1,4 @@
-"""MMDiT configurations. Field names follow Open-Sora's `model=dict(...)` (spec §A.1)."""
+"""MMDiT configurations. Field names follow Open-Sora's `model=dict(...)` (docs/models.md#mmdit-configurations)."""
 
 from __future__ import annotations
 
@@ -66,9 +66,10 @@ class MMDiTConfig:
 
 
 OPENSORA2_11B = MMDiTConfig(name="opensora2-11b")
-# The high-compression model on Video DC-AE latents: 128 channels, patch 1 (spec §A.1, §B.4).
+# The high-compression model on Video DC-AE latents: 128 channels, patch 1 (docs/models.md#mmdit-configurations,
+# #dit-on-dc-ae-latents-distill).
 OPENSORA2_HC = MMDiTConfig(in_channels=128, patch_size=1, name="opensora2-hc")
-# FLUX.1-dev as used for text-to-image-to-video (spec §C.6): guidance-embedded, no cond_in.
+# FLUX.1-dev as used for text-to-image-to-video (docs/models.md#text-to-image-to-video): guidance-embedded, no cond_in.
 FLUX1_DEV = MMDiTConfig(guidance_embed=True, cond_embed=False, name="flux1-dev")
 # CPU tests and the local pipeline: same structure, tiny widths. context_in_dim matches the tiny T5.
 TINY = MMDiTConfig(

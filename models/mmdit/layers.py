@@ -1,4 +1,5 @@
-"""MMDiT building blocks (spec §A.4). Attribute names give the official state-dict keys (spec §A.7)."""
+"""MMDiT building blocks (docs/models.md#mmdit-blocks). Attribute names give the official state-dict keys
+(docs/models.md#mmdit-checkpoint-keys)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _linear_gelu_tanh_fake(x, weight, bias):
 
 
 def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: int = 10_000, time_factor: float = 1000.0):
-    """Sinusoidal embedding of 1000*t, cos half first (spec §A.4, §H.4).
+    """Sinusoidal embedding of 1000*t, cos half first (docs/models.md#mmdit-blocks).
 
     The product 1000*t is taken in t's own dtype (bf16 in training and inference), which rounds it exactly as the
     reference does; the sinusoid itself is computed in fp32.
@@ -218,7 +219,7 @@ class DoubleStreamBlock(nn.Module):
 
         img_q, img_k, img_v = self.img_attn.qkv(modulate(img, i_shift1, i_scale1))
         txt_q, txt_k, txt_v = self.txt_attn.qkv(modulate(txt, t_shift1, t_scale1))
-        # Text first along the sequence (spec §A.4 step 3).
+        # Text first along the sequence (docs/models.md#mmdit-blocks, double block).
         q = torch.cat((txt_q, img_q), dim=2)
         k = torch.cat((txt_k, img_k), dim=2)
         v = torch.cat((txt_v, img_v), dim=2)
@@ -242,7 +243,7 @@ class SingleStreamBlock(nn.Module):
         self.dim = dim
         self.mlp_hidden = mlp_hidden
         self.rope_layout = rope_layout
-        # q/k always carry a bias here, independent of qkv_bias (spec §A.4).
+        # q/k always carry a bias here, independent of qkv_bias (docs/models.md#mmdit-blocks).
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)
         self.v_mlp = nn.Linear(dim, dim + mlp_hidden)

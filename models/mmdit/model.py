@@ -1,4 +1,5 @@
-"""The Open-Sora 2.0 MMDiT (spec §A.3): FLUX-style double/single-stream transformer with 3D RoPE and I2V cond."""
+"""The Open-Sora 2.0 MMDiT (docs/models.md#mmdit-forward-pass): FLUX-style double/single-stream transformer with 3D
+RoPE and I2V cond."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ class MMDiT(nn.Module):
         return cls(get_config(name, **overrides))
 
     def zero_init_cond(self) -> None:
-        """cond_in starts at zero so a fresh model is exactly the text-to-video model (spec §A.8)."""
+        """cond_in starts at zero so a fresh model is exactly the text-to-video model
+        (docs/models.md#mmdit-initialisation-from-flux)."""
         if self.cond_in is not None and not self.cond_in.weight.is_meta:
             nn.init.zeros_(self.cond_in.weight)
             nn.init.zeros_(self.cond_in.bias)
@@ -63,7 +65,8 @@ class MMDiT(nn.Module):
             raise ValueError("MMDiT input mismatch (config " + c.name + "): " + "; ".join(problems))
 
     def prepare_block_inputs(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None, guidance=None):
-        """Embeds inputs; returns (img, txt, vec, pe) ready for the blocks (spec §A.3 steps 4-7)."""
+        """Embeds inputs; returns (img, txt, vec, pe) ready for the blocks (docs/models.md#mmdit-forward-pass, step
+        3)."""
         self._check_inputs(img, img_ids, txt, txt_ids, timesteps, y_vec, cond)
         img = self.img_in(img)
         if self.cond_in is not None and cond is not None:
@@ -87,7 +90,8 @@ class MMDiT(nn.Module):
         return self.final_layer(x[:, txt.shape[1] :], vec)
 
     def forward_blocks(self, img, txt, vec, pe, attn_fn=None):
-        """Double then single blocks (spec §A.3 steps 8-9); returns the joint sequence [B, L_txt + L_img, d], text
+        """Double then single blocks (docs/models.md#mmdit-forward-pass, step 4); returns the joint sequence [B, L_txt
+        + L_img, d], text
         first. `attn_fn` replaces `attention.attention` in every block (sequence parallelism installs one)."""
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, pe, attn_fn=attn_fn)
@@ -115,7 +119,8 @@ class MMDiT(nn.Module):
 
 
 def mmdit_forward_flops(config: MMDiTConfig, n_img: int, n_txt: int, batch: int = 1) -> float:
-    """Forward FLOPs of the blocks (design.md §7): per block 2*N*12*d^2 (projections + MLP: every token meets
+    """Forward FLOPs of the blocks (docs/models.md#mmdit-flops): per block 2*N*12*d^2 (projections + MLP: every token
+    meets
     12 d^2 weights in both block kinds) + 4*N^2*d (QK^T and PV). Embedders and the final layer are < 0.1%."""
     n = n_img + n_txt
     d = config.hidden_size
