@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cuda_timing import cuda_time  # noqa: E402
 from models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
-from models.mmdit.attention import prefer_sdpa_backend  # noqa: E402
+from training.parallel.mmdit import apply_compile, set_sdpa_backend  # noqa: E402
 from models.packing import image_position_ids, text_position_ids  # noqa: E402
 
 
@@ -110,14 +110,14 @@ def main():
         del model
         torch.cuda.empty_cache()
         torch._dynamo.reset()
-        prefer_sdpa_backend(backend)
+        set_sdpa_backend(backend)
         with torch.device("cuda"):
             model = MMDiT(cfg)
         model = model.to(torch.bfloat16).eval().requires_grad_(False)
         if "fused" in extra:
             model.fuse_projections()
         if mode == "compiled":
-            model.compile_blocks(**({"mode": "max-autotune-no-cudagraphs"} if "autotune" in extra else {}))
+            apply_compile(model, **({"mode": "max-autotune-no-cudagraphs"} if "autotune" in extra else {}))
         elif mode == "whole":
             model.compile()
         torch.cuda.reset_peak_memory_stats()

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cuda_timing import cuda_time as time_steps  # noqa: E402
 from models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
-from models.mmdit.attention import prefer_sdpa_backend  # noqa: E402
+from training.parallel.mmdit import apply_compile, set_sdpa_backend  # noqa: E402
 from models.packing import image_position_ids, text_position_ids  # noqa: E402
 from training.strategies import FSDP2Strategy, OptimConfig  # noqa: E402
 
@@ -56,7 +56,7 @@ def setup_slice(port: int):
     os.environ.setdefault("MASTER_PORT", str(port))
     dist.init_process_group("nccl", rank=0, world_size=1)
     torch.cuda.set_device(0)
-    prefer_sdpa_backend("cudnn")
+    set_sdpa_backend("cudnn")
     cfg = get_config("opensora2-11b", depth=2, depth_single_blocks=4)
     x = inputs(cfg)
     flops = 3 * mmdit_forward_flops(cfg, x["img"].shape[1], x["txt"].shape[1])
@@ -84,7 +84,7 @@ def main():
     cfg, x, flops, res = setup_slice(29512)
     model = opt = mgr = None
     for variant in args.variants.split(","):  # eager | compiled, optionally "-flash" for the SDPA flash kernels
-        prefer_sdpa_backend("flash" if variant.endswith("-flash") else "cudnn")
+        set_sdpa_backend("flash" if variant.endswith("-flash") else "cudnn")
         del model, opt
         torch.cuda.empty_cache()
         torch._dynamo.reset()
@@ -92,7 +92,7 @@ def main():
         strategy = FSDP2Strategy("bf16", "fp32", reshard_after_forward=False)
         model, opt = strategy.prepare(MMDiT(cfg), torch.device("cuda"), OptimConfig(lr=1e-5))
         if variant.startswith("compiled"):
-            model.compile_blocks()
+            apply_compile(model)
         target = torch.randn_like(x["img"], dtype=torch.float32)
 
         def fwd_bwd():  # gradients start from None, as after the trainer's zero_grad(set_to_none=True)

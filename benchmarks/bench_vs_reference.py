@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cuda_timing import cuda_time  # noqa: E402
 from models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
-from models.mmdit.attention import prefer_sdpa_backend  # noqa: E402
+from training.parallel.mmdit import apply_compile, set_sdpa_backend  # noqa: E402
 from models.packing import image_position_ids, text_position_ids  # noqa: E402
 
 GIB = 2**30
@@ -280,7 +280,7 @@ def forward_rows(args, cfg, device, timer, shape, rows, out):
             x = make_inputs(cfg, b, device, *shape)
             flops = mmdit_forward_flops(cfg, x["img"].shape[1], x["txt"].shape[1], b)
             for backend in backends:
-                prefer_sdpa_backend(backend)
+                set_sdpa_backend(backend)
                 before = allocated_gib(device)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
@@ -294,7 +294,7 @@ def forward_rows(args, cfg, device, timer, shape, rows, out):
             del x
         del ref
     fresh(device)
-    prefer_sdpa_backend("cudnn" if device.type == "cuda" else "all")
+    set_sdpa_backend("cudnn" if device.type == "cuda" else "all")
     with torch.device(device):
         torch.manual_seed(0)
         ours = MMDiT(cfg)
@@ -303,7 +303,7 @@ def forward_rows(args, cfg, device, timer, shape, rows, out):
     variant = "eager"
     ours.fuse_projections()
     if not args.smoke:
-        ours.compile_blocks()
+        apply_compile(ours)
         variant = "compiled-cudnn-fused-graph"
     for b in args.batches:
         x = make_inputs(cfg, b, device, *shape)
@@ -368,7 +368,7 @@ def train_rows(args, device, timer, shape, rows, out):
     flops = 3 * mmdit_forward_flops(cfg, x["img"].shape[1], x["txt"].shape[1], 1)
     for label, builder, backends in args.ref_variants:
         for backend in backends:
-            prefer_sdpa_backend(backend)
+            set_sdpa_backend(backend)
             fresh(device)
             with torch.device(device):
                 torch.manual_seed(0)
@@ -382,7 +382,7 @@ def train_rows(args, device, timer, shape, rows, out):
             print(_fmt(rows[-1]), flush=True)
             out()
             del ref, step
-    prefer_sdpa_backend("cudnn" if device.type == "cuda" else "all")
+    set_sdpa_backend("cudnn" if device.type == "cuda" else "all")
     world_strategy = effective_strategy("fsdp2", 1, device.type) if device.type == "cuda" else "master"
     for variant in args.train_variants:  # strategy[+fp8 recipe]
         try:
@@ -413,7 +413,7 @@ def _soraflow_train_row(args, variant, world_strategy, cfg, device, timer, x, ta
     strategy = build_strategy(name, param_dtype="bf16")
     model, opt = strategy.prepare(module, device, OptimConfig(lr=1e-5, eps=1e-15))
     if not args.smoke:
-        model.compile_blocks()  # model.compile = true in the GPU recipes
+        apply_compile(model)  # model.compile = true in the GPU recipes
     model.train()
     step = _soraflow_step(strategy, model, opt, x, target, 1.0)
     t0 = time.time()

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_train_step import inputs as slice_inputs  # noqa: E402
 from benchmarks.cuda_timing import cuda_time  # noqa: E402
 from models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
-from models.mmdit.attention import prefer_sdpa_backend  # noqa: E402
+from training.parallel.mmdit import set_sdpa_backend  # noqa: E402
 from training.strategies import OptimConfig, build_strategy  # noqa: E402
 
 
@@ -109,7 +109,7 @@ def main():
         dist.init_process_group("nccl", rank=int(os.environ.get("RANK", 0)),
                                 world_size=int(os.environ.get("WORLD_SIZE", 1)))
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    prefer_sdpa_backend("cudnn")
+    set_sdpa_backend("cudnn")
     import colossalai
 
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train_step import setup_slice  # noqa: E402
 from benchmarks.cuda_timing import cuda_time  # noqa: E402
-from models.mmdit import MMDiT, layers  # noqa: E402
+from models.mmdit import MMDiT  # noqa: E402
+from training.parallel.mmdit import apply_compile, set_concat_projections  # noqa: E402
 from training.strategies import FSDP2Strategy, OptimConfig  # noqa: E402
 
 KINDS = [  # first match wins; names as they appear in CUDA kernel symbols
@@ -91,12 +92,12 @@ class Runner:
                         else build_strategy(kind, **kwargs))
             self.model, self.opt = strategy.prepare(MMDiT(cfg), torch.device("cuda"), optim)
             self.ctx = strategy.forward_context
-        self.model.compile_blocks()
+        apply_compile(self.model)
         self.x = x
         self.target = torch.randn_like(x["img"], dtype=torch.float32)
 
     def __call__(self):
-        layers.CONCAT_PROJECTIONS = self.concat  # read at trace time; each setting has its own compiled graph
+        set_concat_projections(self.model, self.concat)  # read at trace time; each setting has its own compiled graph
         for p in self.model.parameters():
             p.grad = None
         with self.ctx():

@@ -1,4 +1,4 @@
-"""Pixel sizes for a resolution name and aspect ratio (spec §D.4): the inference and the training tables.
+"""Pixel sizes for a resolution name and aspect ratio (docs/models.md#buckets): the inference and the training tables.
 
 Both tables start from Open-Sora's list of nine width:height ratios, horizontal ones plus '9:16' and '5:8'
 (`TRAINING_ASPECT_RATIOS`). For a pixel budget P and divisor D (16 = VAE 8 x patch 2; 32 for the DC-AE with
@@ -83,7 +83,7 @@ def _canonical(ratio: str) -> str:
     return ":".join(part.strip() for part in ratio.split(":"))
 
 
-# --- training form (spec §D.4, §H.15) --------------------------------------------------------------------------
+# --- training form (docs/models.md#buckets) --------------------------------------------------------------------------
 # Open-Sora's training list (width:height), horizontal first; vertical counterparts are appended after them.
 TRAINING_ASPECT_RATIOS = ("2.39:1", "2:1", "16:9", "1.85:1", "9:16", "5:8", "3:2", "4:3", "1:1")
 
@@ -101,7 +101,7 @@ def num_pixels_from_name(resolution: str) -> int:
 
 
 def training_aspect_ratios(resolution: str, divisor: int = 16) -> dict[str, tuple[int, int]]:
-    """Training size table {ratio 'w:h': (height, width)} for a bucket resolution name (spec §D.4).
+    """Training size table {ratio 'w:h': (height, width)} for a bucket resolution name (docs/models.md#buckets).
 
     Start from the floor form (W = ⌊√(P·w/h)/D⌋·D, H = ⌊P/W/D⌋·D), then try (H∓D, W) and (H, W∓D) in that
     order, moving whenever a candidate is strictly closer to the pixel budget P. A listed ratio whose size an

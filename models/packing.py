@@ -1,7 +1,7 @@
 """Patchify ("pack") latents into DiT tokens and back, and the 3D position ids of those tokens.
 
 Token order is (t h w) — time slowest — and the features of a token are ordered (c ph pw), channel slowest
-(spec §A.3 step 2, §H.9). Temporal patch size is always 1.
+(docs/models.md#mmdit-forward-pass, step 1). Temporal patch size is always 1.
 """
 
 from __future__ import annotations
@@ -54,5 +54,5 @@ def image_position_ids(
 
 
 def text_position_ids(batch: int, length: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Text tokens all sit at position (0, 0, 0) (spec §H.2)."""
+    """Text tokens all sit at position (0, 0, 0) (docs/models.md#mmdit-forward-pass)."""
     return torch.zeros(batch, length, 3, device=device, dtype=dtype)

@@ -6,6 +6,7 @@ import torch
 
 from models.mmdit import MMDiT, get_config, load_flux_checkpoint
 from training.config import AESpec, ModelSpec, TextSpec
+from training.parallel.mmdit import apply_activation_checkpointing
 
 
 def build_dit(spec: ModelSpec, seed: int) -> MMDiT:
@@ -18,7 +19,7 @@ def build_dit(spec: ModelSpec, seed: int) -> MMDiT:
         load_pretrained(model, spec.from_pretrained, spec.reinit)
     elif spec.from_flux:
         load_flux_checkpoint(model, spec.from_flux)
-    model.set_grad_checkpointing(spec.grad_ckpt_settings)
+    apply_activation_checkpointing(model, spec.grad_ckpt_settings)
     return model
 
 
@@ -30,10 +31,11 @@ def load_pretrained(model: MMDiT, path: str, reinit=()) -> list[str]:
     """Load an Open-Sora-layout checkpoint (a previous stage's export) strictly, with two named exceptions:
 
     * keys under `reinit` keep the model's fresh init (distill: img_in, cond_in, final_layer.linear change
-      shape with the latent space, spec §B.4); the checkpoint must hold them, so a file of another kind is
+      shape with the latent space, docs/models.md#dit-on-dc-ae-latents-distill); the checkpoint must hold them, so a
+      file of another kind is
       caught rather than half-loaded;
     * a checkpoint without any cond_in (a text-to-video stage-1 export) leaves the model's zero-initialised
-      cond_in as it is (the T/I2V stages start from it, spec §H.10).
+      cond_in as it is (the T/I2V stages start from it, docs/models.md#mmdit-initialisation-from-flux).
 
     Every other key must be present with the model's shape. Returns the keys left at their init."""
     from pathlib import Path

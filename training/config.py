@@ -26,7 +26,8 @@ class ModelSpec:
     compile: bool = False
     # FP8 training of the blocks' big linears (torchao float8): "" (off), "tensorwise" or "rowwise".
     fp8: str = ""
-    # Key prefixes left at their fresh init when loading `from_pretrained` (the DC-AE adaptation, spec §B.4:
+    # Key prefixes left at their fresh init when loading `from_pretrained` (the DC-AE adaptation,
+    # docs/models.md#dit-on-dc-ae-latents-distill:
     # img_in, cond_in and final_layer.linear change shape with the latent space); every other key loads strictly.
     reinit: tuple[str, ...] = ()
 
@@ -46,7 +47,8 @@ class TextSpec:
     t5: str | None = None  # local folders; None with tiny=True uses the generated tiny encoders
     clip: str | None = None
     tiny: bool = True
-    dropout_ratio: float = math.sqrt(0.1)  # T5 and CLIP each dropped with this p (both ~10%), spec §C.3
+    # T5 and CLIP each dropped with this p (both ~10%), docs/models.md#condition-dropout
+    dropout_ratio: float = math.sqrt(0.1)
     # T5 tokens per caption (padded): 512 as released; the tiny CPU recipes use fewer, since the DiT attends
     # over every padded text token and their captions are short
     t5_max_length: int = 512
@@ -90,7 +92,8 @@ class RecoverySpec:
 
 @dataclass
 class VAESpec:
-    """Video DC-AE training (stage vae_train, spec §B.3). `ae` gives the architecture (kind "dcae") and optional
+    """Video DC-AE training (stage vae_train, docs/models.md#autoencoder-training). `ae` gives the architecture (kind
+    "dcae") and optional
     init weights; this holds the losses, the discriminator and the EMA."""
 
     perceptual_path: str | None = None  # TorchScript (x, x_hat) [N,3,H,W] -> per-frame distance, e.g. LPIPS-VGG16

@@ -18,6 +18,7 @@ casts the master weight to bf16 (round to nearest). The fused pass does the same
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -26,6 +27,7 @@ import torch.nn as nn
 _ALIGN = 16  # elements: every slot starts on a 64-byte boundary in fp32 (vectorised loads in the fused pass)
 
 
+@functools.lru_cache(maxsize=None)  # built once per process
 def _triton_adamw():
     """The fused AdamW pass as a Triton kernel, or None where Triton (or CUDA) is missing."""
     try:
@@ -63,24 +65,19 @@ def _triton_adamw():
     return launch
 
 
-_TRITON = None
-
-
 def fused_adamw_(master, grad, exp_avg, exp_avg_sq, out, coef, *, lr, beta1, beta2, eps, weight_decay, step,
                  use_triton: bool | None = None) -> None:
     """One AdamW update (torch.optim.AdamW's formula) of flat fp32 `master` from the low-precision `grad` times
     the scalar tensor `coef`; writes `out` = master rounded to out's dtype. All 1-D, same length."""
-    global _TRITON
     decay = 1.0 - lr * weight_decay
     step_size = lr / (1.0 - beta1**step)
     bc2_sqrt = math.sqrt(1.0 - beta2**step)
     if use_triton is None:
         use_triton = master.is_cuda
     if use_triton:
-        if _TRITON is None:
-            _TRITON = _triton_adamw() or False
-        if _TRITON:
-            _TRITON(master, grad, exp_avg, exp_avg_sq, out, coef, decay, beta1, beta2, eps, step_size, bc2_sqrt)
+        kernel = _triton_adamw()
+        if kernel is not None:
+            kernel(master, grad, exp_avg, exp_avg_sq, out, coef, decay, beta1, beta2, eps, step_size, bc2_sqrt)
             return
     # Reference path (CPU, or no Triton): the same operations as the kernel, in chunks to bound temporaries.
     chunk = 1 << 24

@@ -1,6 +1,6 @@
 """Job-level goodput accounting that survives restarts.
 
-Definitions (design.md §5, the ml-goodput-measurement taxonomy re-implemented on a local log):
+Definitions (docs/architecture.md#goodput, the ml-goodput-measurement taxonomy re-implemented on a local log):
 
 * **wall time**: first ``job_start`` event of the run → now (or the clean end of the last attempt).
 * **productive time**: the sum of step compute times (forward, backward, optimizer) of steps whose

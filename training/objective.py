@@ -1,7 +1,9 @@
-"""The DiT flow-matching objective on a batch of pixels + captions (spec §C.1–C.4).
+"""The DiT flow-matching objective on a batch of pixels + captions
+(docs/models.md#flow-matching-objective, #timesteps-and-shift, #condition-dropout, #visual-conditions-in-training).
 
 Frozen parts run without gradients: the full autoencoder encode (encoder, quant conv, posterior sample, scale;
-never the raw encoder, spec §H.8), the visual condition, T5/CLIP with condition dropout. Then x_t and the
+never the raw encoder, docs/models.md#hunyuanvideo-vae), the visual condition, T5/CLIP with condition dropout. Then x_t
+and the
 velocity target, the DiT forward on packed tokens, and the MSE in fp32.
 """
 
@@ -62,11 +64,13 @@ class DiTObjective:
 
         # α from the tokens the DiT really sees, by the function the sampler uses (`sample` calls
         # inference_shift_alpha too). Upstream trains with (H·W)//4 whatever the patch size, which for the
-        # patch-1 DC-AE model disagrees with its sampler (spec §C.2); for patch 2 both are the same number.
+        # patch-1 DC-AE model disagrees with its sampler (docs/models.md#timesteps-and-shift); for patch 2 both are the
+        # same number.
         self.last_alpha = inference_shift_alpha(x0.shape, self.p)
         # t in the training dtype, as released: bf16 training sees bf16-rounded t, fp32 training the fp32 value.
         t = sample_train_timesteps(b, self.last_alpha, generator=generator, device=x0.device, dtype=self.dtype)
-        # Noise drawn in fp32 and cast to the training dtype, as the reference does (spec §C.1).
+        # Noise drawn in fp32 and cast to the training dtype, as the reference does
+        # (docs/models.md#flow-matching-objective).
         noise = draw_train_noise(x0.shape, generator=generator, device=x0.device, dtype=self.dtype).float()
         x_t = noisy_latent(x0, noise, t.float())
         target = velocity_target(x0, noise)

@@ -1,4 +1,4 @@
-"""Failure detection for auto-recovery (spec F.5): loss spikes / non-finite loss, and hangs.
+"""Failure detection for auto-recovery (docs/architecture.md#recovery): loss spikes / non-finite loss, and hangs.
 
 * :class:`LossGuard` tells the trainer, per step, whether the loss is ``ok``, ``non_finite`` or a ``spike``
   (loss > ``spike_factor`` × the running median of the last ``window`` ok losses, once ``warmup`` ok

@@ -1,4 +1,5 @@
-"""What differs between training stages, behind one interface the Trainer drives (spec §B.3, §B.4, §E).
+"""What differs between training stages, behind one interface the Trainer drives (docs/models.md#autoencoder-training,
+#dit-on-dc-ae-latents-distill, #training-stages).
 
 A stage object builds the trainable model, turns a data batch into inputs, computes the loss, runs any work
 after the optimizer step (a discriminator update, EMA), adds its own entries to checkpoints, exports the

@@ -174,17 +174,15 @@ class FSDP2Strategy(Strategy):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        from models.mmdit import MMDiT
+
         model = model.to(device=device, dtype=torch.float32)  # fp32 master weights
         mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+        if isinstance(model, MMDiT):  # per-block units: the model's parallelize module knows its blocks
+            from training.parallel.mmdit import apply_fsdp
+
+            return apply_fsdp(model, mesh, self.param_dtype, self.reduce_dtype, self.reshard_after_forward)
         mp = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype)
-        # Blocks take their inputs as the root made them: the root casts the model's inputs, while the fp32
-        # RoPE tables must reach the blocks in fp32. (A block-level cast also broke activation checkpointing:
-        # FSDP skips it when the block is recomputed in backward, so the recomputed tables were fp32.)
-        block_mp = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype,
-                                        cast_forward_inputs=False)
-        blocks = list(getattr(model, "double_blocks", [])) + list(getattr(model, "single_blocks", []))
-        for block in blocks:
-            fully_shard(block, mesh=mesh, mp_policy=block_mp, reshard_after_forward=self.reshard_after_forward)
         fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=self.reshard_after_forward)
         return model
 

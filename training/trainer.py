@@ -180,20 +180,23 @@ class Trainer:
         self._write_resolved_config()
 
     def _compile_model(self) -> None:
+        from models.mmdit import MMDiT
+        from training.parallel.mmdit import apply_compile
+
         model = self.strategy.unwrap(self.model)
-        if not hasattr(model, "compile_blocks"):
+        if not isinstance(model, MMDiT):
             raise ValueError(f"model.compile: the {self.cfg.stage} model ({type(model).__name__}) has no compiled "
                              "path; set model.compile=false")
-        model.compile_blocks()
+        apply_compile(model)
 
     def _setup_sequence_parallel(self):
         if self.sp_size == 1:
             return None
-        from training.parallel import sequence_parallel
+        from training.parallel.mmdit import apply_sequence_parallel
 
         groups = [dist.new_group(list(range(k * self.sp_size, (k + 1) * self.sp_size)))
                   for k in range(self.dp_world)]  # every rank must create every group
-        return sequence_parallel(self.model, groups[self.dp_rank], mode=self.cfg.parallel.sp_mode)
+        return apply_sequence_parallel(self.model, groups[self.dp_rank], mode=self.cfg.parallel.sp_mode)
 
     # -- resume / rollback ----------------------------------------------------------------------------------------
     def _metadata(self) -> dict:

@@ -1,4 +1,5 @@
-"""Video DC-AE (4x32x32, 128 latent channels) of Open-Sora 2.0, plus its GAN-training pieces (spec §B.2, §B.3)."""
+"""Video DC-AE (4x32x32, 128 latent channels) of Open-Sora 2.0, plus its GAN-training pieces
+(docs/models.md#video-dc-ae, #autoencoder-training)."""
 
 from .discriminator import NLayerDiscriminator3D
 from .layers import (

@@ -1,4 +1,4 @@
-"""3D PatchGAN discriminator used for Video DC-AE phase-2 training (spec §B.3).
+"""3D PatchGAN discriminator used for Video DC-AE phase-2 training (docs/models.md#autoencoder-training).
 
 Semantics of upstream `N_Layer_discriminator_3D` (`opensora/models/vae/discriminator.py`, config
 `configs/vae/train/video_dc_ae_disc.py`: input_nc=3, n_layers=5, conv_cls="conv3d"):

@@ -1,4 +1,4 @@
-"""Building blocks of the Video DC-AE (spec §B.2), written so that module attribute names reproduce the
+"""Building blocks of the Video DC-AE (docs/models.md#video-dc-ae), written so that module attribute names reproduce the
 official state-dict keys of `opensora/models/dc_ae/**` (e.g. `main.conv1.conv.weight`, `op_list.0`).
 
 Tensor layout is always [B, C, T, H, W]; every conv is 3D with zero padding symmetric in time (non-causal).

@@ -1,4 +1,5 @@
-"""Video DC-AE training losses as pure functions (spec §B.3; upstream `opensora/models/vae/losses.py`).
+"""Video DC-AE training losses as pure functions (docs/models.md#autoencoder-training; upstream
+`opensora/models/vae/losses.py`).
 
 Phase 1: nll = (|x - x̂| + w_p·P(x, x̂)) / exp(logvar) + logvar, frames flattened to (b·t), summed over all
 elements and divided by b·t (logvar is a scalar that stays 0 upstream). Phase 2 adds

@@ -1,4 +1,5 @@
-"""Video DC-AE (4x32x32, 128 latent channels): encoder, decoder, tiling and checkpoint loading (spec §B.2).
+"""Video DC-AE (4x32x32, 128 latent channels): encoder, decoder, tiling and checkpoint loading
+(docs/models.md#video-dc-ae).
 
 Registered upstream as `dc-ae-f32t4c128`. Module attribute names reproduce the official state-dict keys
 (`encoder.project_in.conv.weight`, `encoder.stages.{s}.op_list.{k}...`, `decoder.project_out.op_list.{0,2}...`).
@@ -12,7 +13,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
 from .layers import (
     ChannelDuplicatingPixelShuffle,
@@ -64,15 +64,15 @@ class DCAEConfig:
     mlp_expand_ratio: float = 4.0  # GLUMBConv
     # Latent scaling, DC-AE convention (issue #838): encode -> z / scaling_factor, decode -> z * scaling_factor.
     # 0.493 = configs/diffusion/train/high_compression.py; None = no scaling (configs/diffusion/inference/
-    # high_compression.py and configs/vae/*). Which one the released DiT expects is unverified (spec §B.2).
+    # high_compression.py and configs/vae/*). Which one the released DiT expects is unverified
+    # (docs/models.md#video-dc-ae).
     scaling_factor: float | None = 0.493
-    # tiling (docs/ae.md: both on by default; tiles match the 256px/32-frame training size)
+    # tiling (docs/models.md#video-dc-ae: both on by default; tiles match the 256px/32-frame training size)
     use_spatial_tiling: bool = True
     use_temporal_tiling: bool = True
     spatial_tile_size: int = 256  # pixels
     temporal_tile_size: int = 32  # frames
     tile_overlap_factor: float = 0.25
-    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.width_list)
@@ -136,19 +136,12 @@ def _build_block(block_type: str, width: int, cfg: DCAEConfig) -> nn.Module:
     return EfficientViTBlock(width, cfg.attn_head_dim, tuple(cfg.attn_scales), cfg.mlp_expand_ratio)
 
 
-def _run(module: nn.Module, x: torch.Tensor, use_ckpt: bool) -> torch.Tensor:
-    if use_ckpt and torch.is_grad_enabled() and x.requires_grad:
-        return checkpoint(module, x, use_reentrant=False)
-    return module(x)
-
-
 class Encoder(nn.Module):
     """project_in conv 3->w0; stage s = depth_s blocks (+ strided-conv downsample with averaging shortcut for
     s < last); project_out = Residual(conv w_last->latent, channel-averaging shortcut)."""
 
     def __init__(self, cfg: DCAEConfig) -> None:
         super().__init__()
-        self.gradient_checkpointing = cfg.gradient_checkpointing
         w = cfg.width_list
         self.project_in = ConvLayer(cfg.in_channels, w[0], 3, use_bias=True)
         stages = []
@@ -171,11 +164,10 @@ class Encoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ck = self.gradient_checkpointing
         x = self.project_in(x)
         for stage in self.stages:
-            x = _run(stage, x, ck)
-        return _run(self.project_out, x, ck)
+            x = stage(x)
+        return self.project_out(x)
 
 
 class Decoder(nn.Module):
@@ -185,7 +177,6 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: DCAEConfig) -> None:
         super().__init__()
-        self.gradient_checkpointing = cfg.gradient_checkpointing
         w = cfg.width_list
         self.project_in = ResidualBlock(
             ConvLayer(cfg.latent_channels, w[-1], 3, use_bias=True),
@@ -210,11 +201,10 @@ class Decoder(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        ck = self.gradient_checkpointing
-        x = _run(self.project_in, z, ck)
+        x = self.project_in(z)
         for stage in reversed(self.stages):
-            x = _run(stage, x, ck)
-        return _run(self.project_out, x, ck)
+            x = stage(x)
+        return self.project_out(x)
 
 
 def init_dc_ae_weights(module: nn.Module, std: float = 0.02) -> None:
@@ -248,7 +238,7 @@ class VideoDCAE(nn.Module):
       applied exactly once. `DCAEConfig.scaling_factor` defaults to **0.493**, the value the DiT adaptation
       was trained with (`configs/diffusion/train/high_compression.py`); pass `scaling_factor=None` for the
       unscaled latents of the shipped inference/VAE configs. Whether the released DiT checkpoint expects
-      the scaled or unscaled space is not verified (spec §B.2 / open questions).
+      the scaled or unscaled space is not verified (docs/models.md#video-dc-ae / open questions).
     * `encode`/`decode` work per sample and use overlapping tiles (spatial 256 px stride 192, temporal
       32 frames stride 24, linear blending of the overlap) when the input exceeds a tile, as upstream.
     * A latent with a single frame always decodes to one frame (image mode), as upstream: a 4-frame clip

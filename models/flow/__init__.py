@@ -1,4 +1,5 @@
-"""Flow matching (objective, timestep shift), visual conditions and the guided Euler sampler (spec §C)."""
+"""Flow matching (objective, timestep shift), visual conditions and the guided Euler sampler
+(docs/models.md#flow-matching-objective)."""
 
 from models.flow.conditions import (
     CONDITION_TYPES,

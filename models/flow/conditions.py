@@ -1,4 +1,5 @@
-"""Visual (image / video) conditions for training and inference (spec §A.2, §C.3, §C.4, §C.5 step 7, §H.9–H.10).
+"""Visual (image / video) conditions for training and inference (docs/models.md#mmdit-conditioning-inputs,
+#condition-dropout, #visual-conditions-in-training, #sampling-and-guidance, #mmdit-forward-pass).
 
 A condition is a per-latent-frame binary ``mask`` [B, 1, T_lat, H, W] and a reference latent of the full
 latent shape [B, C, T_lat, H, W] that is zero outside the masked frames. The DiT sees
@@ -49,7 +50,7 @@ CONDITION_TYPES = (
 I2V_TYPES = ("i2v_head", "i2v_tail", "i2v_loop")
 V2V_TYPES = ("v2v_head", "v2v_tail", "v2v_head_easy", "v2v_tail_easy")
 
-# The stage-2/3 training mix (spec §C.3): 1/8 of the samples are t2v.
+# The stage-2/3 training mix (docs/models.md#condition-dropout): 1/8 of the samples are t2v.
 DEFAULT_TRAIN_CONDITION_WEIGHTS = {"t2v": 1, "i2v_head": 5, "i2v_loop": 1, "i2v_tail": 1}
 
 V2V_REFERENCE_PIXELS = 32  # plus one frame for causal AEs
@@ -207,7 +208,8 @@ def condition_mask(
 
 
 def build_cond(mask: torch.Tensor, ref_latent: torch.Tensor) -> torch.Tensor:
-    """cond = cat(mask, mask·ref_latent) along channels: [B, 1 + C, T, H, W] (mask is channel 0, §H.9)."""
+    """cond = cat(mask, mask·ref_latent) along channels: [B, 1 + C, T, H, W] (mask is channel 0,
+    docs/models.md#mmdit-forward-pass)."""
     if mask.ndim != 5 or mask.shape[1] != 1:
         raise ValueError(f"mask must be [B, 1, T, H, W], got {tuple(mask.shape)}")
     if ref_latent.shape[0] != mask.shape[0] or ref_latent.shape[2:] != mask.shape[2:]:
@@ -322,7 +324,7 @@ def prepare_train_condition(
     generator: torch.Generator | None = None,
     cond_types: Sequence[str] | None = None,
 ) -> TrainCondition:
-    """Encode a training batch and build its visual condition (spec §C.4).
+    """Encode a training batch and build its visual condition (docs/models.md#visual-conditions-in-training).
 
     ``video`` [B, 3, F, H, W] in [-1, 1]. A condition type is drawn per sample from ``weights`` (default
     ``DEFAULT_TRAIN_CONDITION_WEIGHTS``) with ``generator`` unless ``cond_types`` is given. x0 = encode(clip)

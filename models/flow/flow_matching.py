@@ -1,4 +1,5 @@
-"""Rectified-flow objective, timestep sampling and the resolution/length shift (spec §C.1, §C.2, §H.3–H.5).
+"""Rectified-flow objective, timestep sampling and the resolution/length shift
+(docs/models.md#flow-matching-objective, #timesteps-and-shift).
 
 Conventions (the released code's, not the paper text's):
 
@@ -26,7 +27,7 @@ SHIFT_MAX_TOKENS = 4096
 SHIFT_BASE = 1.0
 SHIFT_MAX = 3.0
 
-# Training always divides latent H·W by this, whatever the patch size (spec §C.2, §H.5).
+# Training always divides latent H·W by this, whatever the patch size (docs/models.md#timesteps-and-shift).
 TRAIN_TOKEN_DIVISOR = 4
 
 
@@ -60,14 +61,15 @@ def noisy_latent(
 
 
 def velocity_target(x0: torch.Tensor, noise: torch.Tensor, sigma_min: float = SIGMA_MIN) -> torch.Tensor:
-    """v = (1 - σ_min)·noise - x0 = d x_t / dt (the code's sign: noise minus data, spec §H.3)."""
+    """v = (1 - σ_min)·noise - x0 = d x_t / dt (the code's sign: noise minus data,
+    docs/models.md#flow-matching-objective)."""
     if x0.shape != noise.shape:
         raise ValueError(f"x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} must have the same shape")
     return (1 - sigma_min) * noise - x0
 
 
 def flow_matching_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Plain MSE, mean over every element, computed in fp32 (spec §C.1)."""
+    """Plain MSE, mean over every element, computed in fp32 (docs/models.md#flow-matching-objective)."""
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
     return F.mse_loss(pred.float(), target.float(), reduction="mean")
@@ -79,7 +81,8 @@ def draw_train_noise(
     device=None,
     dtype: torch.dtype = torch.bfloat16,
 ) -> torch.Tensor:
-    """Training noise x1: drawn in fp32, then cast to the training dtype (bf16), spec §C.1."""
+    """Training noise x1: drawn in fp32, then cast to the training dtype (bf16),
+    docs/models.md#flow-matching-objective."""
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=torch.float32).to(dtype)
 
 
@@ -89,7 +92,7 @@ def draw_train_noise(
 
 
 def resolution_shift_alpha(tokens_per_frame: float, latent_frames: int) -> float:
-    """α = [1 + (N_hw - 256)·(3 - 1)/(4096 - 256)]·sqrt(T_lat) (spec §C.2).
+    """α = [1 + (N_hw - 256)·(3 - 1)/(4096 - 256)]·sqrt(T_lat) (docs/models.md#timesteps-and-shift).
 
     ``tokens_per_frame`` = N_hw, the image tokens of one latent frame after patchify; ``latent_frames`` =
     T_lat (1 for images).
@@ -121,8 +124,8 @@ def train_tokens_per_frame(latent_shape: Sequence[int]) -> int:
     """N_hw in training: (H·W) // 4 **regardless of the patch size** (the released train script).
 
     For the HunyuanVideo VAE (patch 2) this equals the inference value; for the Video DC-AE (patch 1) it is
-    4× smaller, so upstream trains and samples with different α (768px 128f: 5.33 vs 6.60). The spec flags this
-    as "[code; likely unintended]". Kept to document and test that mismatch: soraflow's trainer uses
+    4× smaller, so upstream trains and samples with different α (768px 128f: 5.33 vs 6.60). It looks unintended
+    upstream (docs/models.md#timesteps-and-shift). Kept to document and test that mismatch: soraflow's trainer uses
     ``inference_shift_alpha`` (the same patch-aware α the sampler uses) for every stage.
     """
     _, h, w = _latent_thw(latent_shape)
@@ -159,7 +162,8 @@ def sample_train_timesteps(
 
     1. n ~ N(0, 1) in fp32; 2. t = sigmoid(n); 3. t <- shift(t, α) in fp32;
     4. **explicit cast to ``dtype`` (bf16 by default)**. The released code casts the shifted t to bf16 before
-       building x_t and before the timestep embedding (spec §C.2, §H.4), so t takes only bf16-representable
+       building x_t and before the timestep embedding (docs/models.md#timesteps-and-shift, #mmdit-blocks), so t takes
+       only bf16-representable
        values; pass ``dtype=torch.float32`` to skip the rounding.
     """
     n = torch.randn(batch, generator=generator, device=device, dtype=torch.float32)

@@ -1,5 +1,6 @@
 """The inference sampler: Euler integration of the flow from t = 1 (noise) to t = 0 with decoupled
-text/image guidance, guidance oscillation and the image-guidance ramp (spec §C.5, §H.4, §H.12, §H.14, §H.16).
+text/image guidance, guidance oscillation and the image-guidance ramp (docs/models.md#sampling-and-guidance,
+#mmdit-blocks).
 
 Per step i (0-based) with t_i -> t_{i+1}:
 
@@ -79,7 +80,7 @@ def combine_guidance(
     text_scale: float | torch.Tensor,
     image_scale: float | torch.Tensor,
 ) -> torch.Tensor:
-    """Decoupled guidance (paper §5.2): v̂ = v_u2 + g_img·(v_u − v_u2) + g_txt·(v_c − v_u).
+    """Decoupled guidance (docs/models.md#sampling-and-guidance): v̂ = v_u2 + g_img·(v_u − v_u2) + g_txt·(v_c − v_u).
 
     v_c = v(x, text, image cond), v_u = v(x, null text, image cond), v_u2 = v(x, null text, zero cond).
     ``image_scale`` may be a tensor broadcastable against the velocities (the packed ramp)."""
@@ -199,7 +200,8 @@ def inference_latent_shape(
     is_causal: bool,
     patch_size: int,
 ) -> tuple[int, int, int, int, int]:
-    """Noise shape [B, C_lat, T_lat, p·⌈H/D⌉, p·⌈W/D⌉] with D = spatial compression × patch (spec §C.5 step 2):
+    """Noise shape [B, C_lat, T_lat, p·⌈H/D⌉, p·⌈W/D⌉] with D = spatial compression × patch
+(docs/models.md#sampling-and-guidance):
     HunyuanVideo VAE (8, p=2): [B, 16, T, 2⌈H/16⌉, 2⌈W/16⌉]; DC-AE (32, p=1): [B, 128, T, ⌈H/32⌉, ⌈W/32⌉].
     T_lat = (F−1)/tc + 1 (causal, F = tc·k+1) or F/tc (non-causal, F multiple of tc); images F = 1 -> 1."""
     if num_frames == 1:
@@ -236,7 +238,8 @@ def drop_i2v_pad_frames(video: torch.Tensor, cond_type: str, *, is_causal: bool,
 def initial_noise(
     latent_shape: Sequence[int], seed: int, device=None, dtype: torch.dtype = torch.bfloat16
 ) -> torch.Tensor:
-    """z ~ N(0, I) drawn directly in ``dtype`` (bf16) with ``torch.Generator(device).manual_seed(seed)`` (§H.16)."""
+    """z ~ N(0, I) drawn directly in ``dtype`` (bf16) with ``torch.Generator(device).manual_seed(seed)``
+    (docs/models.md#sampling-and-guidance)."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     gen = torch.Generator(device=device).manual_seed(seed)
     return torch.randn(tuple(latent_shape), generator=gen, device=device, dtype=dtype)

@@ -1,4 +1,4 @@
-"""HunyuanVideo VAE (spec §B.1): frozen causal 4x8x8 autoencoder with 16 latent channels."""
+"""HunyuanVideo VAE (docs/models.md#hunyuanvideo-vae): frozen causal 4x8x8 autoencoder with 16 latent channels."""
 
 from .config import HunyuanVAEConfig, TilingConfig, TilingPlan
 from .keys import (

@@ -1,4 +1,4 @@
-"""Configuration of the frozen HunyuanVideo VAE (spec §B.1) and of its tiled encode/decode.
+"""Configuration of the frozen HunyuanVideo VAE (docs/models.md#hunyuanvideo-vae) and of its tiled encode/decode.
 
 `HunyuanVAEConfig.full()` is the released model (`AutoEncoder3DConfig` in Open-Sora's
 `opensora/models/hunyuan_vae/autoencoder_kl_causal_3d.py`); `HunyuanVAEConfig.tiny()` is a CPU test size
@@ -6,7 +6,7 @@ with the same module tree (4 blocks, same down/up-sampling rules), only narrower
 
 `TilingConfig` holds the three numbers Open-Sora configures (`sample_size`, `sample_tsize`,
 `tile_overlap_factor`) and derives every stride / blend / keep length the way Open-Sora does (`int()`
-truncation), so that the full-size defaults give exactly the spec's numbers:
+truncation), so that the full-size defaults give exactly the numbers of docs/models.md#hunyuanvideo-vae:
 
 * spatial encode: 256-px tiles, stride 192 px, blend 8 latent px, keep 24 latent px;
 * spatial decode: 32-latent tiles, stride 24 latent px, blend 64 px, keep 192 px;
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 @dataclass(frozen=True)
 class TilingConfig:
-    spatial: bool = True  # ON in every Open-Sora diffusion config (spec §B.1, §H.18)
+    spatial: bool = True  # ON in every Open-Sora diffusion config (docs/models.md#hunyuanvideo-vae)
     temporal: bool = False  # OFF in the diffusion configs, ON in configs/vae/inference/hunyuanvideo_vae.py
     tile_sample_size: int = 256  # pixels (Open-Sora `sample_size`)
     tile_sample_frames: int = 64  # pixel frames (Open-Sora `sample_tsize`); tiles read 64+1 frames
@@ -155,7 +155,8 @@ class HunyuanVAEConfig:
             raise ValueError(f"unknown HunyuanVideo VAE config {name!r}; known: {sorted(NAMED_CONFIGS)}")
         return NAMED_CONFIGS[name]()
 
-    # --- the per-block down/up-sampling rules (spec §B.1), shared by the key rules and the tests ---
+    # --- the per-block down/up-sampling rules (docs/models.md#hunyuanvideo-vae), shared by the key rules and the tests
+    # ---
     def down_strides(self) -> list[tuple[int, int, int] | None]:
         """(t, h, w) stride of encoder block i's downsampler, or None when the block has none."""
         n = len(self.block_out_channels)

@@ -60,7 +60,8 @@ def _mid_block(out: dict, name: str, c: int, attention: bool) -> None:
 
 
 def official_state_dict_shapes(config: HunyuanVAEConfig) -> dict[str, Shape]:
-    """Official checkpoint key -> tensor shape, derived from the module-tree rules of spec §B.1."""
+    """Official checkpoint key -> tensor shape, derived from the module-tree rules of
+    docs/models.md#hunyuanvideo-vae."""
     ch = config.block_out_channels
     n = len(ch)
     lat = config.latent_channels

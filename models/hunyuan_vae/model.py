@@ -1,6 +1,8 @@
-"""`HunyuanVideoVAE`: the frozen causal 4x8x8 VAE of Open-Sora 2.0 (spec §B.1), built on diffusers.
+"""`HunyuanVideoVAE`: the frozen causal 4x8x8 VAE of Open-Sora 2.0 (docs/models.md#hunyuanvideo-vae), built on
+diffusers.
 
-The network itself is diffusers' `AutoencoderKLHunyuanVideo` (checked against spec §B.1 and Open-Sora's code:
+The network itself is diffusers' `AutoencoderKLHunyuanVideo` (checked against docs/models.md#hunyuanvideo-vae and
+Open-Sora's code:
 replicate-padded causal convs with T padding k-1 in front, frame-causal mask in the single-head mid attention,
 GroupNorm(32, eps 1e-6) + SiLU, (128, 256, 512, 512) widths, 2 / 3 resnets per encoder / decoder block, spatial
 down/up in blocks 0-2 and temporal in blocks 1-2, first-frame-only-spatial causal upsampling). Its four parts
@@ -9,7 +11,8 @@ the official checkpoint's key names.
 
 What this wrapper adds (and does *not* take from diffusers' `AutoencoderKLHunyuanVideo.encode/decode`):
 
-* the full encode of spec §H.8: encoder -> quant_conv -> diagonal Gaussian (logvar clamped to [-30, 20])
+* the full encode of docs/models.md#hunyuanvideo-vae: encoder -> quant_conv -> diagonal Gaussian (logvar clamped to
+[-30, 20])
   -> sample (seeded by `generator`, drawn like Open-Sora with diffusers' `randn_tensor`) or mode
   -> `0.476986 * (z - 0)`; decode: `z / 0.476986 + 0` -> post_quant_conv -> decoder. Scaling is applied once
   each way.
@@ -256,7 +259,8 @@ class HunyuanVideoVAE(nn.Module):
     ) -> torch.Tensor:
         """[B, 3, 4k+1, H, W] in [-1, 1] -> scaled latent [B, 16, k+1, H/8, W/8].
 
-        Full encode (spec §H.8): moments -> DiagonalGaussian (logvar clamped to [-30, 20]) -> sample (default,
+        Full encode (docs/models.md#hunyuanvideo-vae): moments -> DiagonalGaussian (logvar clamped to [-30, 20]) ->
+        sample (default,
         as Open-Sora in training and for reference images) or mode -> `scaling_factor * (z - shift_factor)`.
         """
         from diffusers.utils.torch_utils import randn_tensor

@@ -1,9 +1,11 @@
 """Loading MMDiT weights: the official Open-Sora 2.0 checkpoint (strict) and FLUX-layout checkpoints.
 
-Official (`Open_Sora_v2.safetensors`): split q/k/v, rotate-half RoPE row order, keys as spec §A.7, loads as is.
+Official (`Open_Sora_v2.safetensors`): split q/k/v, rotate-half RoPE row order, keys as
+docs/models.md#mmdit-checkpoint-keys, loads as is.
 FLUX layout (`flux1-dev.safetensors`): fused `qkv` / `linear1`, interleaved RoPE row order, `guidance_in`.
 `convert_flux_state_dict` splits the fused projections and permutes each head's q/k rows (and biases and
-QK-norm scales) from interleaved to rotate-half order (spec §A.5), so both load into the same module tree.
+QK-norm scales) from interleaved to rotate-half order (docs/models.md#mmdit-3d-rope), so both load into the same module
+tree.
 """
 
 from __future__ import annotations
@@ -112,7 +114,8 @@ def convert_flux_state_dict(state: dict[str, torch.Tensor], config: MMDiTConfig)
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key.startswith("guidance_in.") and not config.guidance_embed:
-            continue  # Open-Sora drops FLUX's distilled-guidance embedder (spec §A.8)
+            # Open-Sora drops FLUX's distilled-guidance embedder (docs/models.md#mmdit-initialisation-from-flux)
+            continue
         if key.endswith(("attn.qkv.weight", "attn.qkv.bias")):
             prefix, kind = key.rsplit(".qkv.", 1)
             q, k, v = value.split(d, dim=0)
@@ -133,7 +136,8 @@ def convert_flux_state_dict(state: dict[str, torch.Tensor], config: MMDiTConfig)
 
 
 def load_flux_checkpoint(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
-    """Initialise from FLUX weights (stage 1, spec §A.8). cond_in stays zero-initialised when absent."""
+    """Initialise from FLUX weights (stage 1, docs/models.md#mmdit-initialisation-from-flux). cond_in stays
+    zero-initialised when absent."""
     if model.config.rope_layout != "rotate_half":
         raise ValueError("load_flux_checkpoint converts to the rotate-half layout; build the model with it")
     state = convert_flux_state_dict(read_safetensors(path), model.config)

@@ -1,4 +1,4 @@
-"""MMDiT configurations. Field names follow Open-Sora's `model=dict(...)` (spec §A.1)."""
+"""MMDiT configurations. Field names follow Open-Sora's `model=dict(...)` (docs/models.md#mmdit-configurations)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,6 @@ class MMDiTConfig:
     cond_embed: bool = True  # zero-initialised cond_in for image/video conditions
     # "rotate_half" is the released Open-Sora layout (Liger RoPE); "interleaved" is original FLUX.
     rope_layout: str = "rotate_half"
-    # (n_double, n_single): checkpoint the first n blocks of each kind; None = no checkpointing.
-    grad_ckpt_settings: tuple[int, int] | None = None
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -68,9 +66,10 @@ class MMDiTConfig:
 
 
 OPENSORA2_11B = MMDiTConfig(name="opensora2-11b")
-# The high-compression model on Video DC-AE latents: 128 channels, patch 1 (spec §A.1, §B.4).
+# The high-compression model on Video DC-AE latents: 128 channels, patch 1 (docs/models.md#mmdit-configurations,
+# #dit-on-dc-ae-latents-distill).
 OPENSORA2_HC = MMDiTConfig(in_channels=128, patch_size=1, name="opensora2-hc")
-# FLUX.1-dev as used for text-to-image-to-video (spec §C.6): guidance-embedded, no cond_in.
+# FLUX.1-dev as used for text-to-image-to-video (docs/models.md#text-to-image-to-video): guidance-embedded, no cond_in.
 FLUX1_DEV = MMDiTConfig(guidance_embed=True, cond_embed=False, name="flux1-dev")
 # CPU tests and the local pipeline: same structure, tiny widths. context_in_dim matches the tiny T5.
 TINY = MMDiTConfig(

@@ -109,8 +109,8 @@ def fp8_linear_names(model: nn.Module) -> list[str]:
 def quantize_fp8(model: nn.Module, granularity: str = "row", emulate: bool | None = None,
                  fast_accum: bool = True) -> nn.Module:
     """Replace the block linears of an MMDiT by FP8Linear in place (inference only; call after the model is on its
-    final device and dtype, instead of `fuse_projections()`; `compile_blocks()` may follow). The bf16 weights of
-    those linears are released, so the DiT's weight memory roughly halves."""
+    final device and dtype, instead of `fuse_projections()`; `training.parallel.mmdit.apply_compile` may follow).
+    The bf16 weights of those linears are released, so the DiT's weight memory roughly halves."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     # Undo fuse_projections: its fast paths read the bf16 weights directly.
@@ -161,7 +161,7 @@ def fp8_convertible(model: nn.Module) -> set[str]:
 def convert_to_fp8_training(model: nn.Module, recipe: str = "tensorwise", *, fsdp_all_gather: bool = False,
                             emulate: bool = False) -> nn.Module:
     """Swap the blocks' big linears for torchao's `Float8Linear` in place (training; call before the strategy
-    wraps the model and before `compile_blocks`).
+    wraps the model and before `apply_compile`).
 
     recipe "tensorwise": one dynamic scale per tensor for inputs, weights and output gradients (with
     `fsdp_all_gather`, FSDP2 all-gathers the weights already in float8); "rowwise": one scale per row of each

@@ -1,4 +1,5 @@
-"""MMDiT building blocks (spec §A.4). Attribute names give the official state-dict keys (spec §A.7)."""
+"""MMDiT building blocks (docs/models.md#mmdit-blocks). Attribute names give the official state-dict keys
+(docs/models.md#mmdit-checkpoint-keys)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _linear_gelu_tanh_fake(x, weight, bias):
 
 
 def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: int = 10_000, time_factor: float = 1000.0):
-    """Sinusoidal embedding of 1000*t, cos half first (spec §A.4, §H.4).
+    """Sinusoidal embedding of 1000*t, cos half first (docs/models.md#mmdit-blocks).
 
     The product 1000*t is taken in t's own dtype (bf16 in training and inference), which rounds it exactly as the
     reference does; the sinusoid itself is computed in fp32.
@@ -112,13 +113,14 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
         self.norm = QKNorm(dim // num_heads)
         self.proj = nn.Linear(dim, dim)
+        self.concat_projections = True  # see `project`
 
     def qkv(self, x):
         fused = getattr(self, "_fused", None)
         if fused is not None:
             qkv = F.linear(x, *fused).chunk(3, dim=-1)
         else:
-            qkv = project(x, [self.q_proj, self.k_proj, self.v_proj])
+            qkv = project(x, [self.q_proj, self.k_proj, self.v_proj], self.concat_projections)
         q, k, v = (_heads(t, self.num_heads) for t in qkv)
         q, k = self.norm(q, k, v)
         return q, k, v
@@ -131,12 +133,9 @@ class SelfAttention(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
 
-# One GEMM for the projections that share an input (below); False runs them one by one (benchmarks compare).
-CONCAT_PROJECTIONS = True
-
-
-def project(x: torch.Tensor, linears: list[nn.Linear]) -> tuple[torch.Tensor, ...]:
-    """The outputs of several Linears over the same input, as one GEMM over their concatenated weights.
+def project(x: torch.Tensor, linears: list[nn.Linear], concat: bool = True) -> tuple[torch.Tensor, ...]:
+    """The outputs of several Linears over the same input, as one GEMM over their concatenated weights
+    (`concat=False` runs them one by one; the blocks' `concat_projections` attribute, which benchmarks flip).
 
     Training path: the weights are concatenated per call (a copy of the weights, small next to the activations),
     autograd hands each weight its slice of the gradient, and the input's gradient comes out of one GEMM rather
@@ -145,7 +144,7 @@ def project(x: torch.Tensor, linears: list[nn.Linear]) -> tuple[torch.Tensor, ..
     biases = [m.bias for m in linears]
     plain = all(type(m) is nn.Linear for m in linears)  # e.g. FP8Linear keeps its own GEMM
     same_bias = all(b is None for b in biases) or all(b is not None for b in biases)
-    if not (CONCAT_PROJECTIONS and plain and same_bias):
+    if not (concat and plain and same_bias):
         return tuple(m(x) for m in linears)
     bias = None if biases[0] is None else torch.cat(biases)
     out = F.linear(x, torch.cat([m.weight for m in linears]), bias)
@@ -220,7 +219,7 @@ class DoubleStreamBlock(nn.Module):
 
         img_q, img_k, img_v = self.img_attn.qkv(modulate(img, i_shift1, i_scale1))
         txt_q, txt_k, txt_v = self.txt_attn.qkv(modulate(txt, t_shift1, t_scale1))
-        # Text first along the sequence (spec §A.4 step 3).
+        # Text first along the sequence (docs/models.md#mmdit-blocks, double block).
         q = torch.cat((txt_q, img_q), dim=2)
         k = torch.cat((txt_k, img_k), dim=2)
         v = torch.cat((txt_v, img_v), dim=2)
@@ -244,7 +243,7 @@ class SingleStreamBlock(nn.Module):
         self.dim = dim
         self.mlp_hidden = mlp_hidden
         self.rope_layout = rope_layout
-        # q/k always carry a bias here, independent of qkv_bias (spec §A.4).
+        # q/k always carry a bias here, independent of qkv_bias (docs/models.md#mmdit-blocks).
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)
         self.v_mlp = nn.Linear(dim, dim + mlp_hidden)
@@ -252,6 +251,7 @@ class SingleStreamBlock(nn.Module):
         self.norm = QKNorm(dim // num_heads)
         self.modulation = Modulation(dim, double=False)
         self.mlp_act = nn.GELU(approximate="tanh")
+        self.concat_projections = True  # see `project`
 
     def forward(self, x, vec, pe, attn_fn=None):
         (shift, scale, gate), _ = self.modulation(vec)
@@ -265,7 +265,7 @@ class SingleStreamBlock(nn.Module):
             q, k, v = F.linear(a, w[: 3 * d], b[: 3 * d]).chunk(3, dim=-1)
             h_act = linear_gelu_tanh(a, w[3 * d :], b[3 * d :])
         else:
-            q, k, v_h = project(a, [self.q_proj, self.k_proj, self.v_mlp])
+            q, k, v_h = project(a, [self.q_proj, self.k_proj, self.v_mlp], self.concat_projections)
             v, h = torch.split(v_h, [d, self.mlp_hidden], dim=-1)
             h_act = self.mlp_act(h)
         q, k, v = (_heads(t, self.num_heads) for t in (q, k, v))

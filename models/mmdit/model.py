@@ -1,10 +1,10 @@
-"""The Open-Sora 2.0 MMDiT (spec §A.3): FLUX-style double/single-stream transformer with 3D RoPE and I2V cond."""
+"""The Open-Sora 2.0 MMDiT (docs/models.md#mmdit-forward-pass): FLUX-style double/single-stream transformer with 3D
+RoPE and I2V cond."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
 from .config import MMDiTConfig, get_config
 from .layers import (DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, linear_k_aligned,
@@ -30,10 +30,6 @@ class MMDiT(nn.Module):
             SingleStreamBlock(d, c.num_heads, c.mlp_hidden_dim, c.rope_layout) for _ in range(c.depth_single_blocks)
         )
         self.final_layer = LastLayer(d, c.out_channels)
-        self.grad_ckpt_settings = c.grad_ckpt_settings
-        # Optional fn(model, img, txt, vec, pe) -> output, run after embedding instead of the local blocks
-        # (set by training/parallel/sequence.py; None = single-process forward).
-        self.sequence_parallel_forward = None
         self.zero_init_cond()
 
     @classmethod
@@ -41,14 +37,11 @@ class MMDiT(nn.Module):
         return cls(get_config(name, **overrides))
 
     def zero_init_cond(self) -> None:
-        """cond_in starts at zero so a fresh model is exactly the text-to-video model (spec §A.8)."""
+        """cond_in starts at zero so a fresh model is exactly the text-to-video model
+        (docs/models.md#mmdit-initialisation-from-flux)."""
         if self.cond_in is not None and not self.cond_in.weight.is_meta:
             nn.init.zeros_(self.cond_in.weight)
             nn.init.zeros_(self.cond_in.bias)
-
-    def set_grad_checkpointing(self, settings: tuple[int, int] | None) -> None:
-        """(n_double, n_single): recompute the first n blocks of each kind in backward (spec §F.3)."""
-        self.grad_ckpt_settings = settings
 
     def _check_inputs(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond):
         c = self.config
@@ -72,7 +65,8 @@ class MMDiT(nn.Module):
             raise ValueError("MMDiT input mismatch (config " + c.name + "): " + "; ".join(problems))
 
     def prepare_block_inputs(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None, guidance=None):
-        """Embeds inputs; returns (img, txt, vec, pe) ready for the blocks (spec §A.3 steps 4-7)."""
+        """Embeds inputs; returns (img, txt, vec, pe) ready for the blocks (docs/models.md#mmdit-forward-pass, step
+        3)."""
         self._check_inputs(img, img_ids, txt, txt_ids, timesteps, y_vec, cond)
         img = self.img_in(img)
         if self.cond_in is not None and cond is not None:
@@ -92,29 +86,18 @@ class MMDiT(nn.Module):
     def forward(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None, guidance=None):
         """Packed noisy latent -> packed velocity [B, L_img, out_channels]."""
         img, txt, vec, pe = self.prepare_block_inputs(img, img_ids, txt, txt_ids, timesteps, y_vec, cond, guidance)
-        if self.sequence_parallel_forward is not None:
-            # Installed by training/parallel/sequence.py: shards the joint sequence, runs forward_blocks with a
-            # distributed attention and the final layer, gathers the image tokens.
-            return self.sequence_parallel_forward(self, img, txt, vec, pe)
         x = self.forward_blocks(img, txt, vec, pe)
         return self.final_layer(x[:, txt.shape[1] :], vec)
 
     def forward_blocks(self, img, txt, vec, pe, attn_fn=None):
-        """Double then single blocks (spec §A.3 steps 8-9); returns the joint sequence [B, L_txt + L_img, d], text
-        first. `attn_fn` replaces `attention.attention` in every block (sequence parallelism)."""
-        n_double, n_single = self.grad_ckpt_settings or (0, 0)
-        ckpt = self.training and torch.is_grad_enabled()
-        for i, block in enumerate(self.double_blocks):
-            if ckpt and i < n_double:
-                img, txt = checkpoint(block, img, txt, vec, pe, attn_fn=attn_fn, use_reentrant=False)
-            else:
-                img, txt = block(img, txt, vec, pe, attn_fn=attn_fn)
+        """Double then single blocks (docs/models.md#mmdit-forward-pass, step 4); returns the joint sequence [B, L_txt
+        + L_img, d], text
+        first. `attn_fn` replaces `attention.attention` in every block (sequence parallelism installs one)."""
+        for block in self.double_blocks:
+            img, txt = block(img, txt, vec, pe, attn_fn=attn_fn)
         x = torch.cat((txt, img), dim=1)
-        for i, block in enumerate(self.single_blocks):
-            if ckpt and i < n_single:
-                x = checkpoint(block, x, vec, pe, attn_fn=attn_fn, use_reentrant=False)
-            else:
-                x = block(x, vec, pe, attn_fn=attn_fn)
+        for block in self.single_blocks:
+            x = block(x, vec, pe, attn_fn=attn_fn)
         return x
 
     def fuse_projections(self) -> "MMDiT":
@@ -128,22 +111,6 @@ class MMDiT(nn.Module):
             block.fuse_projections()
         return self
 
-    def compile_blocks(self, **compile_kwargs) -> "MMDiT":
-        """torch.compile each block and the final layer: fuses norms, modulation, RoPE and gating around the
-        matmuls (and, in training, the bias and modulation gradients' reductions).
-
-        All blocks of a kind share one compiled graph (parameters are graph inputs); the cache limit is raised
-        so dynamo never falls back to eager for the later blocks.
-        """
-        import torch._dynamo as dynamo
-
-        for name in ("cache_size_limit", "recompile_limit"):
-            if hasattr(dynamo.config, name):
-                setattr(dynamo.config, name, max(getattr(dynamo.config, name), 128))
-        for block in list(self.double_blocks) + list(self.single_blocks) + [self.final_layer]:
-            block.compile(**compile_kwargs)
-        return self
-
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -152,7 +119,8 @@ class MMDiT(nn.Module):
 
 
 def mmdit_forward_flops(config: MMDiTConfig, n_img: int, n_txt: int, batch: int = 1) -> float:
-    """Forward FLOPs of the blocks (design.md §7): per block 2*N*12*d^2 (projections + MLP: every token meets
+    """Forward FLOPs of the blocks (docs/models.md#mmdit-flops): per block 2*N*12*d^2 (projections + MLP: every token
+    meets
     12 d^2 weights in both block kinds) + 4*N^2*d (QK^T and PV). Embedders and the final layer are < 0.1%."""
     n = n_img + n_txt
     d = config.hidden_size

@@ -1,4 +1,4 @@
-"""3D rotary position embedding over (t, h, w) (spec §A.5).
+"""3D rotary position embedding over (t, h, w) (docs/models.md#mmdit-3d-rope).
 
 Angles per axis a with dim d_a: w_j = theta^(-2j/d_a), j < d_a/2, angle = position_a * w_j; concatenated in the
 order t, h, w. Two layouts pair dimensions differently:

@@ -1,4 +1,5 @@
-"""Caption suffixes that carry FPS and motion score into the text encoders (spec §C.7, §H.13).
+"""Caption suffixes that carry FPS and motion score into the text encoders
+(docs/models.md#motion-score-and-fps-in-captions).
 
 Open-Sora 2.0 has no dedicated FPS / motion embedding: both are appended to the caption text.
 The training form and the inference form differ (comma vs period) -- this mirrors the reference

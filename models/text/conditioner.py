@@ -1,4 +1,4 @@
-"""T5 + CLIP text conditioning for the MMDiT (spec §A.2, §C.3, §H.6).
+"""T5 + CLIP text conditioning for the MMDiT (docs/models.md#mmdit-conditioning-inputs, #condition-dropout).
 
 ``TextConditioner.encode(prompts)`` -> ``{"txt": [B, L, 4096], "y_vec": [B, 768]}`` for the real encoders.
 The null condition is the encoding of the empty prompt (``T5("")``, ``CLIP("")``), never zeros.
@@ -30,7 +30,7 @@ DROPOUT_P = math.sqrt(0.1)  # 0.31622776601683794
 
 def extend_null_txt(null_txt: Tensor, length: int) -> Tensor:
     """Extend a null T5 embedding ``[N, L0, D]`` to ``length`` tokens by repeating its last token
-    (used when sequence-parallel padding made the text longer than 512, spec §C.3)."""
+    (used when sequence-parallel padding made the text longer than 512, docs/models.md#condition-dropout)."""
     cur = null_txt.shape[1]
     if length == cur:
         return null_txt
@@ -61,7 +61,7 @@ def dropout_tensor(x: Tensor, null: Tensor, p: float = DROPOUT_P,
 
 def dropout_condition(txt: Tensor, y_vec: Tensor, null_txt: Tensor, null_y_vec: Tensor,
                       p: float = DROPOUT_P, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """Condition dropout for training (spec §C.3).
+    """Condition dropout for training (docs/models.md#condition-dropout).
 
     T5 features ``txt`` [B, L, D] are replaced by ``null_txt`` ([1 or B, L0, D], extended to L by
     repeating its last token) with probability ``p``; independently ``y_vec`` [B, Dc] is replaced by

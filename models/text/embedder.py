@@ -1,4 +1,5 @@
-"""T5-XXL and CLIP-L text embedders loaded from local HuggingFace directories (spec §A.2, §H.6).
+"""T5-XXL and CLIP-L text embedders loaded from local HuggingFace directories
+(docs/models.md#mmdit-conditioning-inputs).
 
 Behaviour mirrors the reference ``HFEmbedder``:
 

@@ -173,11 +173,12 @@ def test_compiled_blocks_give_the_eager_video():
     import copy
 
     from models.flow.sampler import sample
+    from training.parallel.mmdit import apply_compile
 
     model, case = _tiny_sampling_case()
     with torch.no_grad():
         eager = sample(model, **case)
-        compiled = sample(copy.deepcopy(model).fuse_projections().compile_blocks(), **case)
+        compiled = sample(apply_compile(copy.deepcopy(model).fuse_projections()), **case)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 

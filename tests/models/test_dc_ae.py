@@ -1,4 +1,5 @@
-"""Video DC-AE (spec §B.2/§B.3): shortcuts, norms, attention, shapes, scaling, tiling, keys, loading, losses."""
+"""Video DC-AE (docs/models.md#video-dc-ae, #autoencoder-training): shortcuts, norms, attention, shapes, scaling,
+tiling, keys, loading, losses."""
 
 from __future__ import annotations
 
@@ -306,7 +307,8 @@ def test_tiled_encode_matches_upstream_algorithm_with_real_model(tiny):
 
 
 def test_tiled_close_to_untiled_for_near_local_model(tiny):
-    """Tiled latents differ from untiled ones by design (spec §H.18: zero padding at tile seams). With every
+    """Tiled latents differ from untiled ones by design (docs/models.md#hunyuanvideo-vae: zero padding at tile seams).
+    With every
     residual main branch zeroed the AE is local up to its 3x3x3 stem/head convs, so the tiled result must stay
     close: max |tiled - untiled| <= 0.35 * max |untiled| (measured spatial/temporal: 0.09/0.23 encode,
     0.014/0.08 decode; a misplaced tile gives O(1)). Exact tiling arithmetic is tested above."""

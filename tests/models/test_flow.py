@@ -1,4 +1,5 @@
-"""Flow matching, visual conditions and the guided sampler, checked against closed forms (spec §C.1–C.5)."""
+"""Flow matching, visual conditions and the guided sampler, checked against closed forms
+(docs/models.md#flow-matching-objective to #sampling-and-guidance)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""HunyuanVideo VAE (spec §B.1): frame rules, latent scaling, causality, tiling, official key map, loading."""
+"""HunyuanVideo VAE (docs/models.md#hunyuanvideo-vae): frame rules, latent scaling, causality, tiling, official key
+map, loading."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def test_full_config_matches_spec():
 
 
 def test_full_model_structure_on_meta():
-    """The diffusers modules carry the spec's structure: GroupNorm(32, 1e-6), causal pads, strides, 1 head."""
+    """The diffusers modules carry the structure of docs/models.md#hunyuanvideo-vae: GroupNorm(32, 1e-6), causal pads,
+    strides, 1 head."""
     from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import (
         HunyuanVideoCausalConv3d,
         HunyuanVideoUpsampleCausal3D,
@@ -150,7 +152,7 @@ def test_encode_scales_posterior_once(vae):
     noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(7))
     expected = SCALE * (mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * noise)
     torch.testing.assert_close(z_s, expected, rtol=1e-6, atol=1e-6)
-    assert z_mode.shape[1] == 16  # never the raw 32-channel encoder output (spec §H.8)
+    assert z_mode.shape[1] == 16  # never the raw 32-channel encoder output (docs/models.md#hunyuanvideo-vae)
 
 
 def test_sampling_is_seeded(vae):

@@ -1,4 +1,5 @@
-"""MMDiT: official key set, parameter count, RoPE layouts, FLUX conversion, and the forward vs a spec reference."""
+"""MMDiT: official key set, parameter count, RoPE layouts, FLUX conversion, and the forward vs a reference written from
+docs/models.md."""
 
 import math
 
@@ -15,7 +16,7 @@ from models.packing import image_position_ids, pack, text_position_ids, unpack
 
 
 def official_key_shapes(depth=19, single=38, d=3072, in_ch=64, mlp=12288, vec=768, ctx=4096, head=128):
-    """The key/shape table of spec §A.7, written out independently of the model code."""
+    """The key/shape table of docs/models.md#mmdit-checkpoint-keys, written out independently of the model code."""
     s = {
         "img_in.weight": (d, in_ch), "img_in.bias": (d,),
         "time_in.in_layer.weight": (d, 256), "time_in.in_layer.bias": (d,),
@@ -57,7 +58,7 @@ def test_11b_on_meta_has_official_keys_shapes_and_count():
     assert got == want
     n = model.num_parameters()
     assert round(n / 1e9, 2) == 11.89
-    # Per-part counts of spec §A.1: double 339.83 M, single 141.59 M.
+    # Per-part counts of docs/models.md#mmdit-configurations: double 339.83 M, single 141.59 M.
     assert round(sum(p.numel() for p in model.double_blocks[0].parameters()) / 1e6, 2) == 339.83
     assert round(sum(p.numel() for p in model.single_blocks[0].parameters()) / 1e6, 2) == 141.59
 
@@ -176,7 +177,8 @@ def test_flux_layout_checkpoint_gives_the_same_model(tmp_path):
 
 
 def _reference_forward(sd, cfg, img, img_ids, txt, txt_ids, timesteps, y_vec, cond):
-    """A from-the-spec functional forward (§A.3-A.5), written without the model's modules."""
+    """A functional forward from docs/models.md (#mmdit-forward-pass to #mmdit-3d-rope), written without the model's
+    modules."""
     lin = lambda x, p: F.linear(x, sd[p + ".weight"], sd[p + ".bias"])  # noqa: E731
     ln = lambda x: F.layer_norm(x, x.shape[-1:], eps=1e-6)  # noqa: E731
     H, D = cfg.num_heads, cfg.head_dim
@@ -282,13 +284,14 @@ def test_text_and_image_positions():
 
 
 def test_selective_checkpointing_keeps_values_and_gradients():
+    from training.parallel.mmdit import apply_activation_checkpointing
     cfg = get_config("tiny")
     x = _inputs(cfg)
     grads = []
     for settings in (None, (1, 2), (100, 100)):
         model = _randomize(MMDiT(cfg))
         model.train()
-        model.set_grad_checkpointing(settings)
+        apply_activation_checkpointing(model, settings)
         out = model(**x)
         out.square().mean().backward()
         grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
@@ -378,16 +381,15 @@ def test_fused_projections_keep_outputs_and_state_dict():
         assert torch.allclose(model(**{k: v.double() for k, v in x.items()}).float(), ref, atol=1e-5)
 
 
-def test_concatenated_projections_give_the_separate_linears_values_and_gradients(monkeypatch):
-    from models.mmdit import layers
+def test_concatenated_projections_give_the_separate_linears_values_and_gradients():
+    from training.parallel.mmdit import set_concat_projections
 
     cfg = get_config("tiny")
     x = _inputs(cfg)
     results = {}
     for concat in (True, False):
-        monkeypatch.setattr(layers, "CONCAT_PROJECTIONS", concat)
         torch.manual_seed(0)
-        model = _randomize(MMDiT(cfg).double())
+        model = set_concat_projections(_randomize(MMDiT(cfg).double()), concat)
         out = model(**{k: v.double() for k, v in x.items()})
         (out * torch.linspace(-1, 1, out.shape[-1], dtype=torch.float64)).sum().backward()
         results[concat] = (out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})

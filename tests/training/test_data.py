@@ -1,4 +1,5 @@
-"""Multi-bucket training data: AR table, bucket rules, sampler, dataset, loader (spec §D.4, §D.5, §C.7, §F.6)."""
+"""Multi-bucket training data: AR table, bucket rules, sampler, dataset, loader (docs/models.md#buckets,
+#loading-and-transforms, #motion-score-and-fps-in-captions, docs/architecture.md#data-loading)."""
 
 import logging
 import math
@@ -51,7 +52,8 @@ CONFIG_ALL = {
     "256px": {1: (1.0, 4), 5: (1.0, 3), 17: (1.0, 2), 33: (1.0, 2)},
     "768px": {1: (1.0, 2), 33: (1.0, 1)},
 }
-# (num_frames, H, W, fps) -> expected (res, T, (H, W)) by hand from §D.4 / §C.7, or None (dropped)
+# (num_frames, H, W, fps) -> expected (res, T, (H, W)) by hand from docs/models.md#buckets,
+# #motion-score-and-fps-in-captions, or None (dropped)
 HAND = [
     ((1, 720, 1280, NAN), ("768px", 1, (576, 1024))),   # image, 921600 px >= 0.8·768², 16:9
     ((100, 720, 1280, 30), ("768px", 33, (576, 1024))),  # 30 fps -> interval 2, T_eff 50 >= 33

@@ -1,4 +1,4 @@
-"""Sequence parallelism (training/parallel/sequence.py) on 2 CPU processes over gloo, checked in fp64 against the
+"""Sequence parallelism (training/parallel/sequence.py, installed by training/parallel/mmdit.py) on 2 CPU processes over gloo, checked in fp64 against the
 single-process computation: attention outputs and dq/dk/dv, split/gather gradient scaling, and the whole tiny
 MMDiT (outputs and parameter gradients, with and without padding, with activation checkpointing)."""
 
@@ -16,10 +16,11 @@ import torch.multiprocessing as mp
 from models.mmdit import MMDiT, get_config
 from models.mmdit import attention as attn_mod
 from training.parallel import ring_kernels as rk
+from training.parallel.mmdit import apply_activation_checkpointing, apply_compile, is_sequence_parallel
+from training.parallel.mmdit import apply_sequence_parallel as sequence_parallel
 from training.parallel.sequence import (
     gather_from_sp,
     ring_attention,
-    sequence_parallel,
     split_for_sp,
     ulysses_attention,
 )
@@ -192,7 +193,7 @@ def _mmdit_worker(rank):
         for ci, (n_txt, n_img) in enumerate(cases):
             ckpt = ci == 1  # one case through activation checkpointing (recompute sees the SP attention)
             model.train(ckpt)
-            model.set_grad_checkpointing((1, 1) if ckpt else None)
+            apply_activation_checkpointing(model, (1, 1) if ckpt else None)
             inputs = _inputs(cfg, n_txt, n_img, seed=ci)
             w = torch.randn(2, n_img, cfg.out_channels, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
 
@@ -204,7 +205,7 @@ def _mmdit_worker(rank):
             model.zero_grad()
             with sequence_parallel(model, None, mode):
                 out = model(**inputs)
-            assert model.sequence_parallel_forward is None  # the context restored the plain forward
+            assert not is_sequence_parallel(model)  # the context restored the plain forward
             (out * w).sum().backward()  # after the context: checkpoint recompute still uses the SP attention
             what = f"{mode} n_txt={n_txt} n_img={n_img}"
             torch.testing.assert_close(out, ref, **TOL, msg=f"output, {what}")
@@ -220,7 +221,7 @@ def _mmdit_worker(rank):
     with pytest.raises(ValueError, match="divisible by the SP size"):
         sequence_parallel(odd, None, "ulysses")
     sequence_parallel(odd, None, "ring").remove()  # ring has no such constraint
-    assert odd.sequence_parallel_forward is None
+    assert not is_sequence_parallel(odd)
 
 
 def test_mmdit_under_sp_matches_single_process():
@@ -231,7 +232,7 @@ def test_mmdit_under_sp_matches_single_process():
 
 
 def _compiled_worker(rank, backend, cases):
-    """SP with torch.compile'd blocks (`MMDiT.compile_blocks`, as the GPU path does): the distributed attention
+    """SP with torch.compile'd blocks (`training.parallel.mmdit.apply_compile`, as the GPU path does): the distributed attention
     runs eagerly behind a graph break, the rest of each block compiled. Output and mean parameter gradients vs
     the eager single-process model: fp64 exact-level with aot_eager (AOT autograd, no codegen); inductor's
     generated C++ reorders fp64 reductions, so 1e-6 relative there."""
@@ -249,7 +250,7 @@ def _compiled_worker(rank, backend, cases):
         ref = model(**inputs)
         (ref * w).sum().backward()
         refs[ci] = (inputs, w, ref.detach(), _grads(model))
-    model.compile_blocks(backend=backend)
+    apply_compile(model, backend=backend)
     for mode in ("ring", "ulysses"):
         for ci, (n_txt, n_img) in enumerate(cases):
             inputs, w, ref, ref_grads = refs[ci]

@@ -1,4 +1,5 @@
-"""Multi-bucket training data (spec §D.1, §D.4, §D.5, §F.6): bucket assignment, the variable-shape batch
+"""Multi-bucket training data (docs/models.md#dataset-files, #buckets, #loading-and-transforms,
+docs/architecture.md#data-loading): bucket assignment, the variable-shape batch
 sampler, the video/text dataset and the resumable DataLoader."""
 
 from .buckets import BucketConfig, BucketId, sampling_intervals

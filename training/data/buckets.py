@@ -1,4 +1,5 @@
-"""Multi-bucket assignment: resolution × length × aspect ratio (spec §D.4, §C.7, §E.2).
+"""Multi-bucket assignment: resolution × length × aspect ratio (docs/models.md#buckets,
+#motion-score-and-fps-in-captions, #training-stages).
 
 `bucket_config = {res_name: {num_frames: (prob, batch_size) | ((p_keep, p_skip), batch_size)}}`, batch size per
 data-parallel rank (per SP group when SP is on). A bucket id is `(res_name, num_frames, ratio)`; its shape
@@ -53,7 +54,8 @@ class BucketId:
 
 
 def sampling_intervals(fps, fps_max: int = 24) -> np.ndarray:
-    """Frame interval per row from the fps rule (§C.7, `map_target_fps`); missing / non-positive fps gives 1."""
+    """Frame interval per row from the fps rule (docs/models.md#motion-score-and-fps-in-captions, `map_target_fps`);
+    missing / non-positive fps gives 1."""
     fps = np.asarray(fps, dtype=np.float64).reshape(-1)
     values, inverse = np.unique(fps, return_inverse=True)
     per_value = np.array([map_target_fps(float(f), fps_max)[1] if math.isfinite(f) and f > 0 else 1

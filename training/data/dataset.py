@@ -1,4 +1,5 @@
-"""`VideoTextDataset`: clip table rows -> training samples (spec §D.1, §D.5, §C.7).
+"""`VideoTextDataset`: clip table rows -> training samples (docs/models.md#dataset-files, #loading-and-transforms,
+#motion-score-and-fps-in-captions).
 
 `dataset["idx-T-H-W"]` decodes row `idx` through `common.video_io` (PyAV): a temporal window of
 `T·interval` frames (interval from the fps rule) at a random start, frame indices
@@ -70,7 +71,8 @@ _SUFFIX = re.compile(r"\d+(\.\d+)? FPS(, \d+ motion score)?\.$|\d+ motion score\
 
 
 def make_caption(text: str, fps: float | None, motion: float | None, fps_max: int = 24) -> str:
-    """Training caption (§C.7): the raw caption from the table plus `training_caption`'s suffix. This is the one
+    """Training caption (docs/models.md#motion-score-and-fps-in-captions): the raw caption from the table plus
+    `training_caption`'s suffix. This is the one
     place the suffix is appended (the curated tables store the raw caption with `fps` / `score_vmafmotion`).
     A missing part is left out like the released dataset: no usable fps -> "<text> {m} motion score.", no
     motion score -> "<text> {fps} FPS.", neither -> the text unchanged."""

@@ -44,7 +44,7 @@ def make_video_table(directory, specs: list[dict], *, table_name: str = "clips.c
     Each spec: `kind` (one of KINDS, default "video"), `num_frames`, `height`, `width`, `fps`, optional `name`,
     `text`, `motion` (score_vmafmotion). "image" writes a PNG (num_frames 1); "truncated" writes a valid mp4 cut to a
     third of its bytes; "empty" a 0-byte .mp4; "text" a text file named .mp4; "missing" lists a path that does not
-    exist. The table's metadata columns are the spec's numbers (what a probe would have said).
+    exist. The table's metadata columns are the numbers given here (what a probe would have said).
     """
     from PIL import Image
 

@@ -1,4 +1,5 @@
-"""Bucketed DataLoader: batch sampler + worker processes + pinned memory + prefetch (spec §D.4, §F.6).
+"""Bucketed DataLoader: batch sampler + worker processes + pinned memory + prefetch (docs/models.md#buckets,
+docs/architecture.md#data-loading).
 
 `build_dataloader(...)` returns a `BucketDataLoader`. Iterating it yields one collated micro-batch per step:
 

@@ -1,4 +1,4 @@
-"""`VariableVideoBatchSampler`: bucketed micro-batches, one per data-parallel rank per step (spec §D.4, §H.17).
+"""`VariableVideoBatchSampler`: bucketed micro-batches, one per data-parallel rank per step (docs/models.md#buckets).
 
 Epoch plan (a pure function of table, bucket config, seed and epoch):
 

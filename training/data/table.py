@@ -1,4 +1,5 @@
-"""The clip table (spec §D.1): CSV or Parquet with `path,text,num_frames,height,width,aspect_ratio,resolution,fps`
+"""The clip table (docs/models.md#dataset-files): CSV or Parquet with
+`path,text,num_frames,height,width,aspect_ratio,resolution,fps`
 (optional `score_vmafmotion`; cached mode adds `latents_path,text_t5_path,text_clip_path`)."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Per-block attention kernels for ring attention, and the block merge, without any process group (spec §F.2).
+"""Per-block attention kernels for ring attention, and the block merge, without any process group
+(docs/architecture.md#sequence-parallelism).
 
 Ring attention computes a query chunk's attention over K/V blocks one at a time and merges the partial results.
 Each block kernel here returns, besides the block output, the row log-sum-exp (LSE) of the scaled scores, so

@@ -1,8 +1,6 @@
-"""Sequence (context) parallelism for the MMDiT's joint [text; image] sequence (spec §F.2).
-
-Every rank of an SP group gets the *same* full inputs. After embedding, the joint sequence is cut into sp equal
-contiguous chunks; each rank runs the blocks on its chunk with a distributed attention and the final layer on its
-chunk, and the outputs are all-gathered, so `model(**inputs)` returns the full output on every rank.
+"""Sequence (context) parallelism primitives: split/gather with SP gradient scaling and the two distributed
+attentions (docs/architecture.md, "Sequence parallelism"). How the MMDiT uses them (sharding its joint
+[text; image] sequence, padding, the text/image boundary) is `training/parallel/mmdit.py`.
 
 Gradient convention (the one of ColossalAI's split/gather functions, which Open-Sora uses): every rank computes
 the same loss from the full output; `gather_from_sp` backward keeps the local chunk of the gradient scaled by sp,
@@ -22,27 +20,14 @@ Attention modes:
   block's dQ share and dK/dV) and sends fp32 dK/dV accumulators around the ring along with K/V. Pad keys are
   dropped by slicing each block to its valid keys. The old fp32 matmul/softmax kernel remains as "matmul", run
   only when asked for or where no fused kernel exists (logged).
-
-Padding: if L_txt + L_img is not a multiple of sp, zero tokens are appended at the *end* of the joint sequence
-(after the image tokens, identity RoPE) and excluded from attention as keys (`kv_len`), so the real tokens'
-outputs and all gradients are exactly those of the unpadded single-process model. (Open-Sora instead makes the
-trainer pad the T5 ids so the pad tokens are real, attended inputs; a trainer doing that gets no padding here.)
-
-Double blocks: a rank's chunk may hold text tokens, image tokens, both, or only one kind (text comes first, so
-at most one rank straddles the boundary). The chunk is cut at the text/image boundary and each part goes through
-its own stream's weights; an empty part is a [B, 0, d] tensor, which every op in the blocks handles. So, unlike
-Open-Sora, SP is never switched off for a forward - a rank without image tokens just has an empty image stream.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import weakref
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from models.mmdit import attention as attn_mod
 from training.parallel import ring_kernels as rk
@@ -250,120 +235,18 @@ class _RingAttention(torch.autograd.Function):
         return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
 
 
-# Kernel used by ring_attention when none is passed ("auto": fused with LSE where one exists, see ring_kernels).
-RING_KERNEL = "auto"
-
-
 @torch.compiler.disable  # P2P inside: under compiled blocks, dynamo breaks the graph here and runs this eagerly
-def ring_attention(q, k, v, group=None, kv_len: int | None = None, kernel: str | None = None) -> torch.Tensor:
+def ring_attention(q, k, v, group=None, kv_len: int | None = None, kernel: str = "auto") -> torch.Tensor:
     """Sequence-sharded attention by K/V rotation (non-causal, no mask, scale 1/sqrt(D)).
 
     q, k, v: [B, H, L/sp, D], this rank's contiguous chunk. Returns [B, L/sp, H*D]. Keys at global positions
     >= kv_len are ignored (padding at the end of the global sequence). `kernel`: the per-block kernel name
-    (`ring_kernels.KERNELS`; default `RING_KERNEL`).
+    (`ring_kernels.KERNELS`; "auto": fused with LSE where one exists, see `ring_kernels.select_kernel`).
     """
     b, h, lc, d = q.shape
     if _size(group) == 1:
         n = lc if kv_len is None else kv_len
         return attn_mod.attention(q, k[:, :, :n], v[:, :, :n])
-    impl = rk.select_kernel(q.device, q.dtype, d, RING_KERNEL if kernel is None else kernel)
+    impl = rk.select_kernel(q.device, q.dtype, d, kernel)
     out = _RingAttention.apply(q, k, v, group, kv_len, impl)
     return out.transpose(1, 2).reshape(b, lc, h * d)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The MMDiT under SP
-
-
-def _unwrap(model):
-    """The MMDiT inside DDP / torch.compile wrappers."""
-    for _ in range(4):
-        if hasattr(model, "sequence_parallel_forward"):
-            return model
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if model is None:
-            break
-    raise TypeError("sequence_parallel needs an MMDiT (a model with `sequence_parallel_forward` and `forward_blocks`)")
-
-
-class SequenceParallel:
-    """Installed on an MMDiT as its `sequence_parallel_forward`; see `sequence_parallel`."""
-
-    def __init__(self, model, group=None, mode: str = "ring", ring_kernel: str = "auto"):
-        if mode not in MODES:
-            raise ValueError(f"unknown sequence-parallel mode {mode!r}; choose from {MODES}")
-        if not dist.is_initialized():
-            raise RuntimeError("sequence parallelism needs torch.distributed to be initialised")
-        model = _unwrap(model)
-        if ring_kernel not in rk.KERNELS:
-            raise ValueError(f"unknown ring attention kernel {ring_kernel!r}; choose from {rk.KERNELS}")
-        self.group, self.mode, self.ring_kernel = group, mode, ring_kernel
-        self.sp = _size(group)
-        heads = model.config.num_heads
-        if mode == "ulysses" and heads % self.sp:
-            raise ValueError(
-                f"Ulysses sequence parallelism needs num_heads ({heads}) divisible by the SP size ({self.sp})"
-            )
-        self._model = weakref.ref(model)
-        self._previous = model.sequence_parallel_forward
-        model.sequence_parallel_forward = self
-
-    def remove(self) -> None:
-        model = self._model()
-        if model is not None and model.sequence_parallel_forward is self:
-            model.sequence_parallel_forward = self._previous
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.remove()
-
-    def __deepcopy__(self, memo):  # a deep-copied model (e.g. EMA) shares the group, not a copy of it
-        return self
-
-    def attention_fn(self, kv_len: int | None):
-        if self.mode == "ulysses":
-            return functools.partial(ulysses_attention, group=self.group, kv_len=kv_len)
-        return functools.partial(ring_attention, group=self.group, kv_len=kv_len, kernel=self.ring_kernel)
-
-    def __call__(self, model, img, txt, vec, pe):
-        """Embedded (img [B,Li,d], txt [B,Lt,d], vec, pe over [txt; img]) -> full output [B, Li, C_out]."""
-        sp, rank = self.sp, _rank(self.group)
-        if sp == 1:
-            x = model.forward_blocks(img, txt, vec, pe)
-            return model.final_layer(x[:, txt.shape[1] :], vec)
-        n_txt, n_img = txt.shape[1], img.shape[1]
-        n = n_txt + n_img
-        pad = -n % sp
-        chunk = (n + pad) // sp
-        x = torch.cat((txt, img), dim=1)
-        cos, sin = pe
-        if pad:
-            x = F.pad(x, (0, 0, 0, pad))
-            cos = F.pad(cos, (0, 0, 0, pad), value=1.0)  # identity rotation for the pad tokens
-            sin = F.pad(sin, (0, 0, 0, pad), value=0.0)
-        x = split_for_sp(x, self.group, dim=1)
-        start = rank * chunk
-        pe_local = (cos[:, :, start : start + chunk], sin[:, :, start : start + chunk])
-        t_local = max(0, min(chunk, n_txt - start))  # this rank's text tokens come first in its chunk
-        h = model.forward_blocks(
-            x[:, t_local:], x[:, :t_local], vec, pe_local, attn_fn=self.attention_fn(n if pad else None)
-        )
-        # The final layer is token-wise: apply it to the whole chunk so every rank gathers an equal-size piece.
-        out = gather_from_sp(model.final_layer(h, vec), self.group, dim=1)
-        return out[:, n_txt:n]
-
-
-def sequence_parallel(model, group=None, mode: str = "ring", ring_kernel: str = "auto") -> SequenceParallel:
-    """Run `model` (an MMDiT, possibly inside DDP / torch.compile) sequence-parallel over `group`.
-
-    Installs the SP forward and returns its handle: `model(**inputs)` on every rank of the group, given the same
-    full inputs, then returns the same full output as the single-process model. Use the handle as a context
-    manager (`with sequence_parallel(model, group, "ulysses"): ...`) or call `.remove()` to switch back. The
-    distributed attention is passed to the blocks as an argument, so backward (and activation-checkpoint
-    recomputation) after leaving the context is still correct. Parameter gradients: see the module docstring
-    (mean over the SP group = single-process gradient). `ring_kernel` picks ring attention's per-block kernel
-    (`ring_kernels.select_kernel`; "auto" = fused with LSE, "matmul" = the portable reference path).
-    """
-    return SequenceParallel(model, group, mode, ring_kernel)

@@ -1,0 +1,24 @@
+"""How the Video DC-AE is run: activation checkpointing from outside the model (docs/architecture.md, "Models hold
+architecture only"). The units: every encoder and decoder stage, the encoder's project_out and the decoder's
+project_in and project_out (the encoder's project_in, the first op, runs plainly)."""
+
+from __future__ import annotations
+
+from models.dc_ae import VideoDCAE
+from training.parallel.checkpointing import (checkpoint_module, grad_enabled_and_input_requires_grad,
+                                             remove_checkpointing)
+
+
+def checkpoint_units(ae: VideoDCAE) -> list:
+    enc, dec = ae.encoder, ae.decoder
+    return [*enc.stages, enc.project_out, dec.project_in, *dec.stages, dec.project_out]
+
+
+def apply_activation_checkpointing(ae: VideoDCAE, enabled: bool = True) -> VideoDCAE:
+    """Recompute every unit in backward when its input carries a gradient (`enabled=False` undoes it)."""
+    for unit in checkpoint_units(ae):
+        if enabled:
+            checkpoint_module(unit, grad_enabled_and_input_requires_grad)
+        else:
+            remove_checkpointing(unit)
+    return ae
