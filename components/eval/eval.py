@@ -303,6 +303,14 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
+    # wall seconds of each part, in the document, so a slow eval says where its time went
+    parts, tick = {}, [time.perf_counter()]
+
+    def lap(name):
+        now = time.perf_counter()
+        parts[name] = round(now - tick[0], 3)
+        tick[0] = now
+
     the_suite = load_suite(suite, max_prompts)
     samples_dir = out / "samples"
     manifest = samples_dir / "manifest.jsonl"
@@ -314,8 +322,10 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
                              resolution=resolution, aspect_ratio=aspect_ratio, height=height, width=width,
                              steps=steps, fps=fps, device=device, dtype=dtype, progress=progress)
         _write_jsonl(manifest, rows)
+    lap("sampling")
     scored = score_videos(rows)
     per_video = _write_jsonl(out / "per_video.jsonl", scored)
+    lap("scoring")
 
     model_names = list(dict.fromkeys([m.name for m in models] + [r.get("model", "?") for r in rows]))
     info = {m.name: m for m in models}
@@ -326,6 +336,7 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
         heldout, heldout_meta = _heldout(models, reference_clips, num_frames=num_frames, height=height, width=width,
                                          resolution=resolution, aspect_ratio=aspect_ratio, device=device,
                                          dtype=dtype, max_clips=max_reference_clips)
+    lap("heldout")
     results, vbench_meta = {}, {}
     for name in model_names:
         mrows = [r for r in scored if r.get("model") == name]
@@ -356,6 +367,7 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
                        for r in mrows if r.get("status") == "error"] + h.get("heldout_errors", []),
             "n_videos": len(mrows), "n_videos_ok": sum(r.get("status") == "ok" for r in mrows),
         }
+    lap("vbench_and_summaries")
     doc = {
         "schema_version": SCHEMA_VERSION,
         "run": {"started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
@@ -384,8 +396,11 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
 
     if learning is not None:
         doc["learning"] = learning(doc, scored, out)
-    metrics_path = write_text_atomic(out / "metrics.json", json.dumps(doc, indent=2, default=_json_default))
+        lap("learning")
+    doc["run"]["seconds"] = parts
     md, html = write_reports(doc, out, scored, history=history or [], thumbnails=thumbnails)
+    lap("report")
+    metrics_path = write_text_atomic(out / "metrics.json", json.dumps(doc, indent=2, default=_json_default))
     return EvalResult(metrics_path, md, html, manifest, doc)
 
 

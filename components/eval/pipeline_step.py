@@ -194,6 +194,10 @@ def _learning(doc, scored, out: Path, *, reference_clips, stages, handoff, stage
     from .learning import fd_proxy, gates_passed, learning_checks, reference_windows, video_features
     from .report import write_grid_thumbs
 
+    import time
+
+    t0 = time.perf_counter()
+    seconds = {}
     # autoencoders: trained vs their own step-0 weights, on the held-out clips
     hy = _ae_psnr("hunyuan", stage3_ae, reference_clips, num_frames, height, width, max_clips)
     hy0 = _ae_psnr("hunyuan", _weights(stage_ae_dir, INIT_FILE), reference_clips, num_frames, height, width,
@@ -204,6 +208,7 @@ def _learning(doc, scored, out: Path, *, reference_clips, stages, handoff, stage
                    max_clips)
     ae = {"hunyuan_vae": {"trained": hy.get("psnr"), "init": hy0.get("psnr"), "ssim": hy.get("ssim")},
           "dcae": {"trained": dc.get("psnr"), "init": dc0.get("psnr"), "ssim": dc.get("ssim")}}
+    seconds["autoencoders"] = round(time.perf_counter() - t0, 3)
 
     # samples vs held-out clips: an FVD-like distance on hand-crafted features (proxy)
     from .heldout import list_reference_clips
@@ -228,10 +233,12 @@ def _learning(doc, scored, out: Path, *, reference_clips, stages, handoff, stage
         nf = num_frames if not name.startswith("distilled") else hc_frames
         if len(feats) >= 2 and len(refs.get(nf, [])) >= 2:
             per_model[name] = fd_proxy(refs[nf], np.array(feats))
+    seconds["fd_proxy"] = round(time.perf_counter() - t0 - seconds["autoencoders"], 3)
     for model in ("stage3", "distilled"):
         fd[model] = {"trained": per_model.get(model), "init": per_model.get(f"{model}-init")}
     checks = learning_checks(ae=ae, stages=stages, fd=fd, handoff_weights=handoff)
     grid = write_grid_thumbs(out, scored, hy, dc)
+    seconds["grid_thumbs"] = round(time.perf_counter() - t0 - sum(seconds.values()), 3)
     curves = {s: {"losses": (m or {}).get("losses", []), "heldout": (m or {}).get("heldout", [])}
               for s, m in stages.items()}
     return {"checks": checks, "passed": gates_passed(checks), "targets_met": all(c["passed"] for c in checks),
@@ -240,4 +247,4 @@ def _learning(doc, scored, out: Path, *, reference_clips, stages, handoff, stage
                          "kind": "proxy", "what": "Fréchet distance of 12 hand-crafted spatio-temporal video "
                                                  "features (colour, texture, motion) to held-out clips; FVD's "
                                                  "recipe without I3D, not comparable with FVD"},
-            "curves": curves, "grid": grid}
+            "curves": curves, "grid": grid, "seconds": seconds}
