@@ -205,7 +205,7 @@ def _speed(rows: list[dict]) -> dict:
 
 
 def _heldout(models: list[EvalModel], reference_clips: str, *, num_frames, height, width, resolution,
-             aspect_ratio, device, dtype, max_clips: int) -> tuple[dict, dict]:
+             aspect_ratio, device, dtype, max_clips: int, cache=None) -> tuple[dict, dict]:
     """Held-out numbers per model with the trainer's own functions (`training.heldout`): the same clip view,
     seeds, timestep grid and noise, so a model's numbers here equal the end of its training curve."""
     import torch
@@ -215,8 +215,9 @@ def _heldout(models: list[EvalModel], reference_clips: str, *, num_frames, heigh
     from training.heldout import (HeldoutClip, HeldoutLatents, ae_heldout_metrics, fm_heldout_loss,
                                   load_clip_frames)
 
-    from .heldout import list_reference_clips
+    from .heldout import HeldoutCache, list_reference_clips
 
+    cache = cache if cache is not None else HeldoutCache()
     clips = list_reference_clips(reference_clips)[:max_clips]
     out, meta = {}, {"reference_clips": str(reference_clips), "n_clips": len(clips)}
     for m in models:
@@ -233,9 +234,15 @@ def _heldout(models: list[EvalModel], reference_clips: str, *, num_frames, heigh
         for i, c in enumerate(clips):
             try:
                 clip = HeldoutClip(c["path"], c.get("caption") or c["text"], load_clip_frames(c["path"], nf, h, w))
-                ae_m = ae_heldout_metrics(pipe.ae, [clip], dev, tdtype, with_ssim=True, first_index=i)
-                fm = fm_heldout_loss(pipe.dit, HeldoutLatents(pipe.ae, pipe.text, [clip], dev, tdtype,
-                                                              first_index=i))
+                view = (str(Path(c["path"]).resolve()), nf, h, w, i, str(tdtype))
+                ae_m = cache.get("ae", m.ae, view, lambda: ae_heldout_metrics(pipe.ae, [clip], dev, tdtype,
+                                                                              with_ssim=True, first_index=i))
+                # the encoded clip with its fixed noise and caption features: the same for every DiT that
+                # shares this autoencoder and text encoders
+                latents = cache.get("latents", m.ae, (*view, clip.caption, m.preset, m.t5_max_length,
+                                                      m.weights_dir, m.t5, m.clip),
+                                    lambda: HeldoutLatents(pipe.ae, pipe.text, [clip], dev, tdtype, first_index=i))
+                fm = fm_heldout_loss(pipe.dit, latents)
                 per_clip.append({"path": c["path"], "psnr": ae_m["psnr"], "ssim": ae_m["ssim"],
                                  "fm_loss": fm["fm_loss"], "fm_loss_mean": fm["fm_loss_mean"]})
             except (VideoReadError, ValueError, RuntimeError) as exc:
@@ -290,7 +297,7 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
              vbench_mode: str = "vbench_standard", vbench_device: str = "cuda", reference_clips: str | None = None,
              max_reference_clips: int = 8, samples_manifest: str | None = None, history: list[str] | None = None,
              device: str | None = None, dtype: str | None = None, thumbnails: int = 4,
-             progress: bool = False, learning=None) -> EvalResult:
+             progress: bool = False, learning=None, heldout_cache=None) -> EvalResult:
     """Sample (or take `samples_manifest`), score, report. See the module docstring. `learning(doc, scored, out)`
     may add a "learning" block (components/eval/learning.py) to the document before the reports are written."""
     if not models and not samples_manifest:
@@ -335,7 +342,7 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
     if reference_clips and models:
         heldout, heldout_meta = _heldout(models, reference_clips, num_frames=num_frames, height=height, width=width,
                                          resolution=resolution, aspect_ratio=aspect_ratio, device=device,
-                                         dtype=dtype, max_clips=max_reference_clips)
+                                         dtype=dtype, max_clips=max_reference_clips, cache=heldout_cache)
     lap("heldout")
     results, vbench_meta = {}, {}
     for name in model_names:
