@@ -126,7 +126,7 @@ def run_local(spec: LaunchSpec, log_dir: str | None = None, wait: bool = True, p
     if progress is not None and log_dir:
         follower = threading.Thread(target=_follow_steps, args=(runner, handle, progress), daemon=True)
         follower.start()
-    status = runner.wait(handle, wait_interval=1)
+    status = runner.wait(handle, wait_interval=0.2)  # a status poll is cheap; each second here is a second of every stage
     if follower is not None:
         follower.join(timeout=5)  # the tail ends with the job; never wait long for it
     return status
