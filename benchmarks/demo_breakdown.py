@@ -68,7 +68,8 @@ def main() -> int:
 
     def timed(full_command, env_vars=None):
         text = " ".join(full_command)
-        m = re.search(r"pipeline-root/[^/\"]+/([\w-]+)/", text)
+        # the task's own output file (input artifacts name the upstream tasks' folders)
+        m = re.search(r'"outputFile":\s*"[^"]*/([\w-]+)/executor_output\.json"', text)
         name = m.group(1) if m else "?"
         t0, c0, l0 = time.time(), _cpu(), _loadavg()[0]
         rc = original(full_command, env_vars)
