@@ -91,6 +91,24 @@ def merge_overrides(base: dict, extra: dict) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _thread_env():
+    """Every task (and the trainers they start) inherits this environment: OpenMP threads that sleep when idle
+    (training.launch.cpu_thread_env), set for the run and restored after it. The thread count is left to each
+    process (torch: one per core; the training launcher divides the cores among its workers)."""
+    import os
+
+    from training.launch import cpu_thread_env
+
+    added = {k: v for k, v in cpu_thread_env().items() if k != "OMP_NUM_THREADS"}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 def validate_run(recipes: dict, overrides: dict) -> None:
     """Every step's recipe and overrides, checked before the first task starts (a typo in the distill overrides
     used to surface only when distill was reached, minutes in). Raises ConfigError listing every problem."""
@@ -185,7 +203,7 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
     tail = _TailStdout(sys.stdout)
     t0 = time.time()
     try:
-        with contextlib.redirect_stdout(tail), warnings.catch_warnings():
+        with contextlib.redirect_stdout(tail), warnings.catch_warnings(), _thread_env():
             # expected here: the local runner ignores pod settings and runs the images' code in this interpreter
             warnings.filterwarnings("ignore", message=r".*(have no effect in the current local runner|"
                                                       r"non-Python base image).*")

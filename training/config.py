@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from training.strategies import OptimConfig
+from training.optim import OptimConfig
 
 
 @dataclass

@@ -23,7 +23,7 @@ from training.config import (
     TrainConfig,
     VAESpec,
 )
-from training.strategies import OptimConfig
+from training.optim import OptimConfig
 
 I2V_MIX = {"t2v": 1, "i2v_head": 5, "i2v_loop": 1, "i2v_tail": 1}
 DISTILL_MIX = {"t2v": 1, "i2v_head": 7}  # I2V first: it adapts faster to the new latent space (spec §B.4)

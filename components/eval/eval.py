@@ -205,7 +205,7 @@ def _speed(rows: list[dict]) -> dict:
 
 
 def _heldout(models: list[EvalModel], reference_clips: str, *, num_frames, height, width, resolution,
-             aspect_ratio, device, dtype, max_clips: int) -> tuple[dict, dict]:
+             aspect_ratio, device, dtype, max_clips: int, cache=None) -> tuple[dict, dict]:
     """Held-out numbers per model with the trainer's own functions (`training.heldout`): the same clip view,
     seeds, timestep grid and noise, so a model's numbers here equal the end of its training curve."""
     import torch
@@ -215,8 +215,9 @@ def _heldout(models: list[EvalModel], reference_clips: str, *, num_frames, heigh
     from training.heldout import (HeldoutClip, HeldoutLatents, ae_heldout_metrics, fm_heldout_loss,
                                   load_clip_frames)
 
-    from .heldout import list_reference_clips
+    from .heldout import HeldoutCache, list_reference_clips
 
+    cache = cache if cache is not None else HeldoutCache()
     clips = list_reference_clips(reference_clips)[:max_clips]
     out, meta = {}, {"reference_clips": str(reference_clips), "n_clips": len(clips)}
     for m in models:
@@ -233,9 +234,15 @@ def _heldout(models: list[EvalModel], reference_clips: str, *, num_frames, heigh
         for i, c in enumerate(clips):
             try:
                 clip = HeldoutClip(c["path"], c.get("caption") or c["text"], load_clip_frames(c["path"], nf, h, w))
-                ae_m = ae_heldout_metrics(pipe.ae, [clip], dev, tdtype, with_ssim=True, first_index=i)
-                fm = fm_heldout_loss(pipe.dit, HeldoutLatents(pipe.ae, pipe.text, [clip], dev, tdtype,
-                                                              first_index=i))
+                view = (str(Path(c["path"]).resolve()), nf, h, w, i, str(tdtype))
+                ae_m = cache.get("ae", m.ae, view, lambda: ae_heldout_metrics(pipe.ae, [clip], dev, tdtype,
+                                                                              with_ssim=True, first_index=i))
+                # the encoded clip with its fixed noise and caption features: the same for every DiT that
+                # shares this autoencoder and text encoders
+                latents = cache.get("latents", m.ae, (*view, clip.caption, m.preset, m.t5_max_length,
+                                                      m.weights_dir, m.t5, m.clip),
+                                    lambda: HeldoutLatents(pipe.ae, pipe.text, [clip], dev, tdtype, first_index=i))
+                fm = fm_heldout_loss(pipe.dit, latents)
                 per_clip.append({"path": c["path"], "psnr": ae_m["psnr"], "ssim": ae_m["ssim"],
                                  "fm_loss": fm["fm_loss"], "fm_loss_mean": fm["fm_loss_mean"]})
             except (VideoReadError, ValueError, RuntimeError) as exc:
@@ -290,7 +297,7 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
              vbench_mode: str = "vbench_standard", vbench_device: str = "cuda", reference_clips: str | None = None,
              max_reference_clips: int = 8, samples_manifest: str | None = None, history: list[str] | None = None,
              device: str | None = None, dtype: str | None = None, thumbnails: int = 4,
-             progress: bool = False, learning=None) -> EvalResult:
+             progress: bool = False, learning=None, heldout_cache=None) -> EvalResult:
     """Sample (or take `samples_manifest`), score, report. See the module docstring. `learning(doc, scored, out)`
     may add a "learning" block (components/eval/learning.py) to the document before the reports are written."""
     if not models and not samples_manifest:
@@ -308,6 +315,14 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
+    # wall seconds of each part, in the document, so a slow eval says where its time went
+    parts, tick = {}, [time.perf_counter()]
+
+    def lap(name):
+        now = time.perf_counter()
+        parts[name] = round(now - tick[0], 3)
+        tick[0] = now
+
     samples_dir = out / "samples"
     manifest = samples_dir / "manifest.jsonl"
     if samples_manifest:
@@ -318,8 +333,10 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
                              resolution=resolution, aspect_ratio=aspect_ratio, height=height, width=width,
                              steps=steps, fps=fps, device=device, dtype=dtype, progress=progress)
         _write_jsonl(manifest, rows)
+    lap("sampling")
     scored = score_videos(rows)
     per_video = _write_jsonl(out / "per_video.jsonl", scored)
+    lap("scoring")
 
     model_names = list(dict.fromkeys([m.name for m in models] + [r.get("model", "?") for r in rows]))
     info = {m.name: m for m in models}
@@ -329,7 +346,8 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
     if reference_clips and models:
         heldout, heldout_meta = _heldout(models, reference_clips, num_frames=num_frames, height=height, width=width,
                                          resolution=resolution, aspect_ratio=aspect_ratio, device=device,
-                                         dtype=dtype, max_clips=max_reference_clips)
+                                         dtype=dtype, max_clips=max_reference_clips, cache=heldout_cache)
+    lap("heldout")
     results, vbench_meta = {}, {}
     for name in model_names:
         mrows = [r for r in scored if r.get("model") == name]
@@ -360,6 +378,7 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
                        for r in mrows if r.get("status") == "error"] + h.get("heldout_errors", []),
             "n_videos": len(mrows), "n_videos_ok": sum(r.get("status") == "ok" for r in mrows),
         }
+    lap("vbench_and_summaries")
     doc = {
         "schema_version": SCHEMA_VERSION,
         "run": {"started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
@@ -388,8 +407,11 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
 
     if learning is not None:
         doc["learning"] = learning(doc, scored, out)
-    metrics_path = write_text_atomic(out / "metrics.json", json.dumps(doc, indent=2, default=_json_default))
+        lap("learning")
+    doc["run"]["seconds"] = parts
     md, html = write_reports(doc, out, scored, history=history or [], thumbnails=thumbnails)
+    lap("report")
+    metrics_path = write_text_atomic(out / "metrics.json", json.dumps(doc, indent=2, default=_json_default))
     return EvalResult(metrics_path, md, html, manifest, doc)
 
 

@@ -22,6 +22,27 @@ FM_T_GRID = (0.1, 0.3, 0.5, 0.7, 0.9)
 FM_NOISE_SEED = 1234
 
 
+class HeldoutCache:
+    """Held-out results that depend on an autoencoder's weights and a clip, not on the DiT: a trained network
+    and the same network at initialisation share their autoencoder, and the learning checks score the trained
+    autoencoders again, so each (weights, clip view, clip index, dtype) is computed once per eval. Without a
+    weights file (a seeded random autoencoder) nothing is shared."""
+
+    def __init__(self):
+        self._store: dict = {}
+        self.hits = 0
+
+    def get(self, what: str, weights, key: tuple, compute):
+        if not weights:
+            return compute()
+        full = (what, str(Path(weights).resolve()), *key)
+        if full in self._store:
+            self.hits += 1
+        else:
+            self._store[full] = compute()
+        return self._store[full]
+
+
 def list_reference_clips(spec: str) -> list[dict]:
     p = Path(spec)
     if p.is_dir():

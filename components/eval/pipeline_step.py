@@ -110,21 +110,37 @@ def heldout_suite(reference_table: str, out_dir: Path, max_prompts: int | None =
 
 
 def _ae_psnr(kind: str, weights: str | None, reference_table: str, num_frames: int, height: int, width: int,
-             max_clips: int) -> dict:
-    """Held-out PSNR (and the reconstructions, for the report) of one autoencoder weights file."""
+             max_clips: int, cache=None) -> dict:
+    """Held-out PSNR (and the reconstructions, for the report) of one autoencoder weights file. Clip by clip
+    through `cache` (components.eval.heldout.HeldoutCache): the eval's held-out pass has scored the trained
+    autoencoders on the same clips, views and seeds already."""
     import torch
 
     from components.generate.generate import _build_ae
     from training.heldout import ae_heldout_metrics, load_heldout_clips
 
+    from .heldout import HeldoutCache
+
     if not weights:
         return {}
+    cache = cache if cache is not None else HeldoutCache()
     clips = load_heldout_clips(reference_table, num_frames, height, width, max_clips)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ae = _build_ae(kind, True, Path(weights), dev, torch.float32) if "tiny" in _config_of(weights) else \
-        _build_ae(kind, False, Path(weights), dev, torch.float32)
-    m = ae_heldout_metrics(ae, clips, dev, torch.float32, with_ssim=True)
-    return {"psnr": m["psnr"], "ssim": m["ssim"], "recons": m["recons"], "frames": [c.frames for c in clips],
+    built = []
+
+    def ae():
+        if not built:
+            built.append(_build_ae(kind, "tiny" in _config_of(weights), Path(weights), dev, torch.float32))
+        return built[0]
+
+    per_clip = [cache.get("ae", weights, (str(Path(c.path).resolve()), num_frames, height, width, i,
+                                          str(torch.float32)),
+                          lambda c=c, i=i: ae_heldout_metrics(ae(), [c], dev, torch.float32, with_ssim=True,
+                                                              first_index=i))
+                for i, c in enumerate(clips)]
+    return {"psnr": float(np.mean([m["psnr"] for m in per_clip])),
+            "ssim": float(np.mean([m["ssim"] for m in per_clip])),
+            "recons": [m["recons"][0] for m in per_clip], "frames": [c.frames for c in clips],
             "paths": [c.path for c in clips], "captions": [c.caption for c in clips]}
 
 
@@ -177,33 +193,43 @@ def eval_step(stage3_dir: str, distilled_dir: str, autoencoder_dir: str, out_dir
         cfg = json.loads((Path(distilled_dir) / "config.json").read_text())
         handoff = distill_handoff(_weights(stage3_dir, MODEL_FILE), distill_init, cfg["model"].get("reinit") or [])
 
+    from .heldout import HeldoutCache
+
+    cache = HeldoutCache()  # shared by the eval's held-out pass and the learning checks
+
     def learning(doc: dict, scored: list[dict], out_path: Path) -> dict:
         return _learning(doc, scored, out_path, reference_clips=reference_clips, stages=stages, handoff=handoff,
+                         cache=cache,
                          stage3_ae=stage3_ae, stage_ae_dir=stage_ae_dir, autoencoder_dir=autoencoder_dir,
                          num_frames=num_frames, hc_frames=hc_frames, height=kwargs.get("height") or 64,
                          width=kwargs.get("width") or 64, max_clips=kwargs.get("max_reference_clips", 8))
 
     return run_eval(models, out_dir, reference_clips=reference_clips, num_frames=num_frames, suite=suite,
-                    seeds=seeds, learning=learning if reference_clips else None, **kwargs)
+                    seeds=seeds, learning=learning if reference_clips else None, heldout_cache=cache, **kwargs)
 
 
-def _learning(doc, scored, out: Path, *, reference_clips, stages, handoff, stage3_ae, stage_ae_dir,
+def _learning(doc, scored, out: Path, *, reference_clips, stages, handoff, cache, stage3_ae, stage_ae_dir,
               autoencoder_dir, num_frames, hc_frames, height, width, max_clips) -> dict:
     from common.video_io import read_video
 
     from .learning import fd_proxy, gates_passed, learning_checks, reference_windows, video_features
     from .report import write_grid_thumbs
 
+    import time
+
+    t0 = time.perf_counter()
+    seconds = {}
     # autoencoders: trained vs their own step-0 weights, on the held-out clips
-    hy = _ae_psnr("hunyuan", stage3_ae, reference_clips, num_frames, height, width, max_clips)
+    hy = _ae_psnr("hunyuan", stage3_ae, reference_clips, num_frames, height, width, max_clips, cache)
     hy0 = _ae_psnr("hunyuan", _weights(stage_ae_dir, INIT_FILE), reference_clips, num_frames, height, width,
-                   max_clips)
+                   max_clips, cache)
     dc = _ae_psnr("dcae", _weights(autoencoder_dir, MODEL_FILE), reference_clips, hc_frames, height, width,
-                  max_clips)
+                  max_clips, cache)
     dc0 = _ae_psnr("dcae", _weights(autoencoder_dir, INIT_FILE), reference_clips, hc_frames, height, width,
-                   max_clips)
+                   max_clips, cache)
     ae = {"hunyuan_vae": {"trained": hy.get("psnr"), "init": hy0.get("psnr"), "ssim": hy.get("ssim")},
           "dcae": {"trained": dc.get("psnr"), "init": dc0.get("psnr"), "ssim": dc.get("ssim")}}
+    seconds["autoencoders"] = round(time.perf_counter() - t0, 3)
 
     # samples vs held-out clips: an FVD-like distance on hand-crafted features (proxy)
     from .heldout import list_reference_clips
@@ -228,10 +254,12 @@ def _learning(doc, scored, out: Path, *, reference_clips, stages, handoff, stage
         nf = num_frames if not name.startswith("distilled") else hc_frames
         if len(feats) >= 2 and len(refs.get(nf, [])) >= 2:
             per_model[name] = fd_proxy(refs[nf], np.array(feats))
+    seconds["fd_proxy"] = round(time.perf_counter() - t0 - seconds["autoencoders"], 3)
     for model in ("stage3", "distilled"):
         fd[model] = {"trained": per_model.get(model), "init": per_model.get(f"{model}-init")}
     checks = learning_checks(ae=ae, stages=stages, fd=fd, handoff_weights=handoff)
     grid = write_grid_thumbs(out, scored, hy, dc)
+    seconds["grid_thumbs"] = round(time.perf_counter() - t0 - sum(seconds.values()), 3)
     curves = {s: {"losses": (m or {}).get("losses", []), "heldout": (m or {}).get("heldout", [])}
               for s, m in stages.items()}
     return {"checks": checks, "passed": gates_passed(checks), "targets_met": all(c["passed"] for c in checks),
@@ -240,4 +268,4 @@ def _learning(doc, scored, out: Path, *, reference_clips, stages, handoff, stage
                          "kind": "proxy", "what": "Fréchet distance of 12 hand-crafted spatio-temporal video "
                                                  "features (colour, texture, motion) to held-out clips; FVD's "
                                                  "recipe without I3D, not comparable with FVD"},
-            "curves": curves, "grid": grid}
+            "curves": curves, "grid": grid, "seconds": seconds}

@@ -56,7 +56,7 @@ def _safetensors_metadata(path: Path) -> dict:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:  # metadata only: no torch in the launching task
             return f.metadata() or {}
     except Exception as exc:
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc

@@ -205,3 +205,26 @@ def test_autoencoder_exports_say_what_they_are(tmp_path):
     assert DCAEConfig.for_weights(dpath, tiny=True).scaling_factor == 7.5
     with pytest.raises(ValueError, match="unknown HunyuanVideo VAE config"):
         HunyuanVAEConfig.named("nope")
+
+
+def test_heldout_cache_shares_results_of_one_autoencoder_file_only(tmp_path):
+    from components.eval.heldout import HeldoutCache
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    a.write_bytes(b"x")
+    b.write_bytes(b"y")
+    calls = []
+
+    def compute(tag):
+        return lambda: calls.append(tag) or {"psnr": float(len(calls))}
+
+    cache = HeldoutCache()
+    first = cache.get("ae", str(a), ("clip0", 9, 64, 64, 0), compute("a0"))
+    again = cache.get("ae", str(tmp_path / "." / "a.safetensors"), ("clip0", 9, 64, 64, 0), compute("a0 again"))
+    assert again is first and calls == ["a0"] and cache.hits == 1
+    cache.get("ae", str(a), ("clip0", 9, 64, 64, 1), compute("a1"))  # another clip index: another posterior seed
+    cache.get("ae", str(b), ("clip0", 9, 64, 64, 0), compute("b0"))  # other weights
+    cache.get("latents", str(a), ("clip0", 9, 64, 64, 0), compute("latents"))  # another kind of result
+    cache.get("ae", None, ("clip0", 9, 64, 64, 0), compute("random"))  # no file: a seeded random AE
+    cache.get("ae", None, ("clip0", 9, 64, 64, 0), compute("random"))
+    assert calls == ["a0", "a1", "b0", "latents", "random", "random"]

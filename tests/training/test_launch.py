@@ -138,3 +138,41 @@ def test_a_stopped_launcher_cancels_its_job():
     assert run_kubernetes(SPEC, namespace="ns", log=lambda line: None, job_name=name,
                           runner=retry).state == AppState.SUCCEEDED
     assert retry.calls == ["delete", "schedule"]
+
+
+def test_local_workers_get_bounded_sleeping_threads(monkeypatch):
+    import os
+
+    from training.launch import cpu_thread_env
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert cpu_thread_env(1, environ={}) == {"OMP_NUM_THREADS": "4", "OMP_WAIT_POLICY": "PASSIVE"}
+    assert cpu_thread_env(2, environ={})["OMP_NUM_THREADS"] == "2"  # the cores divided among the workers
+    assert cpu_thread_env(8, environ={})["OMP_NUM_THREADS"] == "1"
+    # what the user set wins
+    assert cpu_thread_env(1, environ={"OMP_NUM_THREADS": "3"}) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert cpu_thread_env(1, environ={"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "1"}) == {}
+
+
+def test_run_local_passes_the_thread_settings_to_torchrun(monkeypatch, tmp_path):
+    import training.launch as launch
+
+    seen = {}
+
+    class Runner:
+        def run(self, app, scheduler, cfg):
+            seen["env"] = app.roles[0].env
+            return "handle"
+
+        def wait(self, handle, wait_interval):
+            return None
+
+    monkeypatch.setattr("torchx.runner.get_runner", lambda: Runner())
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    launch.run_local(LaunchSpec(recipe="tiny-cpu-stage1", run_dir=str(tmp_path), env={"OMP_WAIT_POLICY": "ACTIVE"}))
+    assert seen["env"]["OMP_NUM_THREADS"] == "2"
+    assert seen["env"]["OMP_WAIT_POLICY"] == "ACTIVE"  # the spec's own env wins

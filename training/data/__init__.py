@@ -1,15 +1,23 @@
 """Multi-bucket training data (docs/models.md#dataset-files, #buckets, #loading-and-transforms,
 docs/architecture.md#data-loading): bucket assignment, the variable-shape batch
-sampler, the video/text dataset and the resumable DataLoader."""
+sampler, the video/text dataset and the resumable DataLoader.
 
-from .buckets import BucketConfig, BucketId, sampling_intervals
-from .dataset import VideoTextDataset, make_caption, resize_crop, temporal_indices
-from .loader import BucketDataLoader, build_dataloader, collate_skip
-from .sampler import VariableVideoBatchSampler, data_revision, parse_index
-from .table import load_table
+Names are loaded on first use: the launchers and pipeline tasks read clip tables (`training.data.table`)
+before a trainer starts, and importing the dataset and loader here would import torch in each of them."""
 
-__all__ = [
-    "BucketConfig", "BucketId", "sampling_intervals", "VideoTextDataset", "make_caption", "resize_crop",
-    "temporal_indices", "BucketDataLoader", "build_dataloader", "collate_skip", "VariableVideoBatchSampler",
-    "data_revision", "parse_index", "load_table",
-]
+import importlib
+
+_WHERE = {
+    "BucketConfig": "buckets", "BucketId": "buckets", "sampling_intervals": "buckets",
+    "VideoTextDataset": "dataset", "make_caption": "dataset", "resize_crop": "dataset", "temporal_indices": "dataset",
+    "BucketDataLoader": "loader", "build_dataloader": "loader", "collate_skip": "loader",
+    "VariableVideoBatchSampler": "sampler", "data_revision": "sampler", "parse_index": "sampler",
+    "load_table": "table",
+}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.aspect import height_over_width, num_pixels_from_name, training_aspect_ratios
-from models.text.captions import map_target_fps
 
 __all__ = ["BucketId", "BucketConfig", "Assignment", "sampling_intervals", "APPROX_PIXELS"]
 
@@ -56,6 +55,8 @@ class BucketId:
 def sampling_intervals(fps, fps_max: int = 24) -> np.ndarray:
     """Frame interval per row from the fps rule (docs/models.md#motion-score-and-fps-in-captions, `map_target_fps`);
     missing / non-positive fps gives 1."""
+    from models.text.captions import map_target_fps  # here: models.text imports torch, config checks need not
+
     fps = np.asarray(fps, dtype=np.float64).reshape(-1)
     values, inverse = np.unique(fps, return_inverse=True)
     per_value = np.array([map_target_fps(float(f), fps_max)[1] if math.isfinite(f) and f > 0 else 1
