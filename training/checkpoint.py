@@ -52,6 +52,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from common.atomic import write_bytes_atomic
+from common.provenance import package_version
 from torch.distributed.checkpoint.stateful import Stateful
 
 log = logging.getLogger(__name__)
@@ -96,15 +97,6 @@ class ResumeMismatchError(CheckpointError):
 
 def step_dirname(step: int) -> str:
     return f"step-{int(step):08d}"
-
-
-def soraflow_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("soraflow")
-    except Exception:  # not installed (running from a source tree)
-        return "0+unknown"
 
 
 def _is_url(root: str) -> bool:
@@ -321,7 +313,7 @@ class CheckpointManager:
         wait_prev = self.wait()
         path = self.path_for(step)
         meta = _normalise_meta(metadata or {})
-        meta.update(step=int(step), world_size=self.world_size, soraflow_version=soraflow_version())
+        meta.update(step=int(step), world_size=self.world_size, soraflow_version=package_version())
         meta.setdefault("dp_size", self.world_size)
         meta.setdefault("data_rev", None)
         result = SaveResult(step=int(step), path=path, started_at=started, wait_prev_s=wait_prev)

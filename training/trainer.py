@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from common.atomic import write_text_atomic
+from common.dtypes import torch_dtype
 from training.config import TrainConfig
 from training.strategies import set_lr
 
@@ -68,10 +69,6 @@ def all_mean(value: float, device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item()) / dist.get_world_size()
-
-
-def _dtype(name: str) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[name]
 
 
 # ---- state that goes into a checkpoint -----------------------------------------------------------------------
@@ -127,7 +124,7 @@ class Trainer:
         self.goodput = GoodputTracker(self.run_dir, run_id=cfg.run_id, stage=cfg.stage, recipe=cfg.name,
                                       rank=self.rank)
         with self.goodput.badput("init"):
-            dtype = _dtype(cfg.parallel.param_dtype)
+            dtype = torch_dtype(cfg.parallel.param_dtype)
             self.dtype = dtype
             # The stage decides the model, its objective and its extra state (training/stages.py).
             self.stage = build_stage(cfg, self.device, dtype, self.rank, self.world)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import platform
 import resource
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -17,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import write_text_atomic
+from common.dtypes import torch_dtype
+from common.provenance import source_commit
 from common.video_io import VideoReadError, read_video
 
 from . import metrics as M
@@ -58,15 +59,6 @@ class EvalResult:
     metrics: dict = field(default_factory=dict)
 
 
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
 def _versions() -> dict:
     import cv2
     import skimage
@@ -99,7 +91,7 @@ def sample_models(models: list[EvalModel], suite: Suite, samples_dir: Path, *, s
     """Every model x prompt x seed index, VBench names `{prompt}-{index}.mp4`; one manifest row per video."""
     import torch
 
-    from components.generate import PIPELINES, GenerateOptions, build_pipeline, generate
+    from inference import PIPELINES, GenerateOptions, build_pipeline, generate
 
     rows = []
     for m in models:
@@ -111,8 +103,7 @@ def sample_models(models: list[EvalModel], suite: Suite, samples_dir: Path, *, s
                                aspect_ratio=aspect_ratio, height=height, width=width, steps=steps, fps=fps,
                                device=device, dtype=dtype, progress=progress)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        tdtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}.get(
-            dtype or "", torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        tdtype = torch_dtype(dtype, torch.bfloat16 if dev.type == "cuda" else torch.float32)
         t0 = time.perf_counter()
         pipe = build_pipeline(base, dev, tdtype)
         load_s = time.perf_counter() - t0
@@ -210,7 +201,7 @@ def _heldout(models: list[EvalModel], reference_clips: str, *, num_frames, heigh
     seeds, timestep grid and noise, so a model's numbers here equal the end of its training curve."""
     import torch
 
-    from components.generate import GenerateOptions, build_pipeline
+    from inference import GenerateOptions, build_pipeline
     from models.aspect import inference_size
     from training.heldout import (HeldoutClip, HeldoutLatents, ae_heldout_metrics, fm_heldout_loss,
                                   load_clip_frames)
@@ -224,8 +215,7 @@ def _heldout(models: list[EvalModel], reference_clips: str, *, num_frames, heigh
         opts = GenerateOptions(prompts=["x"], model=m.preset, weights_dir=m.weights_dir, dit=m.dit, ae=m.ae, t5=m.t5,
                                clip=m.clip, random_init=m.random_init, num_frames=nf, t5_max_length=m.t5_max_length, device=device, dtype=dtype)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        tdtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}.get(
-            dtype or "", torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        tdtype = torch_dtype(dtype, torch.bfloat16 if dev.type == "cuda" else torch.float32)
         pipe = build_pipeline(opts, dev, tdtype)
         div = pipe.ae.spatial_compression * pipe.dit.config.patch_size
         h, w = (height, width) if height and width else inference_size(resolution, aspect_ratio, div)
@@ -338,7 +328,7 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
         preset = m.preset if m else (mrows[0].get("preset") if mrows else None)
         ae_kind = (m.ae_kind if m and m.ae_kind else None)
         if ae_kind is None and preset:
-            from components.generate import PIPELINES
+            from inference import PIPELINES
 
             ae_kind = PIPELINES[preset].autoencoder if preset in PIPELINES else None
         h = heldout.get(name, {})
@@ -359,7 +349,7 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
     doc = {
         "schema_version": SCHEMA_VERSION,
         "run": {"started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
-                "git_sha": _git_sha(), "out_dir": str(out),
+                "git_sha": source_commit(), "out_dir": str(out),
                 "suite": {"name": the_suite.name, "source": the_suite.source, "n_prompts": len(the_suite.prompts),
                           **{k: v for k, v in the_suite.meta.items() if k in ("commit", "license", "selection")}},
                 "seeds": [int(s) for s in seeds], "num_frames": num_frames, "resolution": resolution,

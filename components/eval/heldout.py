@@ -29,17 +29,9 @@ def list_reference_clips(spec: str) -> list[dict]:
                 if f.suffix.lower() in VIDEO_EXT]
     if not p.is_file():
         raise FileNotFoundError(f"reference clips {spec!r}: no such folder or clip table")
-    import pandas as pd
+    from common.clip_table import read_table
 
-    suffix = p.suffix.lower()
-    if suffix == ".csv":
-        df = pd.read_csv(p)
-    elif suffix == ".parquet":
-        df = pd.read_parquet(p)
-    elif suffix in (".jsonl", ".json"):
-        df = pd.read_json(p, lines=suffix == ".jsonl")
-    else:
-        raise ValueError(f"reference clips {p}: expected a folder or a .csv/.parquet/.jsonl clip table")
+    df = read_table(p)
     if "path" not in df.columns:
         raise ValueError(f"reference clips {p}: clip table has no 'path' column (columns: {list(df.columns)})")
     from training.data.dataset import make_caption

@@ -12,7 +12,7 @@ import numpy as np
 from common.atomic import write_text_atomic
 from components.eval.eval import EvalModel, EvalResult, run_eval
 
-# DiT config name (in the stage's resolved recipe) -> generation preset of components.generate.
+# DiT config name (in the stage's resolved recipe) -> generation preset of inference.
 PRESET_BY_DIT_CONFIG = {"opensora2-11b": "opensora2", "opensora2-hc": "opensora2-hc", "tiny": "tiny",
                         "tiny-hc": "tiny-hc"}
 MODEL_FILE = "model.safetensors"
@@ -68,7 +68,7 @@ def complete_init(init_file: str, preset: str, out_file: Path) -> str:
 
     import torch
 
-    from components.generate.generate import PIPELINES
+    from inference.generate import PIPELINES
 
     torch.manual_seed(0)
     model = MMDiT(get_config(PIPELINES[preset].dit_config))
@@ -114,15 +114,15 @@ def _ae_psnr(kind: str, weights: str | None, reference_table: str, num_frames: i
     """Held-out PSNR (and the reconstructions, for the report) of one autoencoder weights file."""
     import torch
 
-    from components.generate.generate import _build_ae
+    from inference.generate import build_autoencoder
     from training.heldout import ae_heldout_metrics, load_heldout_clips
 
     if not weights:
         return {}
     clips = load_heldout_clips(reference_table, num_frames, height, width, max_clips)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ae = _build_ae(kind, True, Path(weights), dev, torch.float32) if "tiny" in _config_of(weights) else \
-        _build_ae(kind, False, Path(weights), dev, torch.float32)
+    ae = build_autoencoder(kind, True, Path(weights), dev, torch.float32) if "tiny" in _config_of(weights) else \
+        build_autoencoder(kind, False, Path(weights), dev, torch.float32)
     m = ae_heldout_metrics(ae, clips, dev, torch.float32, with_ssim=True)
     return {"psnr": m["psnr"], "ssim": m["ssim"], "recons": m["recons"], "frames": [c.frames for c in clips],
             "paths": [c.path for c in clips], "captions": [c.caption for c in clips]}

@@ -6,9 +6,7 @@ from components.filter.filter import (
     FilterError,
     FilterResult,
     FilterThresholds,
-    read_table,
     run_filter,
-    write_table,
 )
 from components.filter.scorers import (
     AestheticScorer,
@@ -26,8 +24,8 @@ from components.filter.scorers import (
 from components.filter.validation import ValidationError, validate_table
 
 __all__ = [
-    "run_filter", "FilterError", "FilterThresholds", "FilterResult", "THRESHOLDS_256", "THRESHOLDS_768", "read_table",
-    "write_table", "validate_table", "ValidationError", "Clip", "ScoreResult", "DecodeCheck", "MotionScorer",
+    "run_filter", "FilterError", "FilterThresholds", "FilterResult", "THRESHOLDS_256", "THRESHOLDS_768",
+    "validate_table", "ValidationError", "Clip", "ScoreResult", "DecodeCheck", "MotionScorer",
     "BlurScorer", "JitterScorer", "PerceptualHasher", "AestheticScorer", "OCRScorer", "default_scorers",
     "find_duplicates",
 ]

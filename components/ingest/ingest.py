@@ -39,14 +39,12 @@ from pathlib import Path
 import pandas as pd
 
 from common.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from common.clip_table import PROVENANCE_COLUMNS, REQUIRED_COLUMNS, read_table, write_table
 from common.digests import file_sha256, table_record
 
 from common.video_io import VideoReadError, check_video_backend, probe_video, scan_frames, write_clip
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
-REQUIRED_COLUMNS = ["path", "text", "num_frames", "height", "width", "aspect_ratio", "resolution", "fps"]
-PROVENANCE_COLUMNS = ["source", "source_row", "source_sha256", "shot", "start_frame", "end_frame", "start_time",
-                      "end_time", "crop"]
 REJECTED_COLUMNS = ["source", "row", "reason", "detail"]
 _STANDARD_FPS = [Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30),
                  Fraction(50), Fraction(60000, 1001), Fraction(60), Fraction(12), Fraction(15), Fraction(16),
@@ -104,20 +102,7 @@ def read_inputs(inputs) -> list[dict]:
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTS)
         return [{"row": i, "source": str(f.resolve()), "text": "", "error": None} for i, f in enumerate(files)]
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".csv":
-            df = pd.read_csv(p, dtype=str, keep_default_na=False)
-        elif suffix in (".parquet", ".pq"):
-            df = pd.read_parquet(p)
-        elif suffix in (".jsonl", ".json", ".ndjson"):
-            df = pd.read_json(p, lines=suffix != ".json", dtype=False)
-        else:
-            raise ValueError(f"{p}: unknown manifest type {suffix!r} (use .csv, .parquet or .jsonl, or a folder)")
-    except ValueError:
-        raise
-    except Exception as exc:  # pandas/pyarrow parse errors
-        raise ValueError(f"{p}: cannot read manifest ({exc})") from exc
+    df = read_table(p, strings=True)
     if "path" not in df.columns:
         raise ValueError(f"{p}: manifest has no 'path' column (columns: {', '.join(map(str, df.columns))})")
     text_col = "text" if "text" in df.columns else ("caption" if "caption" in df.columns else None)
@@ -177,15 +162,6 @@ def _source_key(source: str, params: IngestParams) -> str | None:
 
 
 # --- small helpers --------------------------------------------------------------------------------------------------
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    write_bytes_atomic(path, data)
-
-
-def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path, suffix=".parquet") as tmp:
-        df.to_parquet(tmp, index=False)
-
 
 def _fetch(url: str, cache: Path) -> str:
     import fsspec
@@ -440,7 +416,7 @@ def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_
     def run_one(job, marker):
         res = process_source(job, str(out), params)
         if res["reason"] not in ("download", "error"):  # a failed download or an unexpected error may pass next time
-            _atomic_write_bytes(marker, json.dumps(res).encode())
+            write_bytes_atomic(marker, json.dumps(res).encode())
         return job, res
 
     from tqdm.auto import tqdm
@@ -478,8 +454,8 @@ def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_
     rejected = pd.DataFrame(rej_rows, columns=REJECTED_COLUMNS).astype(
         {"source": str, "row": "int64", "reason": str, "detail": str})
     clips_path, rejected_path = out / "clips.parquet", out / "rejected.parquet"
-    _atomic_parquet(clips, clips_path)
-    _atomic_parquet(rejected, rejected_path)
+    write_table(clips, clips_path)
+    write_table(rejected, rejected_path)
     write_text_atomic(out / "lineage.json", json.dumps(_lineage(inputs, jobs, clips_path, rejected_path), indent=1))
     reasons = set(rejected["reason"])
     if clips.empty and len(reasons) == 1:

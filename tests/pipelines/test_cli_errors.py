@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.cli import main
+from cli.main import main
 
 
 def test_usage_errors_exit_2_with_a_suggestion(capsys):

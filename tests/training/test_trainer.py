@@ -151,7 +151,7 @@ def test_worker_killed_mid_run_recovers_from_last_checkpoint(table, tmp_path):
     """kill -9 of rank 1 after step 7 (checkpoints every 3): torchrun restarts the group, the trainer resumes at
     step 6, finishes at 10, and the goodput log shows the restart, the lost work and the recovery."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--recipe", "tiny-cpu-stage1", "--run-dir", str(run_dir),
+    cmd = [sys.executable, "-m", "cli", "train", "--recipe", "tiny-cpu-stage1", "--run-dir", str(run_dir),
            "--nproc", "2", "--max-restarts", "1", "--override", f"data.table={json.dumps(table)}",
            "--override", "max_steps=10", "--override", "checkpoint.ckpt_every=3"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,

@@ -5,7 +5,7 @@ from .buckets import BucketConfig, BucketId, sampling_intervals
 from .dataset import VideoTextDataset, make_caption, resize_crop, temporal_indices
 from .loader import BucketDataLoader, build_dataloader, collate_skip
 from .sampler import VariableVideoBatchSampler, data_revision, parse_index
-from .table import load_table
+from common.clip_table import load_table
 
 __all__ = [
     "BucketConfig", "BucketId", "sampling_intervals", "VideoTextDataset", "make_caption", "resize_crop",

@@ -28,7 +28,7 @@ from common.video_io import VideoReadError, read_video_frames
 from models.text.captions import map_target_fps, training_caption
 
 from .sampler import parse_index
-from .table import CACHED_COLUMNS, load_table
+from common.clip_table import CACHED_COLUMNS, load_table
 
 __all__ = ["VideoTextDataset", "IMAGE_EXTENSIONS", "temporal_indices", "resize_crop", "make_caption",
            "SKIP_REASONS"]

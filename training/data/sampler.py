@@ -28,7 +28,7 @@ import pandas as pd
 from torch.utils.data import Sampler
 
 from .buckets import Assignment, BucketConfig, BucketId
-from .table import load_table
+from common.clip_table import load_table
 
 __all__ = ["VariableVideoBatchSampler", "data_revision", "parse_index"]
 
