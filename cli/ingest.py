@@ -10,7 +10,7 @@ from cli.common import add_pushgateway_flag
 
 def add(sub) -> None:
     p = sub.add_parser("ingest", help="raw videos -> 2-8 s H.264 clips + clip table",
-                       description="Probe, rule-check, shot-split, crop and re-encode raw videos (spec D.1, D.2).")
+                       description="Probe, rule-check, shot-split, crop and re-encode raw videos (docs/curation.md).")
     p.add_argument("inputs", help="a folder of videos or a manifest (.csv/.parquet/.jsonl with path[,text])")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--workers", type=int, default=2)

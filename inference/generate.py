@@ -100,7 +100,7 @@ class GenerateOptions:
     # the DiT alone while it samples; the t2i2v image model likewise.
     offload: bool = False
     fp8: bool = False  # e4m3 weights/activations for the DiT's block linears (models/mmdit/fp8.py)
-    # Text-to-image-to-video (spec §C.6): a FLUX-layout image model draws the first frame, then i2v_head.
+    # Text-to-image-to-video (`docs/inference.md`): a FLUX-layout image model draws the first frame, then i2v_head.
     t2i2v: bool = False
     image_model: str | None = None  # preset ("flux1-dev", "tiny-flux") or a FLUX-layout file
     image_ae: str | None = None  # FLUX autoencoder: diffusers folder or ae.safetensors
@@ -295,7 +295,7 @@ def _prepare_dit(pipe: Pipeline, opts: GenerateOptions, device: torch.device):
 
 
 def _load_reference(path: str, height: int, width: int) -> torch.Tensor:
-    """Image -> [1, 3, 1, H, W] in [-1, 1], scaled to cover the target then centre-cropped (spec §D.5)."""
+    """Image -> [1, 3, 1, H, W] in [-1, 1], scaled to cover the target then centre-cropped (`docs/inference.md`)."""
     from PIL import Image
 
     try:

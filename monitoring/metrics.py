@@ -1,4 +1,4 @@
-"""The one home of soraflow's Prometheus metric definitions (design.md §5).
+"""The one home of soraflow's Prometheus metric definitions (`docs/monitoring.md`).
 
 Conventions: prefix ``soraflow_``, base units (seconds, bytes), ratios 0–1, counters end in ``_total``
 (and only counters: a value set once, like a batch step's count of clips, is a gauge without ``_total``).
@@ -32,7 +32,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, push_to_gateway
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-# Label values shared with the goodput accounting (training/goodput.py) and the dashboards (design §5).
+# Label values shared with the goodput accounting (training/goodput.py) and the dashboards (`docs/monitoring.md`).
 BADPUT_KINDS = ("init", "data_loading", "checkpoint_save", "checkpoint_restore", "wasted_progress", "other")
 RESTART_REASONS = ("worker_failure", "loss_spike", "hang", "preemption")
 

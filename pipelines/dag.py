@@ -1,4 +1,4 @@
-"""The soraflow DAG (design §1) as a Kubeflow Pipelines v2 pipeline.
+"""The soraflow DAG (`docs/pipeline.md`) as a Kubeflow Pipelines v2 pipeline.
 
     ingest ──> filter ──> split ──┬──> vae_train ──────────────────────────────────┐
                                   │                                                v

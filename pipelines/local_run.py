@@ -1,4 +1,4 @@
-"""The embedded default (design §4): the whole DAG through KFP's local runner, on generated sample videos, with
+"""The embedded default (`docs/pipeline.md`, "Two ways to run"): the whole DAG through KFP's local runner, on generated sample videos, with
 the tiny CPU recipes. Each step runs as a subprocess of this interpreter with the real KFP executor; training
 steps start torchrun through torchx `local_cwd`.
 

@@ -8,6 +8,7 @@ trainer resumes from the newest complete checkpoint: model, optimizer, data posi
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -74,7 +75,9 @@ def all_mean(value: float, device) -> float:
 # ---- state that goes into a checkpoint -----------------------------------------------------------------------
 
 class TrainState:
-    """Everything a resumed run needs: model + optimizer (through the strategy), data position, RNG, step."""
+    """Everything a resumed run needs: model + optimizer (through the strategy), data position, RNG, step, and the
+    loss guard's window (so a resumed run judges spikes against the same recent losses as an uninterrupted one;
+    JSON text, because the window's length changes during warm-up and DCP loads tensors only into equal shapes)."""
 
     def __init__(self, trainer: "Trainer"):
         self.t = trainer
@@ -86,6 +89,7 @@ class TrainState:
         out[f"data_rank{t.rank}"] = t.loader.state_dict()
         out[f"rng_rank{t.rank}"] = {"generator": t.generator.get_state(), "torch": torch.get_rng_state()}
         out.update({f"stage_{k}": v for k, v in t.stage.state_dict().items()})
+        out["loss_guard"] = json.dumps(t.guard.state_dict())
         return out
 
     def load_state_dict(self, state: dict) -> None:
@@ -100,6 +104,7 @@ class TrainState:
             t.generator.set_state(rng["generator"])
             torch.set_rng_state(rng["torch"])
         t.stage.load_state_dict({k[len("stage_"):]: v for k, v in state.items() if k.startswith("stage_")})
+        t.guard.load_state_dict(json.loads(state["loss_guard"]))
 
 
 class Trainer:
@@ -202,11 +207,11 @@ class Trainer:
         step = self.ckpt.latest_complete()
         if step is None:
             return None
-        self.ckpt.check_resume(step, self._metadata(), reset_data_state=self.cfg.checkpoint.reset_data_state)
+        self.ckpt.check_resume(self._metadata(), step, reset_data_state=self.cfg.checkpoint.reset_data_state)
         with self.goodput.badput("checkpoint_restore"):
             self.ckpt.load(step, {"train": self.state},
                            reset_data_state=self.cfg.checkpoint.reset_data_state)
-        self.goodput.resumed(step)
+        self.goodput.record_resume(step)
         if self.rank == 0:
             log.warning("resumed from %s at step %d", self.cfg.checkpoint.dir, step)
         return step
@@ -218,10 +223,13 @@ class Trainer:
         bad_step = self.step
         if step is None:
             raise RuntimeError(f"loss guard tripped ({reason}) at step {bad_step} and no checkpoint exists")
-        data_state = self.loader.state_dict()
+        # the data position and the guard's window stay where they are: the offending batches are skipped, and
+        # the losses seen since the checkpoint are still the recent ones
+        data_state, guard = self.loader.state_dict(), copy.deepcopy(self.guard)
         with self.goodput.badput("checkpoint_restore"):
             self.ckpt.load(step, {"train": self.state})
         self.loader.load_state_dict(data_state)
+        self.guard = guard
         self.goodput.rollback(reason, from_step=bad_step, to_step=step)
         log.warning("rank %d: %s at step %d, rolled back to step %d", self.rank, reason, bad_step, step)
 
@@ -293,7 +301,7 @@ class Trainer:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
             self.step += 1
-            self.goodput.step(self.step, seconds, tokens=self.stage.tokens(inputs), flops=self.stage.flops(inputs),
+            self.goodput.record_step(self.step, seconds, tokens=self.stage.tokens(inputs), flops=self.stage.flops(inputs),
                               loss=loss_value,
                               grad_norm=float(grad_norm), peak_flops=cfg.peak_flops_per_device,
                               peak_memory=torch.cuda.max_memory_allocated() if self.device.type == "cuda" else None)
@@ -320,7 +328,7 @@ class Trainer:
         self.export_model()
         summary = self.goodput.summary()
         if self.rank == 0:
-            self.goodput.write_metrics()
+            self.goodput.write_metrics_json()
         self.goodput.close()  # a clean end: the next attempt must not count a failure
         if self.metrics is not None:  # the final numbers; waits SORAFLOW_METRICS_LINGER_S for a last scrape
             self.metrics.finish(self.goodput.summary())

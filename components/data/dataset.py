@@ -1,4 +1,5 @@
-"""The curated dataset as a DVC-versioned folder of the project repository (design §2: `data.dvc`).
+"""The curated dataset as a DVC-versioned folder of the project repository (`data.dvc`;
+`docs/curation.md`, "Reproducible dataset revisions").
 
 Layout, in the repository root:
 

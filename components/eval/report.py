@@ -281,7 +281,7 @@ def write_reports(doc: dict, out: Path, scored: list[dict], history: list[str], 
         if any(v is not None for v in ours.values()):
             labels = [p[0] for p in PUBLISHED] + [n for n, v in ours.items() if v is not None]
             vals = [p[1] for p in PUBLISHED] + [100 * v for v in ours.values() if v is not None]
-            plots["vbench_total_vs_published"] = bar_svg("VBench Total (%) vs published rows (spec/vbench.md §2)",
+            plots["vbench_total_vs_published"] = bar_svg("VBench Total (%) vs published rows",
                                                          labels, {"Total %": vals}, width=1000)
         if history:
             runs = []

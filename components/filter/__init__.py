@@ -1,4 +1,4 @@
-"""The filter step: per-clip scorers, the 256px/768px data pyramid, validation and DVC versioning (spec §D.2)."""
+"""The filter step: per-clip scorers, the 256px/768px data pyramid, validation and DVC versioning (`docs/curation.md`)."""
 
 from components.filter.filter import (
     THRESHOLDS_256,

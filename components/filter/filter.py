@@ -1,4 +1,4 @@
-"""The filter step: score every clip, then build the data pyramid (spec §D.2).
+"""The filter step: score every clip, then build the data pyramid (`docs/curation.md`, "Filter").
 
     table (path,text,num_frames,height,width,aspect_ratio,resolution,fps,...) ──> scorers (parallel over clips)
         ──> full.parquet       every clip, its scores, `rejected_by` (first failing stage) and `reason`

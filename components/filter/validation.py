@@ -1,4 +1,4 @@
-"""Data validation of clip tables with Great Expectations 1.x, suites written in code (anchors pitfall 19).
+"""Data validation of clip tables with Great Expectations 1.x, suites written in code (`docs/curation.md`).
 
 `validate_table(df, name)` runs one suite on an ephemeral GX context with a pandas datasource:
 

@@ -1,4 +1,5 @@
-"""Ingest: raw videos -> probed, rule-checked, shot-split, cropped, re-encoded 2–8 s clips + a clip table (spec D.1, D.2).
+"""Ingest: raw videos -> probed, rule-checked, shot-split, cropped, re-encoded 2–8 s clips + a clip table
+(`docs/curation.md`: the clip table, and ingest's rules).
 
 Input is a folder of videos, a list of paths, or a manifest (CSV / Parquet / JSONL) with a `path` column (local path,
 or an http(s)/s3/gs URL opened through fsspec) and an optional `text` (or `caption`) column.
@@ -6,7 +7,7 @@ or an http(s)/s3/gs URL opened through fsspec) and an optional `text` (or `capti
 Per source (in parallel, one failure never stops the batch):
 
 1. fetch (URLs) and hash (sha256) the file; probe it with PyAV;
-2. preprocessing rules (D.2): duration ≥ `min_duration`, bits-per-pixel ≥ `min_bpp`, fps ≥ `min_fps`,
+2. preprocessing rules (`docs/curation.md`): duration ≥ `min_duration`, bits-per-pixel ≥ `min_bpp`, fps ≥ `min_fps`,
    aspect ratio (height/width) in `ar_range`, not H.264 Constrained Baseline, not broken (every frame decodes);
 3. one decoding pass (PyAV, in process: no ffmpeg binary) gives every frame's scene score (FFmpeg's `scdet`
    filter; a cut is a frame whose score ≥ `scene_threshold`) and non-black content box (rows/columns whose
@@ -187,7 +188,7 @@ def _output_fps(fps: float, max_fps: float) -> Fraction:
 
 
 def rule_violation(info, p: IngestParams) -> tuple[str, str] | None:
-    """The first preprocessing rule (spec D.2) that `info` (a `VideoInfo`) breaks, as (reason, detail)."""
+    """The first preprocessing rule (`docs/curation.md`) that `info` (a `VideoInfo`) breaks, as (reason, detail)."""
     if info.duration < p.min_duration:
         return "duration", f"duration {info.duration:.3f} s < {p.min_duration} s"
     if info.fps < p.min_fps:

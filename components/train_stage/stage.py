@@ -1,4 +1,4 @@
-"""`run_stage`: one training stage of the pipeline (design §1) as a plain function.
+"""`run_stage`: one training stage of the pipeline (`docs/pipeline.md`) as a plain function.
 
 It checks its inputs (stage/recipe pairing, clip table, weight files and what they are), launches the recipe
 through torchx `local_cwd` -> torchrun (`training.launch.run_local`, restarts resume from the last

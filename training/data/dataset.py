@@ -129,10 +129,6 @@ class VideoTextDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def get_data_info(self, idx: int) -> tuple[int, int, int]:
-        row = self.table.iloc[idx]
-        return int(row["num_frames"]), int(row["height"]), int(row["width"])
-
     def interval(self, idx: int) -> int:
         fps = self._fps[idx]
         return map_target_fps(fps, self.fps_max)[1] if fps and fps > 0 else 1

@@ -138,19 +138,6 @@ class VariableVideoBatchSampler(Sampler[list[str]]):
     def __len__(self) -> int:
         return self._num_steps(len(self.micro_batches()))
 
-    def steps_left(self) -> int:
-        return self._num_steps(max(0, len(self.micro_batches()) - self.consumed))
-
-    def step_batches(self, step: int) -> list[list[str]]:
-        """All ranks' micro-batches for step `step` of the current epoch, counted from `consumed` (list by rank)."""
-        plan = self.micro_batches()
-        out = []
-        for r in range(self.world_size):
-            pos = self.consumed + step * self.world_size + r
-            bucket, rows = plan[pos % len(plan)]
-            out.append([bucket.index_string(i) for i in rows])
-        return out
-
     def __iter__(self) -> Iterator[list[str]]:
         plan = self.micro_batches()
         epoch, start = self.epoch, self.consumed
