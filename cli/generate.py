@@ -10,7 +10,7 @@ from common.dtypes import DTYPE_NAMES
 
 
 def add(sub) -> None:
-    from components.generate import PIPELINES
+    from inference import PIPELINES
 
     p = sub.add_parser("generate", help="text/image to video", description="Generate videos from prompts.")
     p.add_argument("--prompt", action="append", dest="prompts", help="a prompt (repeat for several)")
@@ -67,7 +67,7 @@ def _scaling_arg(value: str):
 
 
 def run(args) -> int:
-    from components.generate import GenerateOptions, generate
+    from inference import GenerateOptions, generate
 
     prompts = list(args.prompts or [])
     if args.prompt_file:
