@@ -318,35 +318,62 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
                                          dtype=dtype, max_clips=max_reference_clips)
     results, vbench_meta = {}, {}
     for name in model_names:
-        mrows = [r for r in scored if r.get("model") == name]
-        vrun = run_vbench(str(samples_dir / name), str(full_info), str(out / "vbench" / name),
-                          vbench_python=vbench_python, weights_root=vbench_weights, mode=vbench_mode,
-                          device=vbench_device)
-        vbench_meta[name] = {"ran": vrun.ran, "command": vrun.command, "runnable": sorted(vrun.scores),
-                             "errors": vrun.errors}
-        m = info.get(name)
-        preset = m.preset if m else (mrows[0].get("preset") if mrows else None)
-        ae_kind = (m.ae_kind if m and m.ae_kind else None)
-        if ae_kind is None and preset:
-            from inference import PIPELINES
+        results[name], vbench_meta[name] = _model_result(
+            name, info.get(name), [r for r in scored if r.get("model") == name], heldout.get(name, {}),
+            samples_dir=samples_dir, full_info=full_info, out=out, num_frames=num_frames, n_seeds=len(seeds),
+            vbench=dict(vbench_python=vbench_python, weights_root=vbench_weights, mode=vbench_mode,
+                        device=vbench_device))
+    doc = _document(out, started, the_suite, rows, results, seeds=seeds, num_frames=num_frames,
+                    resolution=resolution, aspect_ratio=aspect_ratio, height=height, width=width, steps=steps,
+                    fps=fps, device=device, dtype=dtype, backends={
+                        "vbench": {"python": vbench_python, "weights_root": vbench_weights, "mode": vbench_mode,
+                                   "per_model": vbench_meta},
+                        "heldout": heldout_meta},
+                    files={"manifest": str(manifest), "per_video": str(per_video),
+                           "vbench_full_info": str(full_info)})
+    from .report import write_reports
 
-            ae_kind = PIPELINES[preset].autoencoder if preset in PIPELINES else None
-        h = heldout.get(name, {})
-        no_ref = {"reason": "no reference clips given (--reference-clips)"}
-        results[name] = {
-            "preset": preset, "ae_kind": ae_kind, "dit": m.dit if m else None, "ae": m.ae if m else None,
-            "random_init": m.random_init if m else None,
-            "num_frames": (m.num_frames or num_frames) if m else None,
-            "vbench": _vbench_block(vrun, len(seeds)),
-            "proxy": _summarise_offline(mrows),
-            "vae": h.get("vae", {"psnr": None, "ssim": None, **no_ref}),
-            "train": h.get("train", {"fm_val_loss": None, **no_ref}),
-            "speed": _speed(mrows),
-            "errors": [{"path": r.get("path"), "prompt": r.get("prompt"), "error": r.get("error")}
-                       for r in mrows if r.get("status") == "error"] + h.get("heldout_errors", []),
-            "n_videos": len(mrows), "n_videos_ok": sum(r.get("status") == "ok" for r in mrows),
-        }
-    doc = {
+    if learning is not None:
+        doc["learning"] = learning(doc, scored, out)
+    metrics_path = write_text_atomic(out / "metrics.json", json.dumps(doc, indent=2, default=_json_default))
+    md, html = write_reports(doc, out, scored, history=history or [], thumbnails=thumbnails)
+    return EvalResult(metrics_path, md, html, manifest, doc)
+
+
+def _model_result(name: str, m: EvalModel | None, mrows: list[dict], h: dict, *, samples_dir: Path,
+                  full_info: Path, out: Path, num_frames: int, n_seeds: int, vbench: dict) -> tuple[dict, dict]:
+    """One model's block of metrics.json (VBench where it can run, the offline metrics, held-out numbers,
+    speed, errors) and what the VBench run did."""
+    vrun = run_vbench(str(samples_dir / name), str(full_info), str(out / "vbench" / name), **vbench)
+    vbench_meta = {"ran": vrun.ran, "command": vrun.command, "runnable": sorted(vrun.scores), "errors": vrun.errors}
+    preset = m.preset if m else (mrows[0].get("preset") if mrows else None)
+    ae_kind = (m.ae_kind if m and m.ae_kind else None)
+    if ae_kind is None and preset:
+        from inference import PIPELINES
+
+        ae_kind = PIPELINES[preset].autoencoder if preset in PIPELINES else None
+    no_ref = {"reason": "no reference clips given (--reference-clips)"}
+    return {
+        "preset": preset, "ae_kind": ae_kind, "dit": m.dit if m else None, "ae": m.ae if m else None,
+        "random_init": m.random_init if m else None,
+        "num_frames": (m.num_frames or num_frames) if m else None,
+        "vbench": _vbench_block(vrun, n_seeds),
+        "proxy": _summarise_offline(mrows),
+        "vae": h.get("vae", {"psnr": None, "ssim": None, **no_ref}),
+        "train": h.get("train", {"fm_val_loss": None, **no_ref}),
+        "speed": _speed(mrows),
+        "errors": [{"path": r.get("path"), "prompt": r.get("prompt"), "error": r.get("error")}
+                   for r in mrows if r.get("status") == "error"] + h.get("heldout_errors", []),
+        "n_videos": len(mrows), "n_videos_ok": sum(r.get("status") == "ok" for r in mrows),
+    }, vbench_meta
+
+
+def _document(out: Path, started, the_suite: Suite, rows: list[dict], results: dict, *, seeds, num_frames,
+              resolution, aspect_ratio, height, width, steps, fps, device, dtype, backends: dict,
+              files: dict) -> dict:
+    """metrics.json: the run's settings and provenance, the backends used, and every model's results."""
+    vbench = backends["vbench"]
+    return {
         "schema_version": SCHEMA_VERSION,
         "run": {"started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
                 "git_sha": source_commit(), "out_dir": str(out),
@@ -358,25 +385,17 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
                 "process_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20},
         "versions": _versions(),
         "backends": {
-            "vbench": {"python": vbench_python, "weights_root": vbench_weights, "mode": vbench_mode,
-                       "per_model": vbench_meta,
+            "vbench": {**vbench,
                        "skipped": {d: v["reason"] for d, v in next(iter(results.values()))["vbench"]["dimensions"].items()
                                    if v.get("raw") is None} if results else {}},
             "offline": {"optical_flow": "OpenCV DIS (PRESET_MEDIUM)", "video_decode": "PyAV (common.video_io)",
                         "ssim": "scikit-image structural_similarity (gaussian, sigma 1.5)",
                         "static_filter": "dis_proxy"},
-            "heldout": heldout_meta,
+            "heldout": backends["heldout"],
         },
-        "files": {"manifest": str(manifest), "per_video": str(per_video), "vbench_full_info": str(full_info)},
+        "files": files,
         "models": results,
     }
-    from .report import write_reports
-
-    if learning is not None:
-        doc["learning"] = learning(doc, scored, out)
-    metrics_path = write_text_atomic(out / "metrics.json", json.dumps(doc, indent=2, default=_json_default))
-    md, html = write_reports(doc, out, scored, history=history or [], thumbnails=thumbnails)
-    return EvalResult(metrics_path, md, html, manifest, doc)
 
 
 def _json_default(o):
