@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DvcError", "DvcVersion", "run", "read_pointer", "ensure_dvc_repo", "track", "push", "status"]
+__all__ = ["DvcError", "DvcVersion", "run", "read_pointer", "remote_url", "ensure_dvc_repo", "track", "push", "status"]
 
 
 class DvcError(RuntimeError):
@@ -117,3 +117,16 @@ def status(repo_dir: str | Path, cloud: bool = True) -> dict:
     """`dvc status [--cloud] --json` as a dict; `{}` means clean (workspace = pointers, remote has it all)."""
     out = run(Path(repo_dir), "status", *(["--cloud"] if cloud else []), "--json").stdout.strip()
     return json.loads(out) if out else {}
+
+
+def remote_url(repo: Path, name: str | None = None) -> str | None:
+    """The URL of remote `name` (default: the repository's default remote), or None when there is none."""
+    if name is None:
+        name = run(repo, "config", "core.remote", check=False).stdout.strip() or None
+    if name is None:
+        return None
+    for line in run(repo, "remote", "list").stdout.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2 and parts[0] == name:
+            return parts[1].split()[0]  # "URL  (default)"
+    return None

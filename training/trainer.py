@@ -252,12 +252,7 @@ class Trainer:
         self.model.train()
         while self.step < cfg.max_steps:
             with self.goodput.badput("data_loading"):
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    self.loader.set_epoch(self.loader.epoch + 1)
-                    it = iter(self.loader)
-                    batch = next(it)
+                it, batch = self._next_batch(it)
             weight = 1.0
             if not batch.get("num_samples"):
                 # Every clip of this micro-batch was unreadable (counted by the loader). The step still runs so
@@ -307,22 +302,7 @@ class Trainer:
                               peak_memory=torch.cuda.max_memory_allocated() if self.device.type == "cuda" else None)
             self.watchdog.heartbeat()
             self._chaos_kill()
-            if self.metrics is not None and self.step % cfg.log_every == 0:
-                from monitoring.metrics import update_training_metrics
-
-                update_training_metrics(self.metrics, self.goodput.summary())
-            if self.rank == 0 and self.step % cfg.log_every == 0:
-                log.warning("step %d loss %.5f grad_norm %.3f %.3fs", self.step, loss_value, float(grad_norm),
-                            seconds)
-            every = cfg.samples.every
-            if (every > 0 and self.step % every == 0) or self.step == cfg.max_steps:
-                with self.goodput.badput("other"), self.strategy.forward_context():
-                    self.stage.write_samples(self.model, inputs, batch, self.step)
-            h_every = cfg.heldout.every
-            if (h_every > 0 and self.step % h_every == 0) or self.step == cfg.max_steps:
-                self._heldout()
-            if self.step % cfg.checkpoint.ckpt_every == 0 or self.step == cfg.max_steps:
-                self.save_checkpoint()
+            self._after_step(loss_value, float(grad_norm), seconds, inputs, batch)
         self.ckpt.wait()
         self.watchdog.stop()
         self.export_model()
@@ -333,6 +313,36 @@ class Trainer:
         if self.metrics is not None:  # the final numbers; waits SORAFLOW_METRICS_LINGER_S for a last scrape
             self.metrics.finish(self.goodput.summary())
         return summary
+
+    def _next_batch(self, it):
+        """(iterator, the next micro-batch); the end of an epoch starts the next one."""
+        try:
+            return it, next(it)
+        except StopIteration:
+            self.loader.set_epoch(self.loader.epoch + 1)
+            it = iter(self.loader)
+            return it, next(it)
+
+    def _after_step(self, loss_value: float, grad_norm: float, seconds: float, inputs, batch) -> None:
+        """What runs every so many steps: metrics, the log line, samples, held-out scores, the checkpoint (each
+        also at the last step)."""
+        cfg = self.cfg
+        if self.metrics is not None and self.step % cfg.log_every == 0:
+            from monitoring.metrics import update_training_metrics
+
+            update_training_metrics(self.metrics, self.goodput.summary())
+        if self.rank == 0 and self.step % cfg.log_every == 0:
+            log.warning("step %d loss %.5f grad_norm %.3f %.3fs", self.step, loss_value, grad_norm, seconds)
+        last = self.step == cfg.max_steps
+        every = cfg.samples.every
+        if (every > 0 and self.step % every == 0) or last:
+            with self.goodput.badput("other"), self.strategy.forward_context():
+                self.stage.write_samples(self.model, inputs, batch, self.step)
+        h_every = cfg.heldout.every
+        if (h_every > 0 and self.step % h_every == 0) or last:
+            self._heldout()
+        if self.step % cfg.checkpoint.ckpt_every == 0 or last:
+            self.save_checkpoint()
 
     def _heldout(self) -> None:
         """Score the held-out clips at this step (every rank runs it: a sharded model needs all ranks) and

@@ -209,24 +209,12 @@ def version(repo: str | Path, curated_dir: str | Path | None = None, *, remote: 
             "next": f"git add {POINTER} .gitignore && git commit -m 'data: {v.md5}'; soraflow data push"}
 
 
-def _remote_url(repo: Path, name: str | None) -> str | None:
-    if name is None:
-        name = dvc.run(repo, "config", "core.remote", check=False).stdout.strip() or None
-    if name is None:
-        return None
-    for line in dvc.run(repo, "remote", "list").stdout.splitlines():
-        parts = line.split(None, 1)
-        if len(parts) == 2 and parts[0] == name:
-            return parts[1].split()[0]  # "URL  (default)"
-    return None
-
-
 def push(repo: str | Path, remote: str | None = None) -> dict:
     repo = _repo(repo)
     rev = revision(repo)
     if rev is None:
         raise DataError(f"{repo / POINTER} does not exist: nothing is versioned yet (soraflow data version)")
-    url = _remote_url(repo, remote)
+    url = dvc.remote_url(repo, remote)
     if url is None:
         raise DataError(f"{repo}: no DVC remote configured (`dvc remote add -d NAME URL`, see README)")
     try:
@@ -243,7 +231,7 @@ def pull(repo: str | Path, remote: str | None = None) -> dict:
     if rev is None:
         raise DataError(f"{repo / POINTER} does not exist: this checkout pins no dataset revision "
                         f"(soraflow data version creates it)")
-    url = _remote_url(repo, remote)
+    url = dvc.remote_url(repo, remote)
     if url is None:
         raise DataError(f"{repo}: no DVC remote configured, so data revision {rev['data_revision']} cannot be "
                         f"pulled (`dvc remote add -d NAME URL`, see README)")
@@ -338,7 +326,7 @@ def status(repo: str | Path, remote: str | None = None) -> dict:
         return {"data_revision": None, "workspace": {}, "remote": None, "clean": False,
                 "note": f"{POINTER} does not exist: nothing versioned yet"}
     local = json.loads(dvc.run(repo, "status", "--json").stdout.strip() or "{}")
-    url = _remote_url(repo, remote)
+    url = dvc.remote_url(repo, remote)
     cloud = None
     if url is not None:
         proc = dvc.run(repo, "status", "--cloud", "--json", *(["-r", remote] if remote else []), check=False)

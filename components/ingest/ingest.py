@@ -373,26 +373,9 @@ def _lineage(inputs, jobs: list[dict], clips_path: Path, rejected_path: Path) ->
     return record
 
 
-def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_bpp: float = 0.02,
-           min_fps: float = 16, ar_range=(1 / 3, 3), clip_min: float = 2.0, clip_max: float = 8.0,
-           max_fps: float = 30, max_long_side: int = 1080, scene_threshold: float = 15.0, crop_limit: int = 24,
-           progress: bool = True) -> IngestResult:
-    """Ingest a folder / list / manifest of videos into `out_dir` (see the module docstring).
-
-    Raises `IngestError` when there is nothing to ingest, or when every source was rejected for one and the
-    same reason (the tables are written first, so `rejected.parquet` shows each source's detail)."""
-    t0 = time.perf_counter()
-    check_video_backend()  # a missing codec/filter is one error here, not every source rejected as broken
-    params = IngestParams(min_duration=min_duration, min_bpp=min_bpp, min_fps=float(min_fps),
-                          ar_range=tuple(float(x) for x in ar_range), clip_min=clip_min, clip_max=clip_max,
-                          max_fps=float(max_fps), max_long_side=int(max_long_side),
-                          scene_threshold=float(scene_threshold), crop_limit=int(crop_limit))
-    out = Path(out_dir)
-    (out / ".done").mkdir(parents=True, exist_ok=True)
-    jobs = read_inputs(inputs)
-    if not jobs:
-        raise IngestError(f"{inputs}: no videos to ingest (a folder is searched for {', '.join(sorted(VIDEO_EXTS))}; "
-                          f"a manifest needs rows)")
+def _finished_or_rejected(jobs: list[dict], out: Path, params: IngestParams):
+    """(results by row for the sources that need no work: bad rows, missing files, sources an earlier run
+    finished; the (job, done-marker) pairs still to do; how many were finished before)."""
     results: dict[int, dict] = {}
     todo = []
     skipped = 0
@@ -413,7 +396,11 @@ def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_
             except (OSError, ValueError):
                 pass  # a damaged marker: redo the source
         todo.append((job, marker))
+    return results, todo, skipped
 
+
+def _process_sources(todo, out: Path, params: IngestParams, workers: int, progress: bool, results: dict) -> None:
+    """Every source of `todo`, in parallel; each result into `results` (by row) and, when final, its marker."""
     def run_one(job, marker):
         res = process_source(job, str(out), params)
         if res["reason"] not in ("download", "error"):  # a failed download or an unexpected error may pass next time
@@ -438,6 +425,9 @@ def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_
                 bar.update(1)
     bar.close()
 
+
+def _tables(jobs: list[dict], results: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the clip table, the rejected sources), rows in the input's order whatever order the workers finished in."""
     clip_rows, rej_rows = [], []
     for job in jobs:
         res = results[job["row"]]
@@ -454,6 +444,32 @@ def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_
                           "end_frame": "int64", "start_time": "float64", "end_time": "float64", "crop": str})
     rejected = pd.DataFrame(rej_rows, columns=REJECTED_COLUMNS).astype(
         {"source": str, "row": "int64", "reason": str, "detail": str})
+    return clips, rejected
+
+
+def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_bpp: float = 0.02,
+           min_fps: float = 16, ar_range=(1 / 3, 3), clip_min: float = 2.0, clip_max: float = 8.0,
+           max_fps: float = 30, max_long_side: int = 1080, scene_threshold: float = 15.0, crop_limit: int = 24,
+           progress: bool = True) -> IngestResult:
+    """Ingest a folder / list / manifest of videos into `out_dir` (see the module docstring).
+
+    Raises `IngestError` when there is nothing to ingest, or when every source was rejected for one and the
+    same reason (the tables are written first, so `rejected.parquet` shows each source's detail)."""
+    t0 = time.perf_counter()
+    check_video_backend()  # a missing codec/filter is one error here, not every source rejected as broken
+    params = IngestParams(min_duration=min_duration, min_bpp=min_bpp, min_fps=float(min_fps),
+                          ar_range=tuple(float(x) for x in ar_range), clip_min=clip_min, clip_max=clip_max,
+                          max_fps=float(max_fps), max_long_side=int(max_long_side),
+                          scene_threshold=float(scene_threshold), crop_limit=int(crop_limit))
+    out = Path(out_dir)
+    (out / ".done").mkdir(parents=True, exist_ok=True)
+    jobs = read_inputs(inputs)
+    if not jobs:
+        raise IngestError(f"{inputs}: no videos to ingest (a folder is searched for {', '.join(sorted(VIDEO_EXTS))}; "
+                          f"a manifest needs rows)")
+    results, todo, skipped = _finished_or_rejected(jobs, out, params)
+    _process_sources(todo, out, params, workers, progress, results)
+    clips, rejected = _tables(jobs, results)
     clips_path, rejected_path = out / "clips.parquet", out / "rejected.parquet"
     write_table(clips, clips_path)
     write_table(rejected, rejected_path)
