@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from components.generate.generate import GenerateOptions, build_pipeline, generate  # noqa: E402
+from inference.generate import GenerateOptions, build_pipeline, generate  # noqa: E402
 from models.mmdit import mmdit_forward_flops  # noqa: E402
 
 CASES = {

@@ -3,7 +3,7 @@
 
 Two steps, because the GPU machine has no video decoder or text encoders:
 
-1. `prepare` (CPU): clips from the sample set (`python -m pipelines.cli sample-data --out-dir DIR`, real
+1. `prepare` (CPU): clips from the sample set (`python -m cli sample-data --out-dir DIR`, real
    photographs with known camera motion), read with the project's video reader, centre-cropped and resized,
    encoded by the project's autoencoder (the tiny HunyuanVideo VAE with its seeded weights, as the tiny
    recipes train with; full encode with a posterior sample) and their captions by the tiny T5/CLIP; saved as one
@@ -13,7 +13,7 @@ Two steps, because the GPU machine has no video decoder or text encoders:
    "fsdp2", 1, "cuda"))`, gradient clipping 1.0; losses per step to JSON and a PNG of both curves.
 
 Usage:
-    python -m pipelines.cli sample-data --out-dir /tmp/raw
+    python -m cli sample-data --out-dir /tmp/raw
     python benchmarks/fp8_loss_curves.py prepare --raw /tmp/raw --out latents.pt
     python benchmarks/fp8_loss_curves.py train --latents latents.pt --steps 400 --out curves.json --png curves.png
 """
@@ -42,7 +42,7 @@ def prepare(args) -> None:
 
     manifest = Path(args.raw) / "manifest.csv"
     if not manifest.is_file():
-        raise FileNotFoundError(f"--raw {args.raw}: no manifest.csv (make one with `pipelines.cli sample-data`)")
+        raise FileNotFoundError(f"--raw {args.raw}: no manifest.csv (make one with `python -m cli sample-data`)")
     rows = [r for r in csv.DictReader(manifest.open()) if r.get("expected", "accept") == "accept"]
     ae = build_autoencoder(AESpec(kind="hunyuan", tiny=True), torch.device("cpu"), torch.float32, seed=0)
     text = build_text_conditioner(TextSpec(tiny=True), torch.device("cpu"), torch.float32)

@@ -1,6 +1,6 @@
 """Atomic file writes: write to a temporary name in the target folder, then rename into place.
 
-A crash or an exception never leaves a half-written file under the final name (design.md §5), and the
+A crash or an exception never leaves a half-written file under the final name (`docs/pipeline.md`, "Rules"), and the
 temporary file is removed on failure. Files get the usual permissions (0666 less the umask), not mkstemp's 0600.
 """
 

@@ -25,6 +25,8 @@ COPY components ./components
 COPY pipelines ./pipelines
 COPY monitoring ./monitoring
 COPY common ./common
+COPY cli ./cli
+COPY inference ./inference
 # kfp comes with the project: the compiled components set install_kfp_package=False, nothing installs at run time.
 RUN pip install . && python -c "import kfp, components, pipelines; print('ok')"
 

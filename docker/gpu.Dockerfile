@@ -25,6 +25,8 @@ COPY components ./components
 COPY pipelines ./pipelines
 COPY monitoring ./monitoring
 COPY common ./common
+COPY cli ./cli
+COPY inference ./inference
 RUN pip install . && python -c "import torch, kfp, components, training; print(torch.__version__)"
 
 # Trainer metrics endpoint (rank 0), scraped through the PodMonitor in monitoring/k8s.

@@ -1,4 +1,4 @@
-"""The one home of soraflow's Prometheus metric definitions (design.md §5).
+"""The one home of soraflow's Prometheus metric definitions (`docs/monitoring.md`).
 
 Conventions: prefix ``soraflow_``, base units (seconds, bytes), ratios 0–1, counters end in ``_total``
 (and only counters: a value set once, like a batch step's count of clips, is a gauge without ``_total``).
@@ -32,7 +32,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, push_to_gateway
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-# Label values shared with the goodput accounting (training/goodput.py) and the dashboards (design §5).
+# Label values shared with the goodput accounting (training/goodput.py) and the dashboards (`docs/monitoring.md`).
 BADPUT_KINDS = ("init", "data_loading", "checkpoint_save", "checkpoint_restore", "wasted_progress", "other")
 RESTART_REASONS = ("worker_failure", "loss_spike", "hang", "preemption")
 
@@ -194,29 +194,13 @@ def update_training_metrics(metrics: TrainingMetrics, summary: Mapping[str, Any]
 
 def build_info() -> dict[str, str]:
     """version (package metadata), git_commit and image_digest (env SORAFLOW_GIT_COMMIT / SORAFLOW_IMAGE_DIGEST)."""
-    try:
-        from importlib.metadata import version
+    from common.provenance import package_version, source_commit
 
-        ver = version("soraflow")
-    except Exception:
-        ver = "0+unknown"
     return {
-        "version": ver,
-        "git_commit": os.environ.get("SORAFLOW_GIT_COMMIT") or _git_commit() or "unknown",
+        "version": package_version(),
+        "git_commit": source_commit() or "unknown",
         "image_digest": os.environ.get("SORAFLOW_IMAGE_DIGEST", "unknown"),
     }
-
-
-def _git_commit() -> str | None:
-    """HEAD of the source checkout, for local runs (images set SORAFLOW_GIT_COMMIT: they have no .git)."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def start_exporter(port: int, registry: CollectorRegistry, *, addr: str = "0.0.0.0", rank: int | None = None):

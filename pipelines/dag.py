@@ -1,4 +1,4 @@
-"""The soraflow DAG (design §1) as a Kubeflow Pipelines v2 pipeline.
+"""The soraflow DAG (`docs/pipeline.md`) as a Kubeflow Pipelines v2 pipeline.
 
     ingest ──> filter ──> split ──┬──> vae_train ──────────────────────────────────┐
                                   │                                                v
@@ -124,122 +124,132 @@ def build_pipeline(settings: ClusterSettings | None = None, *, start: str = "raw
         raise ValueError(f"start must be 'raw' or 'revision', got {start!r}")
     s = settings or ClusterSettings()
     c = build_components(s)
-
-    def place_training(task):
-        if s.train_launcher == "volcano":  # the job's pods get the GPUs; this task only follows the job
-            _on_cpu_pool(task, s, cache=False, timeout_s=s.train_step_timeout_s)
-            # the launcher mounts the pods' data volume into the Volcano job at the same path
-            task.set_env_variable("SORAFLOW_DATA_PVC", s.data_pvc)
-            task.set_env_variable("SORAFLOW_DATA_MOUNT", s.data_mount)
-            if s.train_retries:
-                task.set_retry(num_retries=s.train_retries, backoff_duration="60s", backoff_factor=2.0)
-        else:
-            _on_gpu_pool(task, s, timeout_s=s.train_step_timeout_s, retries=s.train_retries)
-
-    def train_and_eval(curated_set, run_id, *, vae_recipe, hunyuan_vae_recipe, stage1_recipe, stage2_recipe,
-                       stage3_recipe, distill_recipe, flux_weights, hunyuan_vae, text_encoders, run_root, run_tag,
-                       train_scheduler, nnodes, nproc, overrides, eval_suite, eval_num_frames, eval_resolution,
-                       eval_height, eval_width, eval_steps, eval_seeds, vbench_python, vbench_weights):
-        """split -> the training stages -> eval, from the curated set (the filter's, or a pinned revision's)."""
-        # training steps read the split's tables (the curated sets minus the held-out sources)
-        split = c.split(curated=curated_set)
-        split.set_display_name("split")
-        _on_cpu_pool(split, s, cache=True)
-        curated = split.outputs["split"]
-
-        common = dict(curated=curated, run_root=run_root, run_id=run_id, run_tag=run_tag, scheduler=train_scheduler,
-                      nnodes=nnodes, nproc=nproc, image=s.gpu_image, queue=s.volcano_queue, overrides=overrides)
-
-        vae = c.vae_train(recipe=vae_recipe, **common)
-        vae.set_display_name("vae_train")
-        place_training(vae)
-
-        # the autoencoder of stages 1-3: trained on the training set, or the given HunyuanVideo VAE weights
-        hy = c.hunyuan_vae(recipe=hunyuan_vae_recipe, weights=hunyuan_vae, **common)
-        hy.set_display_name("hunyuan_vae")
-        place_training(hy)
-        hy_model = hy.outputs["model"]
-
-        previous, stage_tasks = None, []
-        for stage, recipe in (("dit_stage1", stage1_recipe), ("dit_stage2", stage2_recipe),
-                              ("dit_stage3", stage3_recipe)):
-            extra = {"previous": previous} if previous is not None else {"init_weights": flux_weights}
-            task = c.dit_stage(stage=stage, recipe=recipe, autoencoder=hy_model, hunyuan_vae=hunyuan_vae,
-                               text_encoders=text_encoders, **extra, **common)
-            task.set_display_name(stage)
-            place_training(task)
-            previous = task.outputs["model"]
-            stage_tasks.append(task)
-
-        distill = c.distill(recipe=distill_recipe, teacher=previous, autoencoder=vae.outputs["model"],
-                            text_encoders=text_encoders, **common)
-        distill.set_display_name("distill")
-        place_training(distill)
-
-        evaluate = c.eval(stage3=previous, distilled=distill.outputs["model"], autoencoder=vae.outputs["model"],
-                          stage1=stage_tasks[0].outputs["model"], stage2=stage_tasks[1].outputs["model"],
-                          stage_ae=hy_model, curated=curated, hunyuan_vae=hunyuan_vae,
-                          text_encoders=text_encoders, suite=eval_suite,
-                          num_frames=eval_num_frames, resolution=eval_resolution, height=eval_height,
-                          width=eval_width, steps=eval_steps, seeds=eval_seeds,
-                          vbench_python=vbench_python, vbench_weights=vbench_weights)
-        evaluate.set_display_name("eval")
-        # one GPU samples one video at a time; no retries: sampling would restart from scratch
-        _on_gpu_pool(evaluate, s, timeout_s=s.eval_timeout_s, retries=0, gpus=1)
-
-        return PipelineOutputs(curated=curated_set, split=curated, hunyuan_vae=hy_model,
-                       dcae=vae.outputs["model"], stage1=stage_tasks[0].outputs["model"],
-                       stage2=stage_tasks[1].outputs["model"], stage3=previous,
-                       distilled=distill.outputs["model"], eval_results=evaluate.outputs["results"],
-                       eval_report=evaluate.outputs["report"])
+    return _retrain_pipeline(c, s) if start == "revision" else _curating_pipeline(c, s)
 
 
-    names = ("vae_recipe", "hunyuan_vae_recipe", "stage1_recipe", "stage2_recipe", "stage3_recipe", "distill_recipe",
-             "flux_weights", "hunyuan_vae", "text_encoders", "run_root", "run_tag", "train_scheduler", "nnodes",
-             "nproc", "overrides", "eval_suite", "eval_num_frames", "eval_resolution", "eval_height", "eval_width",
-             "eval_steps", "eval_seeds", "vbench_python", "vbench_weights")
+def _place_training(task, s: ClusterSettings) -> None:
+    """A training step: a launcher on the CPU pool that follows its Volcano job, or the job itself on the GPU
+    pool."""
+    if s.train_launcher == "volcano":  # the job's pods get the GPUs; this task only follows the job
+        _on_cpu_pool(task, s, cache=False, timeout_s=s.train_step_timeout_s)
+        # the launcher mounts the pods' data volume into the Volcano job at the same path
+        task.set_env_variable("SORAFLOW_DATA_PVC", s.data_pvc)
+        task.set_env_variable("SORAFLOW_DATA_MOUNT", s.data_mount)
+        if s.train_retries:
+            task.set_retry(num_retries=s.train_retries, backoff_duration="60s", backoff_factor=2.0)
+    else:
+        _on_gpu_pool(task, s, timeout_s=s.train_step_timeout_s, retries=s.train_retries)
 
-    if start == "revision":
-        @dsl.pipeline(name=f"{PIPELINE_NAME}-retrain",
-                      description="Open-Sora 2.0 retraining from a pinned dataset revision (data.dvc): DC-AE, DiT "
-                                  "stages 1-3, distill, eval")
-        def soraflow_retrain(
-            data_revision: str,
-            dvc_remote: str = s.dvc_remote,
-            vae_recipe: str = TINY_RECIPES["vae_train"],
-            hunyuan_vae_recipe: str = TINY_RECIPES["hunyuan_vae_train"],
-            stage1_recipe: str = TINY_RECIPES["dit_stage1"],
-            stage2_recipe: str = TINY_RECIPES["dit_stage2"],
-            stage3_recipe: str = TINY_RECIPES["dit_stage3"],
-            distill_recipe: str = TINY_RECIPES["distill"],
-            flux_weights: str = "",
-            hunyuan_vae: str = "",
-            text_encoders: str = "",
-            run_root: str = "",
-            run_tag: str = "",
-            train_scheduler: str = "local_cwd" if s.train_launcher == "in_pod" else "kubernetes",
-            nnodes: int = 1,
-            nproc: int = 1,
-            overrides: str = "{}",
-            eval_suite: str = "mini",
-            eval_num_frames: int = 9,
-            eval_resolution: str = "256px",
-            eval_height: int = 64,
-            eval_width: int = 64,
-            eval_steps: int = 4,
-            eval_seeds: str = "0",
-            vbench_python: str = "",
-            vbench_weights: str = "",
-        ) -> PipelineOutputs:
-            args = dict(locals())
-            pulled = c.data_pull(data_revision=data_revision, dvc_remote=dvc_remote)
-            pulled.set_display_name("data_pull")
-            _on_cpu_pool(pulled, s, cache=True)  # keyed on the revision: the same md5 is the same bytes
-            return train_and_eval(pulled.outputs["curated"], dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                                  **{k: args[k] for k in names})
 
-        return soraflow_retrain
+def _train_and_eval(c, s: ClusterSettings, curated_set, run_id, *, vae_recipe, hunyuan_vae_recipe, stage1_recipe,
+                    stage2_recipe, stage3_recipe, distill_recipe, flux_weights, hunyuan_vae, text_encoders, run_root,
+                    run_tag, train_scheduler, nnodes, nproc, overrides, eval_suite, eval_num_frames, eval_resolution,
+                    eval_height, eval_width, eval_steps, eval_seeds, vbench_python, vbench_weights):
+    """split -> the training stages -> eval, from the curated set (the filter's, or a pinned revision's)."""
+    # training steps read the split's tables (the curated sets minus the held-out sources)
+    split = c.split(curated=curated_set)
+    split.set_display_name("split")
+    _on_cpu_pool(split, s, cache=True)
+    curated = split.outputs["split"]
 
+    common = dict(curated=curated, run_root=run_root, run_id=run_id, run_tag=run_tag, scheduler=train_scheduler,
+                  nnodes=nnodes, nproc=nproc, image=s.gpu_image, queue=s.volcano_queue, overrides=overrides)
+
+    vae = c.vae_train(recipe=vae_recipe, **common)
+    vae.set_display_name("vae_train")
+    _place_training(vae, s)
+
+    # the autoencoder of stages 1-3: trained on the training set, or the given HunyuanVideo VAE weights
+    hy = c.hunyuan_vae(recipe=hunyuan_vae_recipe, weights=hunyuan_vae, **common)
+    hy.set_display_name("hunyuan_vae")
+    _place_training(hy, s)
+    hy_model = hy.outputs["model"]
+
+    previous, stage_tasks = None, []
+    for stage, recipe in (("dit_stage1", stage1_recipe), ("dit_stage2", stage2_recipe),
+                          ("dit_stage3", stage3_recipe)):
+        extra = {"previous": previous} if previous is not None else {"init_weights": flux_weights}
+        task = c.dit_stage(stage=stage, recipe=recipe, autoencoder=hy_model, hunyuan_vae=hunyuan_vae,
+                           text_encoders=text_encoders, **extra, **common)
+        task.set_display_name(stage)
+        _place_training(task, s)
+        previous = task.outputs["model"]
+        stage_tasks.append(task)
+
+    distill = c.distill(recipe=distill_recipe, teacher=previous, autoencoder=vae.outputs["model"],
+                        text_encoders=text_encoders, **common)
+    distill.set_display_name("distill")
+    _place_training(distill, s)
+
+    evaluate = c.eval(stage3=previous, distilled=distill.outputs["model"], autoencoder=vae.outputs["model"],
+                      stage1=stage_tasks[0].outputs["model"], stage2=stage_tasks[1].outputs["model"],
+                      stage_ae=hy_model, curated=curated, hunyuan_vae=hunyuan_vae,
+                      text_encoders=text_encoders, suite=eval_suite,
+                      num_frames=eval_num_frames, resolution=eval_resolution, height=eval_height,
+                      width=eval_width, steps=eval_steps, seeds=eval_seeds,
+                      vbench_python=vbench_python, vbench_weights=vbench_weights)
+    evaluate.set_display_name("eval")
+    # one GPU samples one video at a time; no retries: sampling would restart from scratch
+    _on_gpu_pool(evaluate, s, timeout_s=s.eval_timeout_s, retries=0, gpus=1)
+
+    return PipelineOutputs(curated=curated_set, split=curated, hunyuan_vae=hy_model,
+                           dcae=vae.outputs["model"], stage1=stage_tasks[0].outputs["model"],
+                           stage2=stage_tasks[1].outputs["model"], stage3=previous,
+                           distilled=distill.outputs["model"], eval_results=evaluate.outputs["results"],
+                           eval_report=evaluate.outputs["report"])
+
+
+# the parameters both pipelines hand to the training and eval steps
+_TRAIN_PARAMS = ("vae_recipe", "hunyuan_vae_recipe", "stage1_recipe", "stage2_recipe", "stage3_recipe", "distill_recipe",
+         "flux_weights", "hunyuan_vae", "text_encoders", "run_root", "run_tag", "train_scheduler", "nnodes",
+         "nproc", "overrides", "eval_suite", "eval_num_frames", "eval_resolution", "eval_height", "eval_width",
+         "eval_steps", "eval_seeds", "vbench_python", "vbench_weights")
+
+
+# The pipeline functions spell out every parameter: KFP reads a pipeline's inputs, their types and defaults
+# from the function's signature.
+def _retrain_pipeline(c, s: ClusterSettings):
+    @dsl.pipeline(name=f"{PIPELINE_NAME}-retrain",
+                  description="Open-Sora 2.0 retraining from a pinned dataset revision (data.dvc): DC-AE, DiT "
+                              "stages 1-3, distill, eval")
+    def soraflow_retrain(
+        data_revision: str,
+        dvc_remote: str = s.dvc_remote,
+        vae_recipe: str = TINY_RECIPES["vae_train"],
+        hunyuan_vae_recipe: str = TINY_RECIPES["hunyuan_vae_train"],
+        stage1_recipe: str = TINY_RECIPES["dit_stage1"],
+        stage2_recipe: str = TINY_RECIPES["dit_stage2"],
+        stage3_recipe: str = TINY_RECIPES["dit_stage3"],
+        distill_recipe: str = TINY_RECIPES["distill"],
+        flux_weights: str = "",
+        hunyuan_vae: str = "",
+        text_encoders: str = "",
+        run_root: str = "",
+        run_tag: str = "",
+        train_scheduler: str = "local_cwd" if s.train_launcher == "in_pod" else "kubernetes",
+        nnodes: int = 1,
+        nproc: int = 1,
+        overrides: str = "{}",
+        eval_suite: str = "mini",
+        eval_num_frames: int = 9,
+        eval_resolution: str = "256px",
+        eval_height: int = 64,
+        eval_width: int = 64,
+        eval_steps: int = 4,
+        eval_seeds: str = "0",
+        vbench_python: str = "",
+        vbench_weights: str = "",
+    ) -> PipelineOutputs:
+        args = dict(locals())
+        pulled = c.data_pull(data_revision=data_revision, dvc_remote=dvc_remote)
+        pulled.set_display_name("data_pull")
+        _on_cpu_pool(pulled, s, cache=True)  # keyed on the revision: the same md5 is the same bytes
+        return _train_and_eval(c, s, pulled.outputs["curated"], dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                              **{k: args[k] for k in _TRAIN_PARAMS})
+    return soraflow_retrain
+
+
+def _curating_pipeline(c, s: ClusterSettings):
     @dsl.pipeline(name=PIPELINE_NAME, description="Open-Sora 2.0: curation, DC-AE, DiT stages 1-3, distill, eval")
     def soraflow(
         raw_manifest: str,
@@ -283,8 +293,7 @@ def build_pipeline(settings: ClusterSettings | None = None, *, start: str = "raw
                           overrides=overrides)
         curate.set_display_name("filter")
         _on_cpu_pool(curate, s, cache=True)
-        return train_and_eval(curate.outputs["curated"], run_id, **{k: args[k] for k in names})
-
+        return _train_and_eval(c, s, curate.outputs["curated"], run_id, **{k: args[k] for k in _TRAIN_PARAMS})
     return soraflow
 
 

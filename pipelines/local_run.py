@@ -1,4 +1,4 @@
-"""The embedded default (design §4): the whole DAG through KFP's local runner, on generated sample videos, with
+"""The embedded default (`docs/pipeline.md`, "Two ways to run"): the whole DAG through KFP's local runner, on generated sample videos, with
 the tiny CPU recipes. Each step runs as a subprocess of this interpreter with the real KFP executor; training
 steps start torchrun through torchx `local_cwd`.
 
@@ -150,6 +150,49 @@ def validate_run(recipes: dict, overrides: dict) -> None:
         raise ConfigError("the run's recipes or overrides are wrong (nothing was started):\n  " + "\n  ".join(problems))
 
 
+def _pipeline_source(out: Path, raw_manifest: str | None, data_revision: str | None,
+                     dvc_remote: str | None) -> dict:
+    """The pipeline's inputs that say where its data comes from: a raw manifest (default: the generated sample
+    videos, made once under `out/raw`) with its digest, or a dataset revision and the DVC remote holding it."""
+    if data_revision is not None:
+        if raw_manifest is not None:
+            raise ValueError("give raw_manifest or data_revision, not both")
+        if dvc_remote is None:
+            from common.dvc import remote_url
+
+            dvc_remote = remote_url(Path.cwd())
+            if dvc_remote is None:
+                raise ValueError("no DVC remote configured here: give dvc_remote (or --dvc-remote)")
+        return {"data_revision": data_revision, "dvc_remote": str(dvc_remote)}
+    if raw_manifest is None:
+        from components.sample_data.generate import DEMO_SAMPLE_SET, make_sample_videos
+
+        manifest = out / "raw" / "manifest.csv"
+        raw_manifest = str(manifest if manifest.is_file() else make_sample_videos(out / "raw", **DEMO_SAMPLE_SET))
+    from components.ingest.ingest import manifest_digest
+
+    return {"raw_manifest": str(raw_manifest), "raw_manifest_digest": manifest_digest(raw_manifest)}
+
+
+def _publish(out: Path, outputs: dict[str, Path]) -> dict:
+    """The run's results where people look for them: `out/curated` (a link to the curated set, which
+    `soraflow data version --from OUT/curated` takes) and the eval report with its images; returns metrics.json."""
+    link = out / "curated"
+    if link.is_symlink() or link.exists():
+        link.unlink() if link.is_symlink() else shutil.rmtree(link)
+    link.symlink_to(outputs["curated"], target_is_directory=True)
+    results = outputs["eval_results"]
+    # the report's images are relative to it: bring them along, so out/report.html shows them
+    for folder in ("plots", "thumbs"):
+        if (out / folder).exists():
+            shutil.rmtree(out / folder)
+        if (results / folder).is_dir():
+            shutil.copytree(results / folder, out / folder)
+    shutil.copyfile(results / "report.html", out / "report.html")
+    shutil.copyfile(results / "report.md", out / "report.md")
+    return json.loads((results / "metrics.json").read_text())
+
+
 def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overrides: dict | None = None,
                          recipes: dict | None = None, nproc: int = 1, eval_suite: str = "heldout",
                          profile: str = "cpu", data_revision: str | None = None,
@@ -171,20 +214,7 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
         raise ValueError(f"recipes for unknown step(s) {sorted(unknown)}; steps: {sorted(TINY_RECIPES)}")
     overrides = merge_overrides(PROFILES[profile].get("overrides", {}), overrides or {})
     validate_run(recipes, overrides)
-    if data_revision is not None:
-        if raw_manifest is not None:
-            raise ValueError("give raw_manifest or data_revision, not both")
-        if dvc_remote is None:
-            from components.data.dataset import _remote_url
-
-            dvc_remote = _remote_url(Path.cwd(), None)
-            if dvc_remote is None:
-                raise ValueError("no DVC remote configured here: give dvc_remote (or --dvc-remote)")
-    elif raw_manifest is None:
-        from components.sample_data.generate import DEMO_SAMPLE_SET, make_sample_videos
-
-        manifest = out / "raw" / "manifest.csv"
-        raw_manifest = str(manifest if manifest.is_file() else make_sample_videos(out / "raw", **DEMO_SAMPLE_SET))
+    source = _pipeline_source(out, raw_manifest, data_revision, dvc_remote)
     root = out / "pipeline-root"
     root.mkdir(exist_ok=True)
     before = set(root.iterdir())
@@ -194,12 +224,6 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
     # no task retries here: torchrun already restarts crashed workers, and a bad input fails the same way again
     pipeline = build_pipeline(ClusterSettings(train_launcher="in_pod", train_retries=0, pushgateway=""),
                               start="raw" if data_revision is None else "revision")
-    if data_revision is None:
-        from components.ingest.ingest import manifest_digest
-
-        source = {"raw_manifest": str(raw_manifest), "raw_manifest_digest": manifest_digest(raw_manifest)}
-    else:
-        source = {"data_revision": data_revision, "dvc_remote": str(dvc_remote)}
     tail = _TailStdout(sys.stdout)
     t0 = time.time()
     try:
@@ -228,20 +252,6 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
         raise RuntimeError(f"{root}: the local runner wrote no run folder")
     # artifacts served from KFP's cache live in the earlier run's folder: the pipeline outputs say where
     outputs = {name: Path(artifact.uri) for name, artifact in task.outputs.items()}
-    # the curated set where people and the next commands look for it (`soraflow data version --from D/curated`)
-    link = out / "curated"
-    if link.is_symlink() or link.exists():
-        link.unlink() if link.is_symlink() else shutil.rmtree(link)
-    link.symlink_to(outputs["curated"], target_is_directory=True)
-    results = outputs["eval_results"]
-    # the report's images are relative to it: bring them along, so out/report.html shows them
-    for folder in ("plots", "thumbs"):
-        if (out / folder).exists():
-            shutil.rmtree(out / folder)
-        if (results / folder).is_dir():
-            shutil.copytree(results / folder, out / folder)
-    shutil.copyfile(results / "report.html", out / "report.html")
-    shutil.copyfile(results / "report.md", out / "report.md")
-    doc = json.loads((results / "metrics.json").read_text())
+    doc = _publish(out, outputs)
     return LocalRun(out, run_dir, seconds, out / "report.html", out / "report.md", outputs,
                     learning=doc.get("learning"))

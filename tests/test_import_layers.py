@@ -16,8 +16,10 @@ ALLOWED = {
     "models": {"models"},
     "monitoring": {"common", "monitoring"},
     "training": {"common", "models", "monitoring", "training"},
-    "components": {"common", "models", "monitoring", "training", "components"},
-    "pipelines": {"common", "models", "monitoring", "training", "components", "pipelines"},
+    "inference": {"common", "models", "training", "inference"},
+    "components": {"common", "models", "monitoring", "training", "inference", "components"},
+    "pipelines": {"common", "models", "monitoring", "training", "inference", "components", "pipelines"},
+    "cli": {"common", "models", "monitoring", "training", "inference", "components", "pipelines", "cli"},
 }
 OURS = set(ALLOWED)
 

@@ -24,8 +24,8 @@ previous save + staging) and, once committed, ``total_s``. Goodput attributes on
 
 State entries are Stateful objects (``state_dict()``/``load_state_dict()``), nested dicts, tensors or
 picklable values. Model/optimizer state should go through
-``torch.distributed.checkpoint.state_dict.get_state_dict/set_state_dict`` (FSDP2/DTensor-aware);
-:class:`ModelOptimizerState` does exactly that and :class:`RNGState` keeps per-rank RNG streams.
+``torch.distributed.checkpoint.state_dict.get_state_dict/set_state_dict`` (FSDP2/DTensor-aware), as the
+training strategies' ``state_dict`` does.
 Values that differ per rank (RNG, data-loader position) must live under per-rank keys: DCP keeps one copy
 of a plain (non-DTensor) tensor or object saved under the same key by several ranks.
 """
@@ -37,7 +37,6 @@ import fnmatch
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import threading
@@ -52,6 +51,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from common.atomic import write_bytes_atomic
+from common.provenance import package_version
 from torch.distributed.checkpoint.stateful import Stateful
 
 log = logging.getLogger(__name__)
@@ -96,15 +96,6 @@ class ResumeMismatchError(CheckpointError):
 
 def step_dirname(step: int) -> str:
     return f"step-{int(step):08d}"
-
-
-def soraflow_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("soraflow")
-    except Exception:  # not installed (running from a source tree)
-        return "0+unknown"
 
 
 def _is_url(root: str) -> bool:
@@ -321,7 +312,7 @@ class CheckpointManager:
         wait_prev = self.wait()
         path = self.path_for(step)
         meta = _normalise_meta(metadata or {})
-        meta.update(step=int(step), world_size=self.world_size, soraflow_version=soraflow_version())
+        meta.update(step=int(step), world_size=self.world_size, soraflow_version=package_version())
         meta.setdefault("dp_size", self.world_size)
         meta.setdefault("data_rev", None)
         result = SaveResult(step=int(step), path=path, started_at=started, wait_prev_s=wait_prev)
@@ -497,23 +488,17 @@ class CheckpointManager:
             raise CheckpointError(f"checkpoint {self.path_for(step)} has no {METADATA_FILE}") from e
 
     def check_resume(
-        self, a: Any = None, b: Any = None, *, reset_data_state: bool = False
+        self, metadata_now: dict, step: int | None = None, *, reset_data_state: bool = False
     ) -> ResumeCheck:
-        """Compare the checkpoint's recorded run layout with the current one.
-
-        Call as ``check_resume(metadata_now)`` (newest committed step), ``check_resume(metadata_now, step)``
-        or ``check_resume(step, metadata_now)``. ``metadata_now`` holds ``dp_size`` (default: world size)
-        and ``data_rev`` (or ``data_revision``).
+        """Compare checkpoint ``step``'s recorded run layout (default: the newest committed step) with the
+        current one. ``metadata_now`` holds ``dp_size`` (default: world size) and ``data_rev`` (or
+        ``data_revision``).
 
         Refuses (:class:`ResumeMismatchError`) when ``dp_size`` or ``data_rev`` (and ``global_batch_size``
         when both record it) differ, because the data-loader state cannot be resharded or re-mapped. With
         ``reset_data_state=True`` it accepts, and the returned ``exclude`` holds the data-state patterns so
         model/optimizer load and the data loader starts afresh. Collective when distributed.
         """
-        if isinstance(a, dict):
-            metadata_now, step = a, b
-        else:
-            step, metadata_now = a, b
         if metadata_now is None:
             raise TypeError("check_resume needs the current run's metadata (dp_size, data_rev)")
         self.wait()
@@ -594,17 +579,6 @@ class CheckpointManager:
                 state[k] = v
         return meta
 
-    def resume(
-        self, state: dict[str, Any], metadata_now: dict, *, reset_data_state: bool = False
-    ) -> ResumeCheck | None:
-        """latest_complete + check_resume + load. Returns None when there is nothing to resume from."""
-        step = self.latest_complete()
-        if step is None:
-            return None
-        chk = self.check_resume(metadata_now, step, reset_data_state=reset_data_state)
-        self.load(step, state, exclude=chk.exclude)
-        return chk
-
 
 def _fsync_dir(d: str) -> None:
     try:
@@ -617,59 +591,3 @@ def _fsync_dir(d: str) -> None:
         pass
     finally:
         os.close(fd)
-
-
-# ---------------------------------------------------------------------- Stateful helpers
-class ModelOptimizerState(Stateful):
-    """Model (+ optimizers) through DCP's ``get_state_dict``/``set_state_dict`` (FSDP2/DTensor-aware)."""
-
-    def __init__(self, model: torch.nn.Module, optimizers: torch.optim.Optimizer | Iterable | None = None):
-        self.model = model
-        if optimizers is None:
-            self.optimizers: list = []
-        elif isinstance(optimizers, torch.optim.Optimizer):
-            self.optimizers = [optimizers]
-        else:
-            self.optimizers = list(optimizers)
-
-    def state_dict(self) -> dict:
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        msd, osd = get_state_dict(self.model, self.optimizers)
-        return {"model": msd, "optim": osd}
-
-    def load_state_dict(self, sd: dict) -> None:
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-
-        set_state_dict(self.model, self.optimizers, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
-
-
-class RNGState(Stateful):
-    """Python, NumPy, torch CPU (and CUDA) RNG streams of *this rank*, saved under a per-rank key."""
-
-    def __init__(self, rank: int | None = None):
-        self.rank = rank if rank is not None else (dist.get_rank() if _dist_on() else 0)
-
-    def state_dict(self) -> dict:
-        # tuples are leaves for DCP: pickled as one object each, so sizes may change between save and load
-        sd: dict[str, Any] = {"torch_cpu": torch.get_rng_state(), "python": random.getstate()}
-        try:
-            import numpy as np
-
-            sd["numpy"] = np.random.get_state()
-        except ImportError:
-            pass
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            sd["torch_cuda"] = torch.cuda.get_rng_state()
-        return {f"rank{self.rank}": sd}
-
-    def load_state_dict(self, sd: dict) -> None:
-        mine = sd[f"rank{self.rank}"]
-        torch.set_rng_state(mine["torch_cpu"])
-        random.setstate(tuple(mine["python"]))
-        if "numpy" in mine:
-            import numpy as np
-
-            np.random.set_state(mine["numpy"])
-        if "torch_cuda" in mine and torch.cuda.is_available():
-            torch.cuda.set_rng_state(mine["torch_cuda"])

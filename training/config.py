@@ -12,6 +12,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+from common.dtypes import DTYPE_NAMES
+from common.stages import STAGES
 from training.optim import OptimConfig
 
 
@@ -287,7 +289,6 @@ def _check_types(obj, prefix: str = "") -> list[str]:
 
 
 STRATEGIES = ("fsdp2", "ddp", "single", "master", "colossalai")
-STAGES = ("vae_train", "hunyuan_vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -316,7 +317,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
          f"optim.lr_milestones: (step, lr) pairs with increasing steps > 0 and lr > 0, got {o.lr_milestones}")
     par = cfg.parallel
     need(par.strategy in STRATEGIES, f"parallel.strategy: {par.strategy!r} is not one of {', '.join(STRATEGIES)}")
-    need(par.param_dtype in ("bf16", "fp16", "fp32"), f"parallel.param_dtype: {par.param_dtype!r} is not bf16/fp16/fp32")
+    need(par.param_dtype in DTYPE_NAMES, f"parallel.param_dtype: {par.param_dtype!r} is not {'/'.join(DTYPE_NAMES)}")
     need(par.sp_size >= 1, f"parallel.sp_size: must be >= 1, got {par.sp_size}")
     need(par.sp_mode in ("ring", "ulysses"), f"parallel.sp_mode: {par.sp_mode!r} is not ring or ulysses")
     need(par.plugin in ("zero1", "zero2", "hybrid"), f"parallel.plugin: {par.plugin!r} is not zero1, zero2 or hybrid")

@@ -467,17 +467,7 @@ class GoodputTracker:
                 os.close(self._fd)
                 self._fd = None
 
-    # ------------------------------------------------------------------ short names used by the trainer
-    def step(self, step: int, seconds: float, **kw: Any) -> None:
-        """Alias of :meth:`record_step` (extra keywords beyond its own are ignored)."""
-        known = {"tokens", "loss", "data_seconds", "peak_mem_bytes", "flops", "grad_norm", "peak_flops",
-                 "peak_memory", "t"}
-        self.record_step(step, seconds, **{k: v for k, v in kw.items() if k in known})
-
-    def resumed(self, step: int, restore_seconds: float = 0.0, *, t: float | None = None) -> None:
-        """Alias of :meth:`record_resume` (restore time 0 when it was recorded with ``badput(...)``)."""
-        self.record_resume(step, restore_seconds, t=t)
-
+    # ------------------------------------------------------------------ the trainer's recovery events
     def rollback(self, reason: str, *, from_step: int | None = None, to_step: int,
                  restore_seconds: float = 0.0, t: float | None = None) -> None:
         """In-process rollback: a failure (``spike`` -> ``loss_spike``, ``non_finite`` ->
@@ -490,9 +480,6 @@ class GoodputTracker:
     def hang(self, stalled_seconds: float) -> None:
         """For ``HangWatchdog(on_hang=tracker.hang)``: a fatal ``hang`` failure dated to the last heartbeat."""
         self.record_failure("hang", t=self.clock() - float(stalled_seconds), fatal=True)
-
-    def write_metrics(self, path: str | None = None) -> dict[str, Any]:
-        return self.write_metrics_json(path)
 
     # ------------------------------------------------------------------ reporting
     def summary(self, *, now: float | None = None) -> dict[str, Any]:

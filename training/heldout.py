@@ -39,10 +39,10 @@ class HeldoutClip:
 
 def load_heldout_clips(table, num_frames: int, height: int, width: int, max_clips: int | None = None,
                        fps_max: int = 24) -> list[HeldoutClip]:
-    """Clips of a held-out clip table (see training.data.table for its columns); a clip too short or
+    """Clips of a held-out clip table (columns: common.clip_table); a clip too short or
     unreadable raises, naming the file: a held-out set is small and every clip of it must count."""
     from training.data.dataset import make_caption
-    from training.data.table import load_table
+    from common.clip_table import load_table
 
     df = load_table(table)
     if max_clips:

@@ -22,15 +22,12 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.stages import AE_KIND, AE_STAGES, DIT_STAGES, STAGES
 from training.config import TrainConfig
 
 log = logging.getLogger("soraflow.train")
 
-DIT_STAGES = ("dit_stage1", "dit_stage2", "dit_stage3", "distill")
 # vae_train: the Video DC-AE (distill's autoencoder); hunyuan_vae_train: the KL-VAE DiT stages 1-3 train on
-AE_STAGES = ("vae_train", "hunyuan_vae_train")
-AE_KIND = {"vae_train": "dcae", "hunyuan_vae_train": "hunyuan"}
-STAGES = AE_STAGES + DIT_STAGES
 
 
 def build_stage(cfg: TrainConfig, device: torch.device, dtype: torch.dtype, rank: int, world: int):

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from common.dtypes import dtype_name, torch_dtype
+
 
 # re-exported: the config lives in a torch-free module (launchers resolve configs without importing torch)
 from training.optim import OptimConfig  # noqa: E402,F401
@@ -28,16 +30,12 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
-def _dtype(name: str) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[name]
-
-
 class Strategy:
     name = "base"
 
     def __init__(self, param_dtype: str = "bf16", reduce_dtype: str = "fp32"):
-        self.param_dtype = _dtype(param_dtype)
-        self.reduce_dtype = _dtype(reduce_dtype)
+        self.param_dtype = torch_dtype(param_dtype)
+        self.reduce_dtype = torch_dtype(reduce_dtype)
 
     # -- set-up ---------------------------------------------------------------------------------------------
     def prepare(self, model: nn.Module, device: torch.device, optim: OptimConfig):
@@ -271,7 +269,7 @@ class ColossalAIStrategy(Strategy):
     def _plugin(self):
         from colossalai.booster.plugin import HybridParallelPlugin, LowLevelZeroPlugin
 
-        precision = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[self.param_dtype]
+        precision = dtype_name(self.param_dtype)
         if self.plugin_name in ("zero1", "zero2"):
             return LowLevelZeroPlugin(stage=int(self.plugin_name[-1]), precision=precision,
                                       reduce_bucket_size_in_m=self.bucket_m, overlap_allgather=False,

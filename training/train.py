@@ -11,20 +11,8 @@ import json
 import logging
 import sys
 
+from common.overrides import parse_overrides
 from training.config import from_dict, resolve, validate
-
-
-def parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--override expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw  # plain strings need no quotes
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ trainer resumes from the newest complete checkpoint: model, optimizer, data posi
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from common.atomic import write_text_atomic
+from common.dtypes import torch_dtype
 from training.config import TrainConfig
 from training.strategies import set_lr
 
@@ -70,14 +72,12 @@ def all_mean(value: float, device) -> float:
     return float(t.item()) / dist.get_world_size()
 
 
-def _dtype(name: str) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[name]
-
-
 # ---- state that goes into a checkpoint -----------------------------------------------------------------------
 
 class TrainState:
-    """Everything a resumed run needs: model + optimizer (through the strategy), data position, RNG, step."""
+    """Everything a resumed run needs: model + optimizer (through the strategy), data position, RNG, step, and the
+    loss guard's window (so a resumed run judges spikes against the same recent losses as an uninterrupted one;
+    JSON text, because the window's length changes during warm-up and DCP loads tensors only into equal shapes)."""
 
     def __init__(self, trainer: "Trainer"):
         self.t = trainer
@@ -89,6 +89,7 @@ class TrainState:
         out[f"data_rank{t.rank}"] = t.loader.state_dict()
         out[f"rng_rank{t.rank}"] = {"generator": t.generator.get_state(), "torch": torch.get_rng_state()}
         out.update({f"stage_{k}": v for k, v in t.stage.state_dict().items()})
+        out["loss_guard"] = json.dumps(t.guard.state_dict())
         return out
 
     def load_state_dict(self, state: dict) -> None:
@@ -103,6 +104,7 @@ class TrainState:
             t.generator.set_state(rng["generator"])
             torch.set_rng_state(rng["torch"])
         t.stage.load_state_dict({k[len("stage_"):]: v for k, v in state.items() if k.startswith("stage_")})
+        t.guard.load_state_dict(json.loads(state["loss_guard"]))
 
 
 class Trainer:
@@ -127,7 +129,7 @@ class Trainer:
         self.goodput = GoodputTracker(self.run_dir, run_id=cfg.run_id, stage=cfg.stage, recipe=cfg.name,
                                       rank=self.rank)
         with self.goodput.badput("init"):
-            dtype = _dtype(cfg.parallel.param_dtype)
+            dtype = torch_dtype(cfg.parallel.param_dtype)
             self.dtype = dtype
             # The stage decides the model, its objective and its extra state (training/stages.py).
             self.stage = build_stage(cfg, self.device, dtype, self.rank, self.world)
@@ -208,11 +210,11 @@ class Trainer:
         step = self.ckpt.latest_complete()
         if step is None:
             return None
-        self.ckpt.check_resume(step, self._metadata(), reset_data_state=self.cfg.checkpoint.reset_data_state)
+        self.ckpt.check_resume(self._metadata(), step, reset_data_state=self.cfg.checkpoint.reset_data_state)
         with self.goodput.badput("checkpoint_restore"):
             self.ckpt.load(step, {"train": self.state},
                            reset_data_state=self.cfg.checkpoint.reset_data_state)
-        self.goodput.resumed(step)
+        self.goodput.record_resume(step)
         if self.rank == 0:
             log.warning("resumed from %s at step %d", self.cfg.checkpoint.dir, step)
         return step
@@ -224,10 +226,13 @@ class Trainer:
         bad_step = self.step
         if step is None:
             raise RuntimeError(f"loss guard tripped ({reason}) at step {bad_step} and no checkpoint exists")
-        data_state = self.loader.state_dict()
+        # the data position and the guard's window stay where they are: the offending batches are skipped, and
+        # the losses seen since the checkpoint are still the recent ones
+        data_state, guard = self.loader.state_dict(), copy.deepcopy(self.guard)
         with self.goodput.badput("checkpoint_restore"):
             self.ckpt.load(step, {"train": self.state})
         self.loader.load_state_dict(data_state)
+        self.guard = guard
         self.goodput.rollback(reason, from_step=bad_step, to_step=step)
         log.warning("rank %d: %s at step %d, rolled back to step %d", self.rank, reason, bad_step, step)
 
@@ -250,12 +255,7 @@ class Trainer:
         self.model.train()
         while self.step < cfg.max_steps:
             with self.goodput.badput("data_loading"):
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    self.loader.set_epoch(self.loader.epoch + 1)
-                    it = iter(self.loader)
-                    batch = next(it)
+                it, batch = self._next_batch(it)
             weight = 1.0
             if not batch.get("num_samples"):
                 # Every clip of this micro-batch was unreadable (counted by the loader). The step still runs so
@@ -299,38 +299,53 @@ class Trainer:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
             self.step += 1
-            self.goodput.step(self.step, seconds, tokens=self.stage.tokens(inputs), flops=self.stage.flops(inputs),
+            self.goodput.record_step(self.step, seconds, tokens=self.stage.tokens(inputs), flops=self.stage.flops(inputs),
                               loss=loss_value,
                               grad_norm=float(grad_norm), peak_flops=cfg.peak_flops_per_device,
                               peak_memory=torch.cuda.max_memory_allocated() if self.device.type == "cuda" else None)
             self.watchdog.heartbeat()
             self._chaos_kill()
-            if self.metrics is not None and self.step % cfg.log_every == 0:
-                from monitoring.metrics import update_training_metrics
-
-                update_training_metrics(self.metrics, self.goodput.summary())
-            if self.rank == 0 and self.step % cfg.log_every == 0:
-                log.warning("step %d loss %.5f grad_norm %.3f %.3fs", self.step, loss_value, float(grad_norm),
-                            seconds)
-            every = cfg.samples.every
-            if (every > 0 and self.step % every == 0) or self.step == cfg.max_steps:
-                with self.goodput.badput("other"), self.strategy.forward_context():
-                    self.stage.write_samples(self.model, inputs, batch, self.step)
-            h_every = cfg.heldout.every
-            if (h_every > 0 and self.step % h_every == 0) or self.step == cfg.max_steps:
-                self._heldout()
-            if self.step % cfg.checkpoint.ckpt_every == 0 or self.step == cfg.max_steps:
-                self.save_checkpoint()
+            self._after_step(loss_value, float(grad_norm), seconds, inputs, batch)
         self.ckpt.wait()
         self.watchdog.stop()
         self.export_model()
         summary = self.goodput.summary()
         if self.rank == 0:
-            self.goodput.write_metrics()
+            self.goodput.write_metrics_json()
         self.goodput.close()  # a clean end: the next attempt must not count a failure
         if self.metrics is not None:  # the final numbers; waits SORAFLOW_METRICS_LINGER_S for a last scrape
             self.metrics.finish(self.goodput.summary())
         return summary
+
+    def _next_batch(self, it):
+        """(iterator, the next micro-batch); the end of an epoch starts the next one."""
+        try:
+            return it, next(it)
+        except StopIteration:
+            self.loader.set_epoch(self.loader.epoch + 1)
+            it = iter(self.loader)
+            return it, next(it)
+
+    def _after_step(self, loss_value: float, grad_norm: float, seconds: float, inputs, batch) -> None:
+        """What runs every so many steps: metrics, the log line, samples, held-out scores, the checkpoint (each
+        also at the last step)."""
+        cfg = self.cfg
+        if self.metrics is not None and self.step % cfg.log_every == 0:
+            from monitoring.metrics import update_training_metrics
+
+            update_training_metrics(self.metrics, self.goodput.summary())
+        if self.rank == 0 and self.step % cfg.log_every == 0:
+            log.warning("step %d loss %.5f grad_norm %.3f %.3fs", self.step, loss_value, grad_norm, seconds)
+        last = self.step == cfg.max_steps
+        every = cfg.samples.every
+        if (every > 0 and self.step % every == 0) or last:
+            with self.goodput.badput("other"), self.strategy.forward_context():
+                self.stage.write_samples(self.model, inputs, batch, self.step)
+        h_every = cfg.heldout.every
+        if (h_every > 0 and self.step % h_every == 0) or last:
+            self._heldout()
+        if self.step % cfg.checkpoint.ckpt_every == 0 or last:
+            self.save_checkpoint()
 
     def _heldout(self) -> None:
         """Score the held-out clips at this step (every rank runs it: a sharded model needs all ranks) and

@@ -1,4 +1,4 @@
-"""The curated dataset under DVC: `data/` in the repository, pinned by `data.dvc` (design §2)."""
+"""The curated dataset under DVC: `data/` in the repository, pinned by `data.dvc` (`docs/curation.md`)."""
 
 from components.data.dataset import DATA_DIR, POINTER, DataError, pull, push, revision, status, version
 

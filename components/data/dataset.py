@@ -1,10 +1,11 @@
-"""The curated dataset as a DVC-versioned folder of the project repository (design §2: `data.dvc`).
+"""The curated dataset as a DVC-versioned folder of the project repository (`data.dvc`;
+`docs/curation.md`, "Reproducible dataset revisions").
 
 Layout, in the repository root:
 
     data/                   tracked by DVC as one directory (git ignores it; `data.dvc` pins it)
       set_256px.parquet     training tables; `path` is relative to the table's folder ("clips/x.mp4"),
-      set_768px.parquet     which `training.data.load_table` resolves, so a pulled copy works anywhere
+      set_768px.parquet     which `common.clip_table.load_table` resolves, so a pulled copy works anywhere
       needs_caption.parquet
       full.parquet          every clip with scores and rejection reasons (paths as the filter saw them)
       stats.json, validation/
@@ -27,16 +28,18 @@ from typing import Any
 
 import pandas as pd
 
-from common.atomic import atomic_path, write_text_atomic
+from common.atomic import write_text_atomic
 from common.digests import file_digests, table_record
-from components.filter.versioning import DvcError, _dvc, _pointer, ensure_dvc_repo, track
+from common.clip_table import FULL_FILE, NEEDS_CAPTION_FILE, SET_FILES, read_table, write_table
+from common import dvc
+from common.dvc import DvcError, ensure_dvc_repo, read_pointer, track
 
 __all__ = ["DataError", "DATA_DIR", "POINTER", "TABLES", "version", "push", "pull", "status", "revision",
            "file_listing", "pinned_listing", "diff_listings", "fetch_revision"]
 
 DATA_DIR = "data"
 POINTER = "data.dvc"
-TABLES = ("set_256px.parquet", "set_768px.parquet", "needs_caption.parquet")  # paths rewritten to clips/
+TABLES = (*SET_FILES.values(), NEEDS_CAPTION_FILE)  # paths rewritten to clips/
 COPIED = ("stats.json", "validation")  # copied as they are (full.parquet is rewritten like the tables)
 
 
@@ -57,7 +60,7 @@ def revision(repo: str | Path) -> dict[str, Any] | None:
     ptr = Path(repo) / POINTER
     if not ptr.exists():
         return None
-    out = _pointer(ptr)
+    out = read_pointer(ptr)
     return {"data_revision": out.get("md5"), "nfiles": out.get("nfiles"), "size": out.get("size")}
 
 
@@ -93,7 +96,7 @@ def _stage(curated: Path, staging: Path) -> None:
         src = curated / name
         if not src.exists():
             raise DataError(f"{curated} is not a filter output: {name} is missing")
-        df = pd.read_parquet(src)
+        df = read_table(src)
         if "path" not in df.columns:
             raise DataError(f"{src}: no `path` column")
         for row, p in enumerate(df["path"].astype(str)):
@@ -107,9 +110,9 @@ def _stage(curated: Path, staging: Path) -> None:
             elif prev != clip.resolve():
                 raise DataError(f"{src} row {row}: two clips share the file name {clip.name} ({prev}, {clip})")
         frames[name] = df
-    full = curated / "full.parquet"
+    full = curated / FULL_FILE
     if full.exists():
-        frames["full.parquet"] = pd.read_parquet(full)
+        frames[FULL_FILE] = read_table(full)
     # one source root for every table, so a source is spelled the same in all of them
     all_sources = sorted({str(v) for df in frames.values() if "source" in df.columns for v in df["source"]})
     portable = dict(zip(all_sources, _portable_sources(all_sources)))
@@ -143,8 +146,7 @@ def _stage(curated: Path, staging: Path) -> None:
             df["dup_of"] = pd.Series([clip_ref(p) for p in df["dup_of"]], index=df.index, dtype=object)
         if "source" in df.columns:
             df["source"] = pd.Series([portable.get(str(v), v) for v in df["source"]], index=df.index, dtype=object)
-        with atomic_path(staging / name) as tmp:
-            df.to_parquet(tmp, index=False)
+        write_table(df, staging / name)
     stats_path = curated / "stats.json"
     if stats_path.exists():
         # the filter's digests are of tables that hold the curating machine's paths; here they describe the
@@ -152,7 +154,7 @@ def _stage(curated: Path, staging: Path) -> None:
         stats = json.loads(stats_path.read_text(encoding="utf-8"))
         stats["input"] = {"table": Path(str(stats.get("input", {}).get("table", ""))).name}
         stats["outputs"] = {Path(n).stem: table_record(staging / n, relative_to=staging)
-                            for n in (*TABLES, "full.parquet") if (staging / n).exists()}
+                            for n in (*TABLES, FULL_FILE) if (staging / n).exists()}
         write_text_atomic(staging / "stats.json", json.dumps(stats, indent=2, default=str))
     for name in COPIED:
         src = curated / name
@@ -174,7 +176,7 @@ def version(repo: str | Path, curated_dir: str | Path | None = None, *, remote: 
     repo = Path(repo).resolve()
     if not (repo / ".dvc").is_dir() or remote:
         ensure_dvc_repo(repo, remote)
-    elif not _dvc(repo, "remote", "list").stdout.strip():
+    elif not dvc.run(repo, "remote", "list").stdout.strip():
         ensure_dvc_repo(repo, None)
     data = repo / DATA_DIR
     if curated_dir is not None:
@@ -207,28 +209,16 @@ def version(repo: str | Path, curated_dir: str | Path | None = None, *, remote: 
             "next": f"git add {POINTER} .gitignore && git commit -m 'data: {v.md5}'; soraflow data push"}
 
 
-def _remote_url(repo: Path, name: str | None) -> str | None:
-    if name is None:
-        name = _dvc(repo, "config", "core.remote", check=False).stdout.strip() or None
-    if name is None:
-        return None
-    for line in _dvc(repo, "remote", "list").stdout.splitlines():
-        parts = line.split(None, 1)
-        if len(parts) == 2 and parts[0] == name:
-            return parts[1].split()[0]  # "URL  (default)"
-    return None
-
-
 def push(repo: str | Path, remote: str | None = None) -> dict:
     repo = _repo(repo)
     rev = revision(repo)
     if rev is None:
         raise DataError(f"{repo / POINTER} does not exist: nothing is versioned yet (soraflow data version)")
-    url = _remote_url(repo, remote)
+    url = dvc.remote_url(repo, remote)
     if url is None:
         raise DataError(f"{repo}: no DVC remote configured (`dvc remote add -d NAME URL`, see README)")
     try:
-        _dvc(repo, "push", "-q", *(["-r", remote] if remote else []))
+        dvc.run(repo, "push", "-q", *(["-r", remote] if remote else []))
     except DvcError as exc:
         raise DataError(f"pushing data revision {rev['data_revision']} to {url} failed: {exc}") from None
     return {**rev, "remote": url}
@@ -241,11 +231,11 @@ def pull(repo: str | Path, remote: str | None = None) -> dict:
     if rev is None:
         raise DataError(f"{repo / POINTER} does not exist: this checkout pins no dataset revision "
                         f"(soraflow data version creates it)")
-    url = _remote_url(repo, remote)
+    url = dvc.remote_url(repo, remote)
     if url is None:
         raise DataError(f"{repo}: no DVC remote configured, so data revision {rev['data_revision']} cannot be "
                         f"pulled (`dvc remote add -d NAME URL`, see README)")
-    proc = _dvc(repo, "pull", "-q", *(["-r", remote] if remote else []), POINTER, check=False)
+    proc = dvc.run(repo, "pull", "-q", *(["-r", remote] if remote else []), POINTER, check=False)
     if proc.returncode != 0:
         said = (proc.stderr or proc.stdout).strip().splitlines()
         raise DataError(f"data revision {rev['data_revision']} is not on the remote {url} (or it cannot be "
@@ -335,11 +325,11 @@ def status(repo: str | Path, remote: str | None = None) -> dict:
     if rev is None:
         return {"data_revision": None, "workspace": {}, "remote": None, "clean": False,
                 "note": f"{POINTER} does not exist: nothing versioned yet"}
-    local = json.loads(_dvc(repo, "status", "--json").stdout.strip() or "{}")
-    url = _remote_url(repo, remote)
+    local = json.loads(dvc.run(repo, "status", "--json").stdout.strip() or "{}")
+    url = dvc.remote_url(repo, remote)
     cloud = None
     if url is not None:
-        proc = _dvc(repo, "status", "--cloud", "--json", *(["-r", remote] if remote else []), check=False)
+        proc = dvc.run(repo, "status", "--cloud", "--json", *(["-r", remote] if remote else []), check=False)
         cloud = json.loads(proc.stdout.strip() or "{}") if proc.returncode == 0 else {"error": proc.stderr.strip()}
     out = {**rev, "remote_url": url, "workspace": local, "remote": cloud, "clean": not local and not cloud}
     if local and (Path(repo) / DATA_DIR).is_dir():  # say which files differ, when the pinned list is cached

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import platform
 import resource
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -17,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import write_text_atomic
+from common.dtypes import torch_dtype
+from common.provenance import source_commit
 from common.video_io import VideoReadError, read_video
 
 from . import metrics as M
@@ -58,15 +59,6 @@ class EvalResult:
     metrics: dict = field(default_factory=dict)
 
 
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
 def _versions() -> dict:
     import cv2
     import skimage
@@ -99,7 +91,7 @@ def sample_models(models: list[EvalModel], suite: Suite, samples_dir: Path, *, s
     """Every model x prompt x seed index, VBench names `{prompt}-{index}.mp4`; one manifest row per video."""
     import torch
 
-    from components.generate import PIPELINES, GenerateOptions, build_pipeline, generate
+    from inference import PIPELINES, GenerateOptions, build_pipeline, generate
 
     rows = []
     for m in models:
@@ -111,8 +103,7 @@ def sample_models(models: list[EvalModel], suite: Suite, samples_dir: Path, *, s
                                aspect_ratio=aspect_ratio, height=height, width=width, steps=steps, fps=fps,
                                device=device, dtype=dtype, progress=progress)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        tdtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}.get(
-            dtype or "", torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        tdtype = torch_dtype(dtype, torch.bfloat16 if dev.type == "cuda" else torch.float32)
         t0 = time.perf_counter()
         pipe = build_pipeline(base, dev, tdtype)
         load_s = time.perf_counter() - t0
@@ -210,7 +201,7 @@ def _heldout(models: list[EvalModel], reference_clips: str, *, num_frames, heigh
     seeds, timestep grid and noise, so a model's numbers here equal the end of its training curve."""
     import torch
 
-    from components.generate import GenerateOptions, build_pipeline
+    from inference import GenerateOptions, build_pipeline
     from models.aspect import inference_size
     from training.heldout import (HeldoutClip, HeldoutLatents, ae_heldout_metrics, fm_heldout_loss,
                                   load_clip_frames)
@@ -225,8 +216,7 @@ def _heldout(models: list[EvalModel], reference_clips: str, *, num_frames, heigh
         opts = GenerateOptions(prompts=["x"], model=m.preset, weights_dir=m.weights_dir, dit=m.dit, ae=m.ae, t5=m.t5,
                                clip=m.clip, random_init=m.random_init, num_frames=nf, t5_max_length=m.t5_max_length, device=device, dtype=dtype)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        tdtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}.get(
-            dtype or "", torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        tdtype = torch_dtype(dtype, torch.bfloat16 if dev.type == "cuda" else torch.float32)
         pipe = build_pipeline(opts, dev, tdtype)
         div = pipe.ae.spatial_compression * pipe.dit.config.patch_size
         h, w = (height, width) if height and width else inference_size(resolution, aspect_ratio, div)
@@ -350,59 +340,20 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
     lap("heldout")
     results, vbench_meta = {}, {}
     for name in model_names:
-        mrows = [r for r in scored if r.get("model") == name]
-        vrun = run_vbench(str(samples_dir / name), str(full_info), str(out / "vbench" / name),
-                          vbench_python=vbench_python, weights_root=vbench_weights, mode=vbench_mode,
-                          device=vbench_device)
-        vbench_meta[name] = {"ran": vrun.ran, "command": vrun.command, "runnable": sorted(vrun.scores),
-                             "errors": vrun.errors}
-        m = info.get(name)
-        preset = m.preset if m else (mrows[0].get("preset") if mrows else None)
-        ae_kind = (m.ae_kind if m and m.ae_kind else None)
-        if ae_kind is None and preset:
-            from components.generate import PIPELINES
-
-            ae_kind = PIPELINES[preset].autoencoder if preset in PIPELINES else None
-        h = heldout.get(name, {})
-        no_ref = {"reason": "no reference clips given (--reference-clips)"}
-        results[name] = {
-            "preset": preset, "ae_kind": ae_kind, "dit": m.dit if m else None, "ae": m.ae if m else None,
-            "random_init": m.random_init if m else None,
-            "num_frames": (m.num_frames or num_frames) if m else None,
-            "vbench": _vbench_block(vrun, len(seeds)),
-            "proxy": _summarise_offline(mrows),
-            "vae": h.get("vae", {"psnr": None, "ssim": None, **no_ref}),
-            "train": h.get("train", {"fm_val_loss": None, **no_ref}),
-            "speed": _speed(mrows),
-            "errors": [{"path": r.get("path"), "prompt": r.get("prompt"), "error": r.get("error")}
-                       for r in mrows if r.get("status") == "error"] + h.get("heldout_errors", []),
-            "n_videos": len(mrows), "n_videos_ok": sum(r.get("status") == "ok" for r in mrows),
-        }
+        results[name], vbench_meta[name] = _model_result(
+            name, info.get(name), [r for r in scored if r.get("model") == name], heldout.get(name, {}),
+            samples_dir=samples_dir, full_info=full_info, out=out, num_frames=num_frames, n_seeds=len(seeds),
+            vbench=dict(vbench_python=vbench_python, weights_root=vbench_weights, mode=vbench_mode,
+                        device=vbench_device))
+    doc = _document(out, started, the_suite, rows, results, seeds=seeds, num_frames=num_frames,
+                    resolution=resolution, aspect_ratio=aspect_ratio, height=height, width=width, steps=steps,
+                    fps=fps, device=device, dtype=dtype, backends={
+                        "vbench": {"python": vbench_python, "weights_root": vbench_weights, "mode": vbench_mode,
+                                   "per_model": vbench_meta},
+                        "heldout": heldout_meta},
+                    files={"manifest": str(manifest), "per_video": str(per_video),
+                           "vbench_full_info": str(full_info)})
     lap("vbench_and_summaries")
-    doc = {
-        "schema_version": SCHEMA_VERSION,
-        "run": {"started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
-                "git_sha": _git_sha(), "out_dir": str(out),
-                "suite": {"name": the_suite.name, "source": the_suite.source, "n_prompts": len(the_suite.prompts),
-                          **{k: v for k, v in the_suite.meta.items() if k in ("commit", "license", "selection")}},
-                "seeds": [int(s) for s in seeds], "num_frames": num_frames, "resolution": resolution,
-                "aspect_ratio": aspect_ratio, "height": height, "width": width, "steps": steps, "fps": fps,
-                "device": device, "dtype": dtype, "n_videos": len(rows),
-                "process_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20},
-        "versions": _versions(),
-        "backends": {
-            "vbench": {"python": vbench_python, "weights_root": vbench_weights, "mode": vbench_mode,
-                       "per_model": vbench_meta,
-                       "skipped": {d: v["reason"] for d, v in next(iter(results.values()))["vbench"]["dimensions"].items()
-                                   if v.get("raw") is None} if results else {}},
-            "offline": {"optical_flow": "OpenCV DIS (PRESET_MEDIUM)", "video_decode": "PyAV (common.video_io)",
-                        "ssim": "scikit-image structural_similarity (gaussian, sigma 1.5)",
-                        "static_filter": "dis_proxy"},
-            "heldout": heldout_meta,
-        },
-        "files": {"manifest": str(manifest), "per_video": str(per_video), "vbench_full_info": str(full_info)},
-        "models": results,
-    }
     from .report import write_reports
 
     if learning is not None:
@@ -413,6 +364,64 @@ def run_eval(models: list[EvalModel], out_dir: str, *, suite: str = "mini", seed
     lap("report")
     metrics_path = write_text_atomic(out / "metrics.json", json.dumps(doc, indent=2, default=_json_default))
     return EvalResult(metrics_path, md, html, manifest, doc)
+
+
+def _model_result(name: str, m: EvalModel | None, mrows: list[dict], h: dict, *, samples_dir: Path,
+                  full_info: Path, out: Path, num_frames: int, n_seeds: int, vbench: dict) -> tuple[dict, dict]:
+    """One model's block of metrics.json (VBench where it can run, the offline metrics, held-out numbers,
+    speed, errors) and what the VBench run did."""
+    vrun = run_vbench(str(samples_dir / name), str(full_info), str(out / "vbench" / name), **vbench)
+    vbench_meta = {"ran": vrun.ran, "command": vrun.command, "runnable": sorted(vrun.scores), "errors": vrun.errors}
+    preset = m.preset if m else (mrows[0].get("preset") if mrows else None)
+    ae_kind = (m.ae_kind if m and m.ae_kind else None)
+    if ae_kind is None and preset:
+        from inference import PIPELINES
+
+        ae_kind = PIPELINES[preset].autoencoder if preset in PIPELINES else None
+    no_ref = {"reason": "no reference clips given (--reference-clips)"}
+    return {
+        "preset": preset, "ae_kind": ae_kind, "dit": m.dit if m else None, "ae": m.ae if m else None,
+        "random_init": m.random_init if m else None,
+        "num_frames": (m.num_frames or num_frames) if m else None,
+        "vbench": _vbench_block(vrun, n_seeds),
+        "proxy": _summarise_offline(mrows),
+        "vae": h.get("vae", {"psnr": None, "ssim": None, **no_ref}),
+        "train": h.get("train", {"fm_val_loss": None, **no_ref}),
+        "speed": _speed(mrows),
+        "errors": [{"path": r.get("path"), "prompt": r.get("prompt"), "error": r.get("error")}
+                   for r in mrows if r.get("status") == "error"] + h.get("heldout_errors", []),
+        "n_videos": len(mrows), "n_videos_ok": sum(r.get("status") == "ok" for r in mrows),
+    }, vbench_meta
+
+
+def _document(out: Path, started, the_suite: Suite, rows: list[dict], results: dict, *, seeds, num_frames,
+              resolution, aspect_ratio, height, width, steps, fps, device, dtype, backends: dict,
+              files: dict) -> dict:
+    """metrics.json: the run's settings and provenance, the backends used, and every model's results."""
+    vbench = backends["vbench"]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run": {"started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
+                "git_sha": source_commit(), "out_dir": str(out),
+                "suite": {"name": the_suite.name, "source": the_suite.source, "n_prompts": len(the_suite.prompts),
+                          **{k: v for k, v in the_suite.meta.items() if k in ("commit", "license", "selection")}},
+                "seeds": [int(s) for s in seeds], "num_frames": num_frames, "resolution": resolution,
+                "aspect_ratio": aspect_ratio, "height": height, "width": width, "steps": steps, "fps": fps,
+                "device": device, "dtype": dtype, "n_videos": len(rows),
+                "process_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20},
+        "versions": _versions(),
+        "backends": {
+            "vbench": {**vbench,
+                       "skipped": {d: v["reason"] for d, v in next(iter(results.values()))["vbench"]["dimensions"].items()
+                                   if v.get("raw") is None} if results else {}},
+            "offline": {"optical_flow": "OpenCV DIS (PRESET_MEDIUM)", "video_decode": "PyAV (common.video_io)",
+                        "ssim": "scikit-image structural_similarity (gaussian, sigma 1.5)",
+                        "static_filter": "dis_proxy"},
+            "heldout": backends["heldout"],
+        },
+        "files": files,
+        "models": results,
+    }
 
 
 def _json_default(o):

@@ -12,7 +12,7 @@ import numpy as np
 from common.atomic import write_text_atomic
 from components.eval.eval import EvalModel, EvalResult, run_eval
 
-# DiT config name (in the stage's resolved recipe) -> generation preset of components.generate.
+# DiT config name (in the stage's resolved recipe) -> generation preset of inference.
 PRESET_BY_DIT_CONFIG = {"opensora2-11b": "opensora2", "opensora2-hc": "opensora2-hc", "tiny": "tiny",
                         "tiny-hc": "tiny-hc"}
 MODEL_FILE = "model.safetensors"
@@ -68,7 +68,7 @@ def complete_init(init_file: str, preset: str, out_file: Path) -> str:
 
     import torch
 
-    from components.generate.generate import PIPELINES
+    from inference.generate import PIPELINES
 
     torch.manual_seed(0)
     model = MMDiT(get_config(PIPELINES[preset].dit_config))
@@ -116,7 +116,7 @@ def _ae_psnr(kind: str, weights: str | None, reference_table: str, num_frames: i
     autoencoders on the same clips, views and seeds already."""
     import torch
 
-    from components.generate.generate import _build_ae
+    from inference.generate import build_autoencoder
     from training.heldout import ae_heldout_metrics, load_heldout_clips
 
     from .heldout import HeldoutCache
@@ -130,7 +130,8 @@ def _ae_psnr(kind: str, weights: str | None, reference_table: str, num_frames: i
 
     def ae():
         if not built:
-            built.append(_build_ae(kind, "tiny" in _config_of(weights), Path(weights), dev, torch.float32))
+            built.append(build_autoencoder(kind, "tiny" in _config_of(weights), Path(weights), dev,
+                                           torch.float32))
         return built[0]
 
     per_clip = [cache.get("ae", weights, (str(Path(c.path).resolve()), num_frames, height, width, i,

@@ -265,36 +265,9 @@ def _side_by_side(doc: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def write_reports(doc: dict, out: Path, scored: list[dict], history: list[str], thumbnails: int = 4):
+    """report.md and report.html (with plots/ and thumbs/ beside them) of an evaluation's metrics document."""
     names = list(doc["models"])
-    plots: dict[str, str] = {}
-    if names:
-        first = doc["models"][names[0]]["proxy"]
-        for k in first:
-            plots[f"proxy_{k}"] = bar_svg(f"proxy.{k} ({first[k].get('kind')})", [k],
-                                          {n: [doc["models"][n]["proxy"][k]["value"]] for n in names}, width=260)
-        vb_dims = [d for d, v in doc["models"][names[0]]["vbench"]["dimensions"].items()]
-        if any(doc["models"][n]["vbench"]["dimensions"][d]["normalized"] is not None for n in names for d in vb_dims):
-            plots["vbench_dimensions"] = bar_svg("VBench normalised dimensions", vb_dims,
-                                                 {n: [doc["models"][n]["vbench"]["dimensions"][d]["normalized"]
-                                                      for d in vb_dims] for n in names}, width=900)
-        ours = {n: doc["models"][n]["vbench"]["aggregates"]["total_score"]["value"] for n in names}
-        if any(v is not None for v in ours.values()):
-            labels = [p[0] for p in PUBLISHED] + [n for n, v in ours.items() if v is not None]
-            vals = [p[1] for p in PUBLISHED] + [100 * v for v in ours.values() if v is not None]
-            plots["vbench_total_vs_published"] = bar_svg("VBench Total (%) vs published rows (spec/vbench.md §2)",
-                                                         labels, {"Total %": vals}, width=1000)
-        if history:
-            runs = []
-            for h in history:
-                try:
-                    runs.append((Path(h).parent.name, json.loads(Path(h).read_text())))
-                except (OSError, json.JSONDecodeError):
-                    continue
-            runs.append((out.name + " (this run)", doc))
-            for k in ("subject_consistency_ssim", "dynamic_degree_dis", "imaging_sharpness"):
-                plots[f"trend_{k}"] = line_svg(f"trend: proxy.{k}", [r[0] for r in runs],
-                                               {n: [r[1]["models"].get(n, {}).get("proxy", {}).get(k, {}).get("value")
-                                                    for r in runs] for n in names})
+    plots = _plots(doc, names, out, history)
     plot_dir = out / "plots"
     for k, svg in plots.items():
         write_text_atomic(plot_dir / f"{k}.svg", svg)
@@ -304,7 +277,53 @@ def write_reports(doc: dict, out: Path, scored: list[dict], history: list[str], 
         for k, svg in _learning_plots(learning).items():
             write_text_atomic(plot_dir / f"{k}.svg", svg)
             learning_files[k] = f"plots/{k}.svg"
+    thumbs = _thumbnails(scored, out, thumbnails)
+    header, rows = _side_by_side(doc) if names else (["metric"], [])
+    errs = [(n, e) for n in names for e in doc["models"][n]["errors"]]
+    md = _markdown(doc, names, header, rows, learning, errs, list(plots) + list(learning_files), thumbs)
+    md_path = write_text_atomic(out / "report.md", "\n".join(md) + "\n")
+    h = _html(doc, names, md[1:3], header, rows, learning, learning_files, plots, errs, thumbs)
+    html_path = write_text_atomic(out / "report.html", "\n".join(h))
+    return md_path, html_path
 
+
+def _plots(doc: dict, names: list[str], out: Path, history: list[str]) -> dict[str, str]:
+    """name -> SVG: proxy metrics, VBench dimensions, VBench Total beside the published rows, trends."""
+    plots: dict[str, str] = {}
+    if not names:
+        return plots
+    first = doc["models"][names[0]]["proxy"]
+    for k in first:
+        plots[f"proxy_{k}"] = bar_svg(f"proxy.{k} ({first[k].get('kind')})", [k],
+                                      {n: [doc["models"][n]["proxy"][k]["value"]] for n in names}, width=260)
+    vb_dims = [d for d, v in doc["models"][names[0]]["vbench"]["dimensions"].items()]
+    if any(doc["models"][n]["vbench"]["dimensions"][d]["normalized"] is not None for n in names for d in vb_dims):
+        plots["vbench_dimensions"] = bar_svg("VBench normalised dimensions", vb_dims,
+                                             {n: [doc["models"][n]["vbench"]["dimensions"][d]["normalized"]
+                                                  for d in vb_dims] for n in names}, width=900)
+    ours = {n: doc["models"][n]["vbench"]["aggregates"]["total_score"]["value"] for n in names}
+    if any(v is not None for v in ours.values()):
+        labels = [p[0] for p in PUBLISHED] + [n for n, v in ours.items() if v is not None]
+        vals = [p[1] for p in PUBLISHED] + [100 * v for v in ours.values() if v is not None]
+        plots["vbench_total_vs_published"] = bar_svg("VBench Total (%) vs published rows",
+                                                     labels, {"Total %": vals}, width=1000)
+    if history:
+        runs = []
+        for h in history:
+            try:
+                runs.append((Path(h).parent.name, json.loads(Path(h).read_text())))
+            except (OSError, json.JSONDecodeError):
+                continue
+        runs.append((out.name + " (this run)", doc))
+        for k in ("subject_consistency_ssim", "dynamic_degree_dis", "imaging_sharpness"):
+            plots[f"trend_{k}"] = line_svg(f"trend: proxy.{k}", [r[0] for r in runs],
+                                           {n: [r[1]["models"].get(n, {}).get("proxy", {}).get(k, {}).get("value")
+                                                for r in runs] for n in names})
+    return plots
+
+
+def _thumbnails(scored: list[dict], out: Path, thumbnails: int) -> list[tuple]:
+    """(model, prompt, GIF path relative to `out`) of the first sample of up to `thumbnails` prompts."""
     thumbs = []
     seen_prompts: dict[str, int] = {}
     for r in scored:
@@ -318,7 +337,10 @@ def write_reports(doc: dict, out: Path, scored: list[dict], history: list[str], 
         if g:
             thumbs.append((r["model"], p, g.relative_to(out)))
 
-    header, rows = _side_by_side(doc) if names else (["metric"], [])
+    return thumbs
+
+
+def _markdown(doc, names, header, rows, learning, errs, plot_names, thumbs) -> list[str]:
     run = doc["run"]
     md = [f"# Evaluation report\n",
           f"Suite `{run['suite']['name']}` ({run['suite']['n_prompts']} prompts, source {run['suite']['source']}), "
@@ -351,20 +373,21 @@ def write_reports(doc: dict, out: Path, scored: list[dict], history: list[str], 
         fm = doc["models"][n]["train"].get("fm_val_loss")
         md.append(f"- {n}: " + (", ".join(f"t={t}: {_fmt(v)}" for t, v in fm.items()) if fm else
                                  f"null ({doc['models'][n]['train'].get('reason')})"))
-    errs = [(n, e) for n in names for e in doc["models"][n]["errors"]]
     md.append("\n## Errors (per video / clip)\n")
     md += [f"- {n}: `{e.get('path')}`: {e.get('error')}" for n, e in errs] or ["none"]
     md.append("\n## Plots\n")
-    md += [f"![{k}](plots/{k}.svg)" for k in list(plots) + list(learning_files)]
+    md += [f"![{k}](plots/{k}.svg)" for k in plot_names]
     md.append("\n## Samples\n")
     md += [f"- {m}: {html.escape(p)}\n\n  ![{m}]({g})" for m, p, g in thumbs]
-    md_path = write_text_atomic(out / "report.md", "\n".join(md) + "\n")
+    return md
 
+
+def _html(doc, names, intro, header, rows, learning, learning_files, plots, errs, thumbs) -> list[str]:
     e = html.escape
     h = ["<!doctype html><html><head><meta charset='utf-8'><title>soraflow eval</title><style>"
          "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
          "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}.null{color:#999}</style></head><body>",
-         f"<h1>Evaluation report</h1><p>{e(md[1])}</p><p>{e(md[2])}</p>"]
+         f"<h1>Evaluation report</h1><p>{e(intro[0])}</p><p>{e(intro[1])}</p>"]
     if learning:
         h += _learning_html(learning, learning_files)
     h.append("<h2>Side by side</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in header) + "</tr>")
@@ -384,5 +407,4 @@ def write_reports(doc: dict, out: Path, scored: list[dict], history: list[str], 
     h.append("<h2>Samples</h2>" + "".join(f"<figure style='display:inline-block'><img src='{g}'><figcaption>"
                                          f"{e(m)}: {e(p[:40])}</figcaption></figure>" for m, p, g in thumbs))
     h.append("</body></html>")
-    html_path = write_text_atomic(out / "report.html", "\n".join(h))
-    return md_path, html_path
+    return h

@@ -2,8 +2,8 @@
 
 `mini` is shipped beside this file (`mini_suite.json`: 22 VBench prompts, 2 per prompt suite, with their
 dimension tags; Apache-2.0, see `VBENCH_LICENSE`). Any other value is a path to a file in the
-`VBench_full_info.json` format (a list of `{"prompt_en", "dimension", ["auxiliary_info"]}`), e.g. the standard
-946-prompt suite in `shared/data/vbench/`.
+`VBench_full_info.json` format (a list of `{"prompt_en", "dimension", ["auxiliary_info"]}`), e.g. VBench's standard
+946-prompt suite (its own `VBench_full_info.json`).
 """
 
 from __future__ import annotations

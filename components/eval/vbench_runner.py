@@ -2,7 +2,7 @@
 
 VBench is never imported here (it pins numpy<2, transformers==4.33.2, CUDA <= 12.1): it runs in its own
 interpreter (`vbench_python`) through `vbench_driver.py`, with offline environment variables, and only for the
-dimensions whose weight files all exist, so VBench's `wget` fallbacks never fire (spec/vbench.md §1.6, §6.2).
+dimensions whose weight files all exist, so VBench's `wget` fallbacks never fire (`docs/eval.md`).
 
 Weights root layout (`vbench_weights`): VBench's cache as `init_submodules` expects it (`clip_model/`,
 `dino_model/`, ...), plus `torch/` (TORCH_HOME: DINO's hub checkpoint) and `huggingface/` (HF_HOME:

@@ -1,7 +1,7 @@
 """VBench's normalisation and Quality/Semantic/Total aggregation, with its constants.
 
-Constants copied from VBench `scripts/constant.py` at commit 45e79ec1 (= PyPI vbench 0.1.5), as tabulated in
-`shared/spec/vbench.md` §1.3. Unlike VBench's `cal_final_score.py`, which sets a missing dimension to 0 and so
+Constants copied from VBench `scripts/constant.py` at commit 45e79ec1 (= PyPI vbench 0.1.5), (how they combine:
+`docs/eval.md`). Unlike VBench's `cal_final_score.py`, which sets a missing dimension to 0 and so
 silently deflates the Total, `aggregate` refuses a partial set: a group score is null with the list of missing
 dimensions unless every member is a real VBench value.
 """
@@ -76,7 +76,7 @@ def aggregate(official: Mapping[str, float | None]) -> dict:
             "normalized": {d: normalize(d, v) for d, v in official.items() if v is not None}}
 
 
-# Published rows (%, spec/vbench.md §2) with all three numbers, for the report's reference chart.
+# Published rows (%, `docs/eval.md`) with all three numbers, for the report's reference chart.
 PUBLISHED = [
     # (model, total, quality, semantic, note)
     ("Wan2.1-14B", 86.22, 86.67, 84.44, "augmented prompts"),

@@ -1,4 +1,4 @@
-"""The filter step: per-clip scorers, the 256px/768px data pyramid, validation and DVC versioning (spec §D.2)."""
+"""The filter step: per-clip scorers, the 256px/768px data pyramid, validation and DVC versioning (`docs/curation.md`)."""
 
 from components.filter.filter import (
     THRESHOLDS_256,
@@ -7,9 +7,7 @@ from components.filter.filter import (
     FilterResult,
     FilterThresholds,
     as_thresholds,
-    read_table,
     run_filter,
-    write_table,
 )
 from components.filter.scorers import (
     AestheticScorer,
@@ -28,8 +26,7 @@ from components.filter.validation import ValidationError, validate_table
 
 __all__ = [
     "run_filter", "FilterError", "FilterThresholds", "FilterResult", "THRESHOLDS_256", "THRESHOLDS_768", "as_thresholds",
-    "read_table",
-    "write_table", "validate_table", "ValidationError", "Clip", "ScoreResult", "DecodeCheck", "MotionScorer",
+    "validate_table", "ValidationError", "Clip", "ScoreResult", "DecodeCheck", "MotionScorer",
     "BlurScorer", "JitterScorer", "PerceptualHasher", "AestheticScorer", "OCRScorer", "default_scorers",
     "find_duplicates",
 ]

@@ -1,4 +1,4 @@
-"""The filter step: score every clip, then build the data pyramid (spec §D.2).
+"""The filter step: score every clip, then build the data pyramid (`docs/curation.md`, "Filter").
 
     table (path,text,num_frames,height,width,aspect_ratio,resolution,fps,...) ──> scorers (parallel over clips)
         ──> full.parquet       every clip, its scores, `rejected_by` (first failing stage) and `reason`
@@ -32,15 +32,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.atomic import atomic_path, write_text_atomic
+from common.atomic import write_text_atomic
+from common.clip_table import FULL_FILE, NEEDS_CAPTION_FILE, SET_FILES, read_table, write_table
 from common.digests import table_record
 from common.video_io import VideoReadError, check_video_backend
 from components.filter.scorers import Clip, Scorer, default_scorers, find_duplicates
 
-__all__ = ["FilterError", "FilterThresholds", "FilterResult", "run_filter", "read_table", "write_table", "REQUIRED_COLUMNS",
-           "THRESHOLDS_256", "THRESHOLDS_768"]
+__all__ = ["FilterError", "FilterThresholds", "FilterResult", "run_filter", "THRESHOLDS_256", "THRESHOLDS_768"]
 
-REQUIRED_COLUMNS = ["path", "text", "num_frames", "height", "width", "aspect_ratio", "resolution", "fps"]
 STAGE_ORDER = ["decode", "blur", "motion", "jitter", "aesthetic", "ocr", "size", "dedup"]
 
 
@@ -106,28 +105,6 @@ class FilterResult:
     validation: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"clip table {path} does not exist")
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix in (".csv", ".tsv"):
-        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", keep_default_na=False, na_values=[""])
-    raise ValueError(f"clip table {path}: expected .parquet or .csv, got {path.suffix!r}")
-
-
-def write_table(df: pd.DataFrame, path: str | Path) -> Path:
-    """Parquet (or CSV by suffix), written to a temporary name in the same folder and renamed into place."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        if path.suffix == ".csv":
-            df.to_csv(tmp, index=False)
-        else:
-            df.to_parquet(tmp, index=False)
-    return path
 
 
 def _write_json(obj, path: Path) -> None:
@@ -234,43 +211,69 @@ def run_filter(
     t0 = time.time()
     thresholds_256 = as_thresholds(thresholds_256, THRESHOLDS_256, "thresholds_256")
     thresholds_768 = as_thresholds(thresholds_768, THRESHOLDS_768, "thresholds_768")
-    # what every clip needs, checked once: a missing library is one error here, not every clip "broken"
+    _check_environment()
+    table_path = None
+    if not isinstance(table, pd.DataFrame):
+        table_path = Path(table)
+        table = read_table(table)
+    df = _input_rows(table)
+    out_dir = Path(out_dir)
+    report_dir = Path(report_dir) if report_dir else out_dir.parent / f"{out_dir.name}.reports"
+    scorers = scorers if scorers is not None else default_scorers(aesthetic_weights, ocr_weights)
+    if validate:  # the GX import overlaps the scoring below (decoding and numpy release the GIL)
+        from components.filter.validation import preload_engine
+
+        preload_engine()
+    _score_all(df, scorers, num_workers, progress)
+    _apply_thresholds(df, thresholds_256, thresholds_768)
+    needs_caption = df[df["in_256"] & ~df["has_caption"]].reset_index(drop=True)
+    set_256 = _training_set(df[df["in_256"] & df["has_caption"]])
+    set_768 = _training_set(df[df["in_768"] & df["has_caption"]])
+    counts = _counts(df, set_256, set_768, needs_caption, scorers)
+    stats = {"counts": counts, "thresholds_256": asdict(thresholds_256), "thresholds_768": asdict(thresholds_768),
+             "scorers": [{"stage": s.name, "class": type(s).__name__, "reads": list(s.reads),
+                          "writes": list(s.writes), "config": {k: v for k, v in vars(s).items()
+                                                               if not k.startswith("_") and not callable(v)}}
+                         for s in scorers]}
+    tables = {"full": (df, FULL_FILE), "set_256px": (set_256, SET_FILES["set_256px"]),
+              "set_768px": (set_768, SET_FILES["set_768px"]), "needs_caption": (needs_caption, NEEDS_CAPTION_FILE)}
+    files, validation = _write_dataset(out_dir, tables, stats, table_path, validate=validate,
+                                       check_files=check_files, report_dir=report_dir)
+    return FilterResult(out_dir=out_dir, full=df, set_256=set_256, set_768=set_768, needs_caption=needs_caption,
+                        counts=counts, validation=validation, files=files, seconds=time.time() - t0)
+
+
+def _check_environment() -> None:
+    """What every clip needs, checked once: a missing library is one error here, not every clip "broken"."""
     check_video_backend(encode=False)
     try:
         import cv2  # noqa: F401  (blur, jitter and pHash scorers)
     except ImportError as exc:
         raise FilterError(f"the filter needs OpenCV (blur, jitter, pHash): {exc}; install the project's "
                           f"dependencies (`pip install -e .`, which pins opencv-python-headless)") from None
-    table_path = None
-    if not isinstance(table, pd.DataFrame):
-        table_path = Path(table)
-        table = read_table(table)
+
+
+def _input_rows(table: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in ("path", "text", "fps", "height", "width") if c not in table.columns]
     if missing:
         raise ValueError(f"clip table lacks required column(s) {missing}; has {list(table.columns)}")
-    out_dir = Path(out_dir)
-    report_dir = Path(report_dir) if report_dir else out_dir.parent / f"{out_dir.name}.reports"
-    scorers = scorers if scorers is not None else default_scorers(aesthetic_weights, ocr_weights)
     if table.empty:
         raise ValueError("the clip table has no rows: nothing to filter (did ingest reject every source? see its "
                          "rejected.parquet)")
     df = table.reset_index(drop=True).copy()
     df["path"] = df["path"].astype(str)
+    return df
 
-    if validate:  # the GX import overlaps the scoring below (decoding and numpy release the GIL)
-        from components.filter.validation import preload_engine
 
-        preload_engine()
+def _score_all(df: pd.DataFrame, scorers: list[Scorer], num_workers: int, progress: bool) -> None:
+    """Every scorer on every clip (clips in parallel), the score columns added to `df` in place."""
     nf = df["num_frames"] if "num_frames" in df.columns else pd.Series([None] * len(df))
     rows: list[dict[str, Any]] = [{}] * len(df)
     bar = None
     if progress:
-        try:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(df), desc="filter: scoring clips", unit="clip")
-        except ImportError:  # pragma: no cover
-            bar = None
+        bar = tqdm(total=len(df), desc="filter: scoring clips", unit="clip")
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         futs = {pool.submit(_score_clip, p, n, scorers): i for i, (p, n) in enumerate(zip(df["path"], nf))}
         for fut, i in futs.items():
@@ -283,6 +286,10 @@ def run_filter(
     for col in scores.columns:
         df[col] = scores[col]
 
+
+def _apply_thresholds(df: pd.DataFrame, thresholds_256: FilterThresholds, thresholds_768: FilterThresholds) -> None:
+    """The verdict columns (`rejected_by`, `reason`, `dup_of`, `in_256`, `in_768`, ... `has_caption`), in place;
+    a FilterError when one stage rejected every clip (a broken scorer or setting, not a dataset)."""
     r256 = [_check(r, thresholds_256) for _, r in df.iterrows()]
     r768 = [_check(r, thresholds_768) for _, r in df.iterrows()]
     # dedup last: among the clips that pass every other 256px check, the first in table order is kept and
@@ -302,22 +309,18 @@ def run_filter(
                         for (_, m768), ok, m in zip(r768, df["in_256"], df["reason"])]
     df["in_768"] = df["in_256"] & df["rejected_by_768"].isna()
     df["has_caption"] = [_has_caption(t) for t in df["text"]]
-
     if not df["in_256"].any() and df["rejected_by"].nunique() == 1:
         stage = df["rejected_by"].iloc[0]
         raise FilterError(f"every one of the {len(df)} clips was rejected by the {stage!r} stage (first: "
                           f"{df['path'].iloc[0]}: {df['reason'].iloc[0]}); nothing was written")
-    keep_256 = df[df["in_256"] & df["has_caption"]]
-    keep_768 = df[df["in_768"] & df["has_caption"]]
-    needs_caption = df[df["in_256"] & ~df["has_caption"]].reset_index(drop=True)
-    set_256 = _training_set(keep_256)
-    set_768 = _training_set(keep_768)
 
+
+def _counts(df, set_256, set_768, needs_caption, scorers) -> dict[str, Any]:
     def per_stage(col):
         vc = df[col].value_counts()
         return {s: int(vc.get(s, 0)) for s in STAGE_ORDER + ["256px"] if int(vc.get(s, 0))}
 
-    counts = {
+    return {
         "input": int(len(df)),
         "rejected_256": per_stage("rejected_by"),
         "rejected_768": per_stage("rejected_by_768"),
@@ -331,46 +334,41 @@ def run_filter(
         "scorer_errors": {s.name: int((df.get(f"status_{s.name}") == "error").sum()) for s in scorers
                           if f"status_{s.name}" in df.columns},
     }
-    stats = {"counts": counts, "thresholds_256": asdict(thresholds_256), "thresholds_768": asdict(thresholds_768),
-             "scorers": [{"stage": s.name, "class": type(s).__name__, "reads": list(s.reads),
-                          "writes": list(s.writes), "config": {k: v for k, v in vars(s).items()
-                                                               if not k.startswith("_") and not callable(v)}}
-                         for s in scorers]}
 
-    # ---- write to a temporary sibling folder, validate, swap ----
+
+def _validate(tables: dict, tmp: Path, *, check_files: bool, report_dir: Path) -> dict[str, Any]:
+    """Both training sets through their suites; the reports go to `tmp/validation/`, and a failing one also to
+    `report_dir` (the temporary folder is deleted on failure) before ValidationError is raised."""
+    from components.filter.validation import ValidationError, covered_report, save_report, validate_table
+
+    set_256, set_768 = tables["set_256px"][0], tables["set_768px"][0]
+    reports = {"set_256px": validate_table(set_256, "set_256px", check_files=check_files, raise_on_failure=False)}
+    # the 768px set is a row subset of the 256px set: its report follows from the 256px one when that
+    # is verifiably so, else it gets its own full run
+    reports["set_768px"] = (covered_report(set_768, "set_768px", set_256, reports["set_256px"])
+                            or validate_table(set_768, "set_768px", check_files=check_files, raise_on_failure=False))
+    failed = next((r for r in reports.values() if not r["success"]), None)
+    vdir = tmp / "validation"
+    vdir.mkdir()
+    for name, rep in reports.items():
+        save_report(rep, vdir / name)
+    if failed is not None:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        raise ValidationError(failed, save_report(failed, report_dir / failed["name"]))
+    return {n: {"success": r["success"], "engine": r["engine"],
+                "failed": [e["expectation"] for e in r["expectations"] if not e["success"]],
+                **({"covered_by": r["covered_by"]} if "covered_by" in r else {})}
+            for n, r in reports.items()}
+
+
+def _write_dataset(out_dir: Path, tables: dict, stats: dict, table_path: Path | None, *, validate: bool,
+                   check_files: bool, report_dir: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """Write the tables to a temporary sibling folder, validate, then swap it in for `out_dir`."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    validation: dict[str, Any] = {}
     try:
-        files = {
-            "full": write_table(df, tmp / "full.parquet"),
-            "set_256px": write_table(set_256, tmp / "set_256px.parquet"),
-            "set_768px": write_table(set_768, tmp / "set_768px.parquet"),
-            "needs_caption": write_table(needs_caption, tmp / "needs_caption.parquet"),
-        }
-        if validate:
-            from components.filter.validation import ValidationError, covered_report, save_report, validate_table
-
-            reports = {"set_256px": validate_table(set_256, "set_256px", check_files=check_files,
-                                                   raise_on_failure=False)}
-            # the 768px set is a row subset of the 256px set: its report follows from the 256px one when that
-            # is verifiably so, else it gets its own full run
-            reports["set_768px"] = (covered_report(set_768, "set_768px", set_256, reports["set_256px"])
-                                    or validate_table(set_768, "set_768px", check_files=check_files,
-                                                      raise_on_failure=False))
-            failed = next((r for r in reports.values() if not r["success"]), None)
-            vdir = tmp / "validation"
-            vdir.mkdir()
-            for name, rep in reports.items():
-                save_report(rep, vdir / name)
-            validation = {n: {"success": r["success"], "engine": r["engine"],
-                              "failed": [e["expectation"] for e in r["expectations"] if not e["success"]],
-                              **({"covered_by": r["covered_by"]} if "covered_by" in r else {})}
-                          for n, r in reports.items()}
-            if failed is not None:
-                report_dir.mkdir(parents=True, exist_ok=True)
-                paths = save_report(failed, report_dir / failed["name"])
-                raise ValidationError(failed, paths)
+        files = {key: write_table(df, tmp / name) for key, (df, name) in tables.items()}
+        validation = _validate(tables, tmp, check_files=check_files, report_dir=report_dir) if validate else {}
         stats["validation"] = validation
         # lineage: what this run read and wrote, by content (no timings here, so identical input gives a
         # byte-identical dataset and the same DVC hash); sha256 is the digest the trainer's data_revision hashes
@@ -391,5 +389,4 @@ def run_filter(
         raise
     files = {k: str(out_dir / Path(v).name) for k, v in files.items()}
     files["stats"] = str(out_dir / "stats.json")
-    return FilterResult(out_dir=out_dir, full=df, set_256=set_256, set_768=set_768, needs_caption=needs_caption,
-                        counts=counts, validation=validation, files=files, seconds=time.time() - t0)
+    return files, validation

@@ -1,6 +1,6 @@
 """VMAF motion computed from decoded luma, with the same integer arithmetic as ffmpeg's `vmafmotion` filter.
 
-ffmpeg `libavfilter/vf_vmafmotion.c` (the score Open-Sora appends to captions, spec §C.7) per frame:
+ffmpeg `libavfilter/vf_vmafmotion.c` (the score Open-Sora appends to captions, `docs/curation.md`) per frame:
 
 1. blur the luma with the 5-tap Gaussian `FILTER_5` in Q15 fixed point, taps `lrint(f * 2**15)`
    = (1785, 8002, 13193, 8002, 1785); vertical pass first (`sum >> bit_depth`), then horizontal

@@ -1,4 +1,4 @@
-"""Per-clip scorers of the filter step (spec §D.2), one per signal, in NeMo Curator's stage style.
+"""Per-clip scorers of the filter step (`docs/curation.md`, "Filter"), one per signal, in NeMo Curator's stage style.
 
 Each scorer is a dataclass that declares the columns it reads (`reads`) and writes (`writes`); its knobs are
 typed fields. A scorer never decides keep/reject: it only measures. Thresholds live in
@@ -196,7 +196,7 @@ def _gray(frames: np.ndarray) -> np.ndarray:
 
 @dataclass
 class BlurScorer(Scorer):
-    """Variance of OpenCV's Laplacian on `num_frames` uniformly spaced grey frames (spec §D.2).
+    """Variance of OpenCV's Laplacian on `num_frames` uniformly spaced grey frames (`docs/curation.md`).
 
     `score_blur` is the median of the per-frame variances: "median < threshold" is exactly the majority vote
     "most of the frames are blurry" the spec describes, and one number per clip can be thresholded per level.
@@ -227,7 +227,7 @@ class BlurScorer(Scorer):
 
 @dataclass
 class JitterScorer(Scorer):
-    """Camera jitter (spec §D.2: "mean frame-to-frame change above threshold → drop").
+    """Camera jitter: the mean frame-to-frame change of the camera shift (`docs/curation.md`).
 
     The global camera displacement between consecutive sampled frames is estimated by phase correlation
     (`cv2.phaseCorrelate` on grey frames); `score_jitter` is the mean absolute frame-to-frame *change* of that
@@ -321,7 +321,7 @@ def find_duplicates(paths: list[str], hashes: list[str | None], max_hamming: int
 @dataclass
 class AestheticScorer(Scorer):
     """LAION "improved aesthetic predictor" (CLIP ViT-L/14 image embedding → MLP), mean over the first,
-    middle and last frame, column `score_aesthetic` (spec §D.2). Runs only with a local `weights_path`:
+    middle and last frame, column `score_aesthetic` (`docs/curation.md`). Runs only with a local `weights_path`:
     a folder with `clip/` (a transformers CLIP model) and `mlp.pth` (the predictor's state dict), or any
     `model_factory(weights_path) -> callable(frames uint8 [N,H,W,3]) -> scores [N]`. Without weights the
     stage records `not_run` and the reason; it never invents a score."""
@@ -389,7 +389,7 @@ def _laion_aesthetic_factory(weights_path: str):
 @dataclass
 class OCRScorer(Scorer):
     """Text area: boxes with confidence > `min_confidence` (0.7, the paper's value), total box area / frame
-    area, max over the sampled frames, column `score_ocr` (spec §D.2). Runs only with a local `weights_path`
+    area, max over the sampled frames, column `score_ocr` (`docs/curation.md`). Runs only with a local `weights_path`
     (PaddleOCR model folder) or a `detector_factory(weights_path) -> callable(frame) -> [(box_xyxy, conf)]`;
     otherwise `not_run` with the reason."""
 

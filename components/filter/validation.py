@@ -1,4 +1,4 @@
-"""Data validation of clip tables with Great Expectations 1.x, suites written in code (anchors pitfall 19).
+"""Data validation of clip tables with Great Expectations 1.x, suites written in code (`docs/curation.md`).
 
 `validate_table(df, name)` runs one suite on an ephemeral GX context with a pandas datasource:
 
@@ -11,8 +11,7 @@
   `_path_readable`, then expected to be all True -- GX has no file-system expectation)
 
 A failing suite raises `ValidationError` whose message is a readable report (which expectation, how many
-rows, example values and row indices); `save_report` writes it as JSON and Markdown. When GX cannot be
-imported, the same checks run in plain pandas and the report says `engine: "pandas-fallback"`.
+rows, example values and row indices); `save_report` writes it as JSON and Markdown.
 """
 
 from __future__ import annotations
@@ -27,10 +26,10 @@ from typing import Any
 import pandas as pd
 
 from common.atomic import write_text_atomic
+from common.clip_table import REQUIRED_COLUMNS
 
-__all__ = ["ValidationError", "validate_table", "preload_engine", "covered_report", "save_report", "TRAINING_COLUMNS", "SCORE_RANGES", "format_report"]
+__all__ = ["ValidationError", "validate_table", "preload_engine", "covered_report", "save_report", "SCORE_RANGES", "format_report"]
 
-TRAINING_COLUMNS = ["path", "text", "num_frames", "height", "width", "aspect_ratio", "resolution", "fps"]
 INT_COLUMNS = ["num_frames", "height", "width", "resolution"]
 FLOAT_COLUMNS = ["aspect_ratio", "fps"]
 # column -> (min, max); NaN allowed (a scorer that did not run leaves NaN)
@@ -70,10 +69,7 @@ def preload_engine() -> threading.Thread:
     caller can overlap it with other work; a later `validate_table` waits for the module as usual."""
 
     def _load():
-        try:
-            import great_expectations  # noqa: F401
-        except ImportError:
-            pass  # validate_table falls back to pandas and says so in the report
+        import great_expectations  # noqa: F401
 
     thread = threading.Thread(target=_load, name="gx-preload", daemon=True)
     thread.start()
@@ -91,9 +87,9 @@ def _readable(p) -> bool:
 def _plan(df: pd.DataFrame, check_files: bool) -> list[tuple[str, dict[str, Any], str]]:
     """(expectation type, kwargs, description) for this table; per-column checks only for present columns."""
     plan: list[tuple[str, dict[str, Any], str]] = []
-    for c in TRAINING_COLUMNS:
+    for c in REQUIRED_COLUMNS:
         plan.append(("expect_column_to_exist", {"column": c}, f"schema: column `{c}` exists"))
-    present = [c for c in TRAINING_COLUMNS if c in df.columns]
+    present = [c for c in REQUIRED_COLUMNS if c in df.columns]
     for c in present:
         plan.append(("expect_column_values_to_not_be_null", {"column": c}, f"`{c}` has no missing values"))
     for c in INT_COLUMNS:
@@ -187,46 +183,10 @@ def _run_gx(df: pd.DataFrame, name: str, plan) -> list[dict[str, Any]]:
     return out
 
 
-def _run_pandas(df: pd.DataFrame, plan) -> list[dict[str, Any]]:
-    """The same suite in plain pandas (used only when great_expectations cannot be imported)."""
-    out = []
-    for typ, kw, desc in plan:
-        col = kw.get("column")
-        bad = pd.Series(False, index=df.index)
-        if typ == "expect_column_to_exist":
-            ok = col in df.columns
-            out.append({"expectation": typ, "description": desc, "kwargs": kw, "success": ok,
-                        "unexpected_count": 0 if ok else len(df), "example_rows": [], "example_values": [],
-                        "error": None})
-            continue
-        s = df[col]
-        if typ == "expect_column_values_to_not_be_null":
-            bad = s.isna()
-        elif typ == "expect_column_values_to_be_in_type_list":
-            bad = pd.Series(str(s.dtype) not in kw["type_list"], index=df.index) & s.notna()
-        elif typ == "expect_column_values_to_be_between":
-            v = pd.to_numeric(s, errors="coerce")
-            lo, hi = kw.get("min_value"), kw.get("max_value")
-            if lo is not None:
-                bad |= (v <= lo) if kw.get("strict_min") else (v < lo)
-            if hi is not None:
-                bad |= v > hi
-            bad &= s.notna()
-        elif typ == "expect_column_values_to_be_unique":
-            bad = s.duplicated(keep=False) & s.notna()
-        elif typ == "expect_column_values_to_be_in_set":
-            bad = ~s.isin(kw["value_set"]) & s.notna()
-        idx = list(df.index[bad])
-        ex_idx, ex_vals = _examples(df, col, idx)
-        out.append({"expectation": typ, "description": desc, "kwargs": kw, "success": not idx,
-                    "unexpected_count": len(idx), "example_rows": ex_idx, "example_values": ex_vals, "error": None})
-    return out
-
-
-def validate_table(df: pd.DataFrame, name: str, *, check_files: bool = True, raise_on_failure: bool = True,
-                   engine: str = "auto") -> dict[str, Any]:
+def validate_table(df: pd.DataFrame, name: str, *, check_files: bool = True, raise_on_failure: bool = True
+                   ) -> dict[str, Any]:
     """Run the clip-table suite; returns the report dict (`success`, `engine`, `expectations`, ...).
-    Raises `ValidationError` on failure unless `raise_on_failure=False`. `engine`: auto | gx | pandas."""
+    Raises `ValidationError` on failure unless `raise_on_failure=False`."""
     work = df.reset_index(drop=True).copy()
     for c in ("path", "text"):  # pandas 3 `str` columns -> object: GX 1.24's type-list check misreads StringDtype
         if c in work.columns and isinstance(work[c].dtype, pd.StringDtype):
@@ -234,16 +194,10 @@ def validate_table(df: pd.DataFrame, name: str, *, check_files: bool = True, rai
     if check_files and "path" in work.columns:
         work["_path_readable"] = [_readable(p) for p in work["path"]]
     plan = _plan(work, check_files)
-    used = "pandas-fallback"
-    if engine in ("auto", "gx"):
-        try:
-            import great_expectations  # noqa: F401
+    import great_expectations
 
-            used = "great_expectations " + great_expectations.__version__
-        except ImportError:
-            if engine == "gx":
-                raise
-    results = _run_gx(work, name, plan) if used.startswith("great") else _run_pandas(work, plan)
+    used = "great_expectations " + great_expectations.__version__
+    results = _run_gx(work, name, plan)
     report = {
         "name": name, "engine": used, "rows": int(len(work)),
         "columns": [c for c in work.columns if c != "_path_readable"],

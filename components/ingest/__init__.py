@@ -1,4 +1,4 @@
-"""Ingest step: raw videos -> 2–8 s H.264 clips + clip table (spec D.1, D.2)."""
+"""Ingest step: raw videos -> 2–8 s H.264 clips + clip table (`docs/curation.md`)."""
 
 from components.ingest.ingest import (ClipCutter, IngestError, IngestParams, IngestResult, ingest, process_source,
                                       read_inputs)

@@ -1,4 +1,5 @@
-"""Ingest: raw videos -> probed, rule-checked, shot-split, cropped, re-encoded 2–8 s clips + a clip table (spec D.1, D.2).
+"""Ingest: raw videos -> probed, rule-checked, shot-split, cropped, re-encoded 2–8 s clips + a clip table
+(`docs/curation.md`: the clip table, and ingest's rules).
 
 Input is a folder of videos, a list of paths, or a manifest (CSV / Parquet / JSONL) with a `path` column (local path,
 or an http(s)/s3/gs URL opened through fsspec) and an optional `text` (or `caption`) column.
@@ -6,7 +7,7 @@ or an http(s)/s3/gs URL opened through fsspec) and an optional `text` (or `capti
 Per source (in parallel, one failure never stops the batch):
 
 1. fetch (URLs) and hash (sha256) the file; probe it with PyAV;
-2. preprocessing rules (D.2): duration ≥ `min_duration`, bits-per-pixel ≥ `min_bpp`, fps ≥ `min_fps`,
+2. preprocessing rules (`docs/curation.md`): duration ≥ `min_duration`, bits-per-pixel ≥ `min_bpp`, fps ≥ `min_fps`,
    aspect ratio (height/width) in `ar_range`, not H.264 Constrained Baseline, not broken (every frame decodes);
 3. one decoding pass (PyAV, in process: no ffmpeg binary) gives every frame's scene score (FFmpeg's `scdet`
    filter; a cut is a frame whose score ≥ `scene_threshold`) and non-black content box (rows/columns whose
@@ -39,14 +40,12 @@ from pathlib import Path
 import pandas as pd
 
 from common.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from common.clip_table import PROVENANCE_COLUMNS, REQUIRED_COLUMNS, read_table, write_table
 from common.digests import file_sha256, table_record
 
 from common.video_io import VideoReadError, check_video_backend, probe_video, scan_frames, write_clip
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
-REQUIRED_COLUMNS = ["path", "text", "num_frames", "height", "width", "aspect_ratio", "resolution", "fps"]
-PROVENANCE_COLUMNS = ["source", "source_row", "source_sha256", "shot", "start_frame", "end_frame", "start_time",
-                      "end_time", "crop"]
 REJECTED_COLUMNS = ["source", "row", "reason", "detail"]
 _STANDARD_FPS = [Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30),
                  Fraction(50), Fraction(60000, 1001), Fraction(60), Fraction(12), Fraction(15), Fraction(16),
@@ -104,20 +103,7 @@ def read_inputs(inputs) -> list[dict]:
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTS)
         return [{"row": i, "source": str(f.resolve()), "text": "", "error": None} for i, f in enumerate(files)]
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".csv":
-            df = pd.read_csv(p, dtype=str, keep_default_na=False)
-        elif suffix in (".parquet", ".pq"):
-            df = pd.read_parquet(p)
-        elif suffix in (".jsonl", ".json", ".ndjson"):
-            df = pd.read_json(p, lines=suffix != ".json", dtype=False)
-        else:
-            raise ValueError(f"{p}: unknown manifest type {suffix!r} (use .csv, .parquet or .jsonl, or a folder)")
-    except ValueError:
-        raise
-    except Exception as exc:  # pandas/pyarrow parse errors
-        raise ValueError(f"{p}: cannot read manifest ({exc})") from exc
+    df = read_table(p, strings=True)
     if "path" not in df.columns:
         raise ValueError(f"{p}: manifest has no 'path' column (columns: {', '.join(map(str, df.columns))})")
     text_col = "text" if "text" in df.columns else ("caption" if "caption" in df.columns else None)
@@ -178,15 +164,6 @@ def _source_key(source: str, params: IngestParams) -> str | None:
 
 # --- small helpers --------------------------------------------------------------------------------------------------
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    write_bytes_atomic(path, data)
-
-
-def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path, suffix=".parquet") as tmp:
-        df.to_parquet(tmp, index=False)
-
-
 def _fetch(url: str, cache: Path) -> str:
     import fsspec
 
@@ -211,7 +188,7 @@ def _output_fps(fps: float, max_fps: float) -> Fraction:
 
 
 def rule_violation(info, p: IngestParams) -> tuple[str, str] | None:
-    """The first preprocessing rule (spec D.2) that `info` (a `VideoInfo`) breaks, as (reason, detail)."""
+    """The first preprocessing rule (`docs/curation.md`) that `info` (a `VideoInfo`) breaks, as (reason, detail)."""
     if info.duration < p.min_duration:
         return "duration", f"duration {info.duration:.3f} s < {p.min_duration} s"
     if info.fps < p.min_fps:
@@ -396,26 +373,9 @@ def _lineage(inputs, jobs: list[dict], clips_path: Path, rejected_path: Path) ->
     return record
 
 
-def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_bpp: float = 0.02,
-           min_fps: float = 16, ar_range=(1 / 3, 3), clip_min: float = 2.0, clip_max: float = 8.0,
-           max_fps: float = 30, max_long_side: int = 1080, scene_threshold: float = 15.0, crop_limit: int = 24,
-           progress: bool = True) -> IngestResult:
-    """Ingest a folder / list / manifest of videos into `out_dir` (see the module docstring).
-
-    Raises `IngestError` when there is nothing to ingest, or when every source was rejected for one and the
-    same reason (the tables are written first, so `rejected.parquet` shows each source's detail)."""
-    t0 = time.perf_counter()
-    check_video_backend()  # a missing codec/filter is one error here, not every source rejected as broken
-    params = IngestParams(min_duration=min_duration, min_bpp=min_bpp, min_fps=float(min_fps),
-                          ar_range=tuple(float(x) for x in ar_range), clip_min=clip_min, clip_max=clip_max,
-                          max_fps=float(max_fps), max_long_side=int(max_long_side),
-                          scene_threshold=float(scene_threshold), crop_limit=int(crop_limit))
-    out = Path(out_dir)
-    (out / ".done").mkdir(parents=True, exist_ok=True)
-    jobs = read_inputs(inputs)
-    if not jobs:
-        raise IngestError(f"{inputs}: no videos to ingest (a folder is searched for {', '.join(sorted(VIDEO_EXTS))}; "
-                          f"a manifest needs rows)")
+def _finished_or_rejected(jobs: list[dict], out: Path, params: IngestParams):
+    """(results by row for the sources that need no work: bad rows, missing files, sources an earlier run
+    finished; the (job, done-marker) pairs still to do; how many were finished before)."""
     results: dict[int, dict] = {}
     todo = []
     skipped = 0
@@ -436,11 +396,15 @@ def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_
             except (OSError, ValueError):
                 pass  # a damaged marker: redo the source
         todo.append((job, marker))
+    return results, todo, skipped
 
+
+def _process_sources(todo, out: Path, params: IngestParams, workers: int, progress: bool, results: dict) -> None:
+    """Every source of `todo`, in parallel; each result into `results` (by row) and, when final, its marker."""
     def run_one(job, marker):
         res = process_source(job, str(out), params)
         if res["reason"] not in ("download", "error"):  # a failed download or an unexpected error may pass next time
-            _atomic_write_bytes(marker, json.dumps(res).encode())
+            write_bytes_atomic(marker, json.dumps(res).encode())
         return job, res
 
     from tqdm.auto import tqdm
@@ -461,6 +425,9 @@ def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_
                 bar.update(1)
     bar.close()
 
+
+def _tables(jobs: list[dict], results: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the clip table, the rejected sources), rows in the input's order whatever order the workers finished in."""
     clip_rows, rej_rows = [], []
     for job in jobs:
         res = results[job["row"]]
@@ -477,9 +444,35 @@ def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_
                           "end_frame": "int64", "start_time": "float64", "end_time": "float64", "crop": str})
     rejected = pd.DataFrame(rej_rows, columns=REJECTED_COLUMNS).astype(
         {"source": str, "row": "int64", "reason": str, "detail": str})
+    return clips, rejected
+
+
+def ingest(inputs, out_dir, *, workers: int = 2, min_duration: float = 2.0, min_bpp: float = 0.02,
+           min_fps: float = 16, ar_range=(1 / 3, 3), clip_min: float = 2.0, clip_max: float = 8.0,
+           max_fps: float = 30, max_long_side: int = 1080, scene_threshold: float = 15.0, crop_limit: int = 24,
+           progress: bool = True) -> IngestResult:
+    """Ingest a folder / list / manifest of videos into `out_dir` (see the module docstring).
+
+    Raises `IngestError` when there is nothing to ingest, or when every source was rejected for one and the
+    same reason (the tables are written first, so `rejected.parquet` shows each source's detail)."""
+    t0 = time.perf_counter()
+    check_video_backend()  # a missing codec/filter is one error here, not every source rejected as broken
+    params = IngestParams(min_duration=min_duration, min_bpp=min_bpp, min_fps=float(min_fps),
+                          ar_range=tuple(float(x) for x in ar_range), clip_min=clip_min, clip_max=clip_max,
+                          max_fps=float(max_fps), max_long_side=int(max_long_side),
+                          scene_threshold=float(scene_threshold), crop_limit=int(crop_limit))
+    out = Path(out_dir)
+    (out / ".done").mkdir(parents=True, exist_ok=True)
+    jobs = read_inputs(inputs)
+    if not jobs:
+        raise IngestError(f"{inputs}: no videos to ingest (a folder is searched for {', '.join(sorted(VIDEO_EXTS))}; "
+                          f"a manifest needs rows)")
+    results, todo, skipped = _finished_or_rejected(jobs, out, params)
+    _process_sources(todo, out, params, workers, progress, results)
+    clips, rejected = _tables(jobs, results)
     clips_path, rejected_path = out / "clips.parquet", out / "rejected.parquet"
-    _atomic_parquet(clips, clips_path)
-    _atomic_parquet(rejected, rejected_path)
+    write_table(clips, clips_path)
+    write_table(rejected, rejected_path)
     write_text_atomic(out / "lineage.json", json.dumps(_lineage(inputs, jobs, clips_path, rejected_path), indent=1))
     reasons = set(rejected["reason"])
     if clips.empty and len(reasons) == 1:

@@ -175,10 +175,33 @@ def make_sample_videos(out_dir: str | Path, seed: int = 0, training_set: bool = 
     out = Path(out_dir).resolve()  # absolute paths: the manifest works from any working directory
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    cases: list[dict] = []
+    cases = _Cases(out)
+    # the order of the cases is the manifest's, and so part of the curated dataset's bytes (data.dvc)
+    _motion_cases(cases.add)
+    _defect_cases(cases.add, rng)
+    _rejected_cases(cases.add, out)
+    if training_set:
+        for kind in ("train", "heldout"):
+            for name, photo, motion, caption in training_cases(kind):
+                frames = TRAIN_MOTIONS[motion][1](photo)
+                cases.add(name, np.ascontiguousarray(frames), caption, expected_clips=1, tags=[kind, motion],
+                          photo=photo, motion=motion, **MOTION_TRUTH[motion])
+    for c in cases.rows:
+        if c["name"] in ("truncated",):
+            c.update(num_frames=96, height=H, width=W)
+    _atomic_text(out / "ground_truth.json", json.dumps({"seed": seed, "cases": cases.rows}, indent=1))
+    return _write_manifest(out / "manifest.csv", cases.rows)
 
-    def add(name, frames=None, text="", expected="accept", reason="", **truth):
-        path = out / f"{name}.mp4"
+
+class _Cases:
+    """The cases written so far; `add` encodes a case's frames (when given) and records its ground truth."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.rows: list[dict] = []
+
+    def add(self, name, frames=None, text="", expected="accept", reason="", **truth):
+        path = self.out / f"{name}.mp4"
         enc = truth.pop("_enc", {})
         if frames is not None:
             _encode(path, frames, **enc)
@@ -190,9 +213,11 @@ def make_sample_videos(out_dir: str | Path, seed: int = 0, training_set: bool = 
                 "pan_px_per_frame": 0, "zoom_rate": 0.0, "cut_frames": [], "border": [0, 0, 0, 0],
                 "expected_clips": 0, "tags": []}
         case.update(truth)
-        cases.append(case)
+        self.rows.append(case)
         return path
 
+
+def _motion_cases(add) -> None:
     # --- good clips with known camera motion ---------------------------------------------------------------------
     add("pan_astronaut", pan("astronaut", 96, 2), "an astronaut portrait, camera pans right",
         pan_px_per_frame=2, expected_clips=1, tags=["motion"])
@@ -202,6 +227,9 @@ def make_sample_videos(out_dir: str | Path, seed: int = 0, training_set: bool = 
         zoom_rate=0.01, expected_clips=1, tags=["motion"])
     add("long_pan_rocket", pan("rocket", 264, 1), "a rocket on the launch pad, slow pan",
         pan_px_per_frame=1, expected_clips=2, tags=["motion", "long"])
+
+
+def _defect_cases(add, rng) -> None:
     # --- defects that ingest keeps and the filter step scores ----------------------------------------------------
     still = pan("rocket", 1, 0)[0]
     noise = rng.normal(0, 2.0, size=(72, H, W, 3))
@@ -253,6 +281,9 @@ def make_sample_videos(out_dir: str | Path, seed: int = 0, training_set: bool = 
             expected_clips=1, tags=["codec"], _enc={"pix_fmt": "yuv444p"})
     add("mpeg4_chelsea", pan("chelsea", 72, 2), "a cat, MPEG-4 part 2", pan_px_per_frame=2, expected_clips=1,
         tags=["codec"], _enc={"codec": "mpeg4"})
+
+
+def _rejected_cases(add, out: Path) -> None:
     # --- files ingest must reject, with the rule that rejects them ------------------------------------------------
     add("baseline_rocket", pan("rocket", 72, 2), "H.264 constrained baseline", "reject", "constrained_baseline",
         _enc={"options": {"profile": "baseline", "crf": "18", "preset": "veryfast"}})
@@ -271,25 +302,17 @@ def make_sample_videos(out_dir: str | Path, seed: int = 0, training_set: bool = 
     _atomic_text(out / "not_a_video.mp4", "this is a text file, not a video\n")
     add("not_a_video", None, "a text file named .mp4", "reject", "broken")
 
-    if training_set:
-        for kind in ("train", "heldout"):
-            for name, photo, motion, caption in training_cases(kind):
-                frames = TRAIN_MOTIONS[motion][1](photo)
-                add(name, np.ascontiguousarray(frames), caption, expected_clips=1, tags=[kind, motion],
-                    photo=photo, motion=motion, **MOTION_TRUTH[motion])
 
-    for c in cases:
-        if c["name"] in ("truncated",):
-            c.update(num_frames=96, height=H, width=W)
-    _atomic_text(out / "ground_truth.json", json.dumps({"seed": seed, "cases": cases}, indent=1))
-    cols = ["path", "text", "name", "expected", "expected_reason", "expected_clips", "fps", "num_frames", "height",
-            "width", "pan_px_per_frame", "zoom_rate", "cut_frames", "border", "tags"]
-    manifest = out / "manifest.csv"
+_MANIFEST_COLUMNS = ["path", "text", "name", "expected", "expected_reason", "expected_clips", "fps", "num_frames",
+                     "height", "width", "pan_px_per_frame", "zoom_rate", "cut_frames", "border", "tags"]
+
+
+def _write_manifest(manifest: Path, cases: list[dict]) -> Path:
     with atomic_path(manifest) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        wr = csv.DictWriter(fh, fieldnames=cols)
+        wr = csv.DictWriter(fh, fieldnames=_MANIFEST_COLUMNS)
         wr.writeheader()
         for c in cases:
-            row = {k: c[k] for k in cols}
+            row = {k: c[k] for k in _MANIFEST_COLUMNS}
             row["cut_frames"] = ";".join(map(str, c["cut_frames"]))
             row["border"] = ";".join(map(str, c["border"]))
             row["tags"] = ";".join(c["tags"])

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.atomic import atomic_path, write_text_atomic
+from common.atomic import write_text_atomic
+from common.clip_table import HELDOUT_FILE, SET_FILES, SETS, read_table, write_table
 
 HELDOUT_PREFIX = "heldout_"
-SETS = ("set_256px", "set_768px")
 
 
 @dataclass
@@ -59,38 +59,33 @@ def _absolute(df: pd.DataFrame, base: Path) -> pd.DataFrame:
     return df
 
 
-def _write(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
-
-
 def split_dataset(curated_dir: str, out_dir: str, *, fraction: float = 0.125) -> SplitResult:
     """Split the filter step's dataset folder (`set_256px.parquet`, `set_768px.parquet`) into training and
     held-out tables in `out_dir`."""
     src, out = Path(curated_dir), Path(out_dir)
     tables = {}
     for name in SETS:
-        path = src / f"{name}.parquet"
+        path = src / SET_FILES[name]
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the curated dataset has no {name} table")
-        tables[name] = _absolute(pd.read_parquet(path), src)
-    base = tables["set_256px"]
+        tables[name] = _absolute(read_table(path), src)
+    base = tables[SETS[0]]  # the loosest set: every held-out row comes from it
     if len(base) == 0:
-        raise ValueError(f"{src / 'set_256px.parquet'}: no clips to split")
+        raise ValueError(f"{src / SET_FILES[SETS[0]]}: no clips to split")
     col = _source_column(base)
     held = set(heldout_sources(base[col]))
     if not held:
-        raise ValueError(f"{src / 'set_256px.parquet'}: one source video only; a held-out split needs two or more")
+        raise ValueError(f"{src / SET_FILES[SETS[0]]}: one source video only; a held-out split needs two or more")
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for name, df in tables.items():
         train = df[~df[_source_column(df)].astype(str).isin(held)].reset_index(drop=True)
         if len(train) == 0:
             raise ValueError(f"{name}: every clip is held out; nothing is left to train on")
-        _write(train, out / f"{name}.parquet")
+        write_table(train, out / SET_FILES[name])
         counts[f"train_{name}"] = len(train)
     heldout = base[base[col].astype(str).isin(held)].reset_index(drop=True)
-    _write(heldout, out / "heldout.parquet")
+    write_table(heldout, out / HELDOUT_FILE)
     counts["heldout"] = len(heldout)
     counts["heldout_sources"] = len(held)
     write_text_atomic(out / "split.json", json.dumps({"counts": counts, "heldout_sources": sorted(held),

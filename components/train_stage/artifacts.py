@@ -9,17 +9,15 @@ import os
 import shutil
 from pathlib import Path
 
+from common.clip_table import HELDOUT_FILE, SET_FILES
 from common.digests import file_sha256
+from common.stages import DATA_SET_BY_STAGE, OTHER_STEPS, STAGES
 from components.train_stage.stage import StageOutputs, run_stage
 
 MODEL_FILE = "model.safetensors"
 AE_FILE = "autoencoder.safetensors"
 INIT_FILE = "init.safetensors"
 REFERENCE_FILE = "weights.json"  # an autoencoder artifact that points at given weights instead of holding them  # the network as it was at step 0 (recipes with heldout.export_init)
-HELDOUT_TABLE = "heldout.parquet"  # the split step's held-out clips, beside the training tables
-# The sets the filter step writes into its Dataset artifact (components/filter): which one each stage reads.
-DATA_SET_BY_STAGE = {"vae_train": "set_256px", "hunyuan_vae_train": "set_256px", "dit_stage1": "set_256px", "dit_stage2": "set_256px",
-                     "dit_stage3": "set_768px", "distill": "set_768px"}
 
 
 def step_overrides(stage: str, overrides_json: str) -> dict:
@@ -30,7 +28,7 @@ def step_overrides(stage: str, overrides_json: str) -> dict:
         raise ValueError(f"pipeline parameter 'overrides' is not JSON: {exc}") from exc
     if not isinstance(allsteps, dict):
         raise ValueError("pipeline parameter 'overrides' must be a JSON object {step: {key: value}}")
-    unknown = set(allsteps) - set(DATA_SET_BY_STAGE) - {"ingest", "filter", "split", "eval"}
+    unknown = set(allsteps) - set(STAGES) - set(OTHER_STEPS)
     if unknown:
         raise ValueError(f"pipeline parameter 'overrides' names unknown step(s) {sorted(unknown)}")
     return dict(allsteps.get(stage, {}))
@@ -121,8 +119,8 @@ def train_step(stage: str, *, recipe: str, dataset_path: str, model_artifact_pat
                scheduler: str = "local_cwd", nnodes: int = 1, nproc: int = 1, image: str = "",
                queue: str = "default", namespace: str | None = None) -> dict:
     """Run one training stage on the filter step's dataset and fill the Model artifact; returns its metadata."""
-    table = os.path.join(dataset_path, f"{DATA_SET_BY_STAGE[stage]}.parquet")
-    heldout = os.path.join(dataset_path, HELDOUT_TABLE)
+    table = os.path.join(dataset_path, SET_FILES[DATA_SET_BY_STAGE[stage]])
+    heldout = os.path.join(dataset_path, HELDOUT_FILE)
     overrides = {**text_encoder_overrides(text_encoders),
                  **({"heldout.table": heldout} if os.path.isfile(heldout) else {}),
                  **step_overrides(stage, overrides_json)}
@@ -136,8 +134,8 @@ def train_step(stage: str, *, recipe: str, dataset_path: str, model_artifact_pat
         shutil.copy2(table, shared)
         table = str(shared)
         if "heldout.table" in overrides and overrides["heldout.table"] == heldout:
-            shutil.copy2(heldout, shared.parent / HELDOUT_TABLE)
-            overrides["heldout.table"] = str(shared.parent / HELDOUT_TABLE)
+            shutil.copy2(heldout, shared.parent / HELDOUT_FILE)
+            overrides["heldout.table"] = str(shared.parent / HELDOUT_FILE)
     outputs = run_stage(stage, recipe=recipe, run_dir=run_dir, data_table=table, init_from=init_from,
                         autoencoder=autoencoder, overrides=overrides, nproc=nproc, scheduler=scheduler,
                         nnodes=nnodes, image=image, queue=queue, namespace=namespace)

@@ -1,4 +1,4 @@
-"""`run_stage`: one training stage of the pipeline (design §1) as a plain function.
+"""`run_stage`: one training stage of the pipeline (`docs/pipeline.md`) as a plain function.
 
 It checks its inputs (stage/recipe pairing, clip table, weight files and what they are), launches the recipe
 through torchx `local_cwd` -> torchrun (`training.launch.run_local`, restarts resume from the last
@@ -24,18 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.atomic import write_text_atomic
+from common.stages import AE_FROM_STAGE, AE_STAGES, INIT_FROM_STAGE, STAGES
 
 log = logging.getLogger("soraflow.train_stage")
 
-STAGES = ("vae_train", "hunyuan_vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill")
-AE_STAGES = ("vae_train", "hunyuan_vae_train")
-# What each stage's init_from must be an export of (the `stage` metadata the trainer writes).
-_INIT_FROM_STAGE = {"dit_stage2": ("dit_stage1", "dit_stage2"), "dit_stage3": ("dit_stage2", "dit_stage3"),
-                    "distill": ("dit_stage3",), "vae_train": ("vae_train",),
-                    "hunyuan_vae_train": ("hunyuan_vae_train",)}
-# Which autoencoder export each DiT stage decodes with (exports of ours; other files are checked on load).
-_AE_FROM_STAGE = {"dit_stage1": "hunyuan_vae_train", "dit_stage2": "hunyuan_vae_train",
-                  "dit_stage3": "hunyuan_vae_train", "distill": "vae_train"}
 
 
 @dataclass
@@ -88,7 +80,7 @@ def _validate(stage, recipe, data_table, init_from, autoencoder, overrides):
         raise ValueError(f"stage {stage}: no clip table (give data_table or override data.table)")
     if not Path(table).is_file():
         raise FileNotFoundError(f"data_table: {table} does not exist")
-    from training.data.table import load_table
+    from common.clip_table import load_table
 
     try:
         rows = load_table(table)
@@ -107,17 +99,17 @@ def _validate(stage, recipe, data_table, init_from, autoencoder, overrides):
             if made_by is not None and not made_by.startswith("dit_"):
                 raise ValueError(f"init_from: {init} is a {made_by} export; dit_stage1 takes a FLUX-layout or "
                                  "MMDiT checkpoint")
-        elif made_by is not None and made_by not in _INIT_FROM_STAGE[stage]:
+        elif made_by is not None and made_by not in INIT_FROM_STAGE[stage]:
             raise ValueError(f"init_from: {init} is a {made_by} export (config {meta.get('config')}); {stage} "
-                             f"starts from a {' or '.join(_INIT_FROM_STAGE[stage])} export")
+                             f"starts from a {' or '.join(INIT_FROM_STAGE[stage])} export")
     ae = _check_file(autoencoder, "autoencoder")
     if ae is not None:
         if stage in AE_STAGES:
             raise ValueError(f"{stage} trains the autoencoder: pass its starting weights as init_from")
         made_by = _safetensors_metadata(ae).get("stage")
-        if made_by is not None and made_by != _AE_FROM_STAGE[stage]:
+        if made_by is not None and made_by != AE_FROM_STAGE[stage]:
             raise ValueError(f"autoencoder: {ae} is a {made_by} export, not autoencoder weights ({stage} decodes "
-                             f"with a {_AE_FROM_STAGE[stage]} export)")
+                             f"with a {AE_FROM_STAGE[stage]} export)")
         if stage == "distill" and cfg.ae.kind != "dcae" or stage != "distill" and cfg.ae.kind != "hunyuan":
             raise ValueError(f"autoencoder: recipe {recipe!r} uses a {cfg.ae.kind} autoencoder for {stage}")
     elif stage not in AE_STAGES and not cfg.ae.tiny and not (cfg.ae.path and Path(cfg.ae.path).is_file()):

@@ -311,24 +311,13 @@ def sample(
         device = text["txt"].device
     device = torch.device(device)
 
-    # visual condition
-    mask = condition_mask(cond_type, latent_shape, is_causal=is_causal, time_compression=time_compression,
-                          device=device, dtype=torch.float32)
-    if cond_type == "t2v":
-        placed = None
-        cond = torch.zeros(b, c + 1, t, h, w, device=device, dtype=dtype)
-    else:
-        if ref_latent is None:
-            raise ValueError(f"cond_type {cond_type!r} needs ref_latent")
-        placed = place_references(cond_type, ref_latent, latent_shape, is_causal=is_causal,
-                                  time_compression=time_compression, device=device)
-        cond = build_cond(mask.to(placed.dtype), placed).to(dtype)
+    placed, cond = _visual_condition(cond_type, ref_latent, latent_shape, is_causal=is_causal,
+                                     time_compression=time_compression, device=device, dtype=dtype)
     gbatch = build_guidance_batch(
         text, null_text, pack(cond, p), latent_shape=latent_shape, patch_size=p,
         guidance_value=guidance_text, device=device, dtype=dtype,
     )
 
-    # noise and schedule
     if noise is None:
         noise = initial_noise(latent_shape, seed, device=device, dtype=dtype)
     elif tuple(noise.shape) != latent_shape:
@@ -368,7 +357,25 @@ def sample(
     if bar is not None:
         bar.close()
 
-    latent = unpack(img, p, t, h, w).float()
+    return _keep_reference_frames(unpack(img, p, t, h, w).float(), placed, cond_type)
+
+
+def _visual_condition(cond_type, ref_latent, latent_shape, *, is_causal, time_compression, device, dtype):
+    """(the references placed in a full-size latent or None for t2v, the DiT's `cond` input [B, C+1, T, H, W])."""
+    b, c, t, h, w = latent_shape
+    if cond_type == "t2v":
+        return None, torch.zeros(b, c + 1, t, h, w, device=device, dtype=dtype)
+    if ref_latent is None:
+        raise ValueError(f"cond_type {cond_type!r} needs ref_latent")
+    mask = condition_mask(cond_type, latent_shape, is_causal=is_causal, time_compression=time_compression,
+                          device=device, dtype=torch.float32)
+    placed = place_references(cond_type, ref_latent, latent_shape, is_causal=is_causal,
+                              time_compression=time_compression, device=device)
+    return placed, build_cond(mask.to(placed.dtype), placed).to(dtype)
+
+
+def _keep_reference_frames(latent: torch.Tensor, placed: torch.Tensor | None, cond_type: str) -> torch.Tensor:
+    """The reference frames are returned exactly as given, not as the sampler reconstructed them."""
     if placed is not None:
         placed = placed.float()
         if cond_type in ("i2v_head", "i2v_loop"):

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.skipif(shutil.which("git") is None,
 from common.video_io import write_video  # noqa: E402
 from components.data import DataError, dataset  # noqa: E402
 from components.filter import run_filter  # noqa: E402
-from components.filter.versioning import ensure_dvc_repo  # noqa: E402
-from pipelines.cli import main  # noqa: E402
+from common.dvc import ensure_dvc_repo  # noqa: E402
+from cli.main import main  # noqa: E402
 from training.data import data_revision, load_table  # noqa: E402
 
 BUCKETS = {"256px": {16: (1.0, 1)}}

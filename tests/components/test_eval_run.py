@@ -10,7 +10,7 @@ import pytest
 from common.video_io import probe_video, write_video
 from components.eval import EvalModel, kfp_metrics, read_manifest, run_eval
 from components.sample_data import pan
-from pipelines.cli import main as cli_main
+from cli.main import main as cli_main
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ from components.filter import (  # noqa: E402
     run_filter,
     validate_table,
 )
-from components.filter.filter import read_table  # noqa: E402
+from common.clip_table import read_table  # noqa: E402
 from common.video_io import write_video  # noqa: E402
 
 S, T, FPS = 64, 16, 24.0
@@ -250,7 +250,9 @@ def test_failed_validation_keeps_previous_dataset(result, table, tmp_path):
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_dvc_round_trip(result, tmp_path):
-    from components.filter.versioning import file_md5, status, track, version_dataset
+    from common.digests import file_md5
+    from common.dvc import status, track
+    from components.filter.versioning import version_dataset
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -271,7 +273,7 @@ def test_dvc_round_trip(result, tmp_path):
 def test_cli_filter(table, tmp_path, capsys):
     import json
 
-    from pipelines.cli import main
+    from cli.main import main
 
     src = tmp_path / "clips.csv"
     table[table["path"].str.endswith(("good_a.mp4", "blurred.mp4"))].to_csv(src, index=False)

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from components.ingest import ingest, read_inputs
-from components.ingest.ingest import REQUIRED_COLUMNS
+from common.clip_table import REQUIRED_COLUMNS
 from components.sample_data import load_ground_truth, make_sample_videos
 from common.video_io import probe_video, read_video_frames
-from pipelines.cli import main
+from cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_every_bad_file_rejected_with_its_reason(sample):
 
 def test_clip_lengths_and_table_types(sample):
     c = sample["result"].clips
-    assert list(c.columns[: len(REQUIRED_COLUMNS)]) == REQUIRED_COLUMNS
+    assert tuple(c.columns[: len(REQUIRED_COLUMNS)]) == REQUIRED_COLUMNS
     table = pd.read_parquet(sample["out"] / "clips.parquet")
     assert len(table) == len(c) == 16
     for col in ("num_frames", "height", "width", "resolution"):

@@ -96,7 +96,8 @@ def test_retrain_triggers():
 def test_retrain_submission_gives_every_input_the_compiled_pipeline_requires(monkeypatch):
     """The workflow's `soraflow submit` line, parsed by the real CLI: the pipeline it submits (the retraining
     one, from data.dvc's revision) gets every required input; the curating pipeline would lack raw_manifest."""
-    from pipelines.cli import build_parser, submit_request
+    from cli.main import build_parser
+    from cli.submit import submit_request
     from pipelines.submit import check_params, required_inputs
 
     line = next(line for line in run_lines(wf("retrain.yml")) if "soraflow submit" in line)

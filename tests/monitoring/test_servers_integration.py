@@ -88,7 +88,7 @@ def crashed_run(stack, tmp_path_factory):
     env.pop("SORAFLOW_CHAOS_KILL", None)
     t0 = time.monotonic()
     for max_steps, chaos in ((PHASE1_STEPS, None), (4, "0:3")):
-        cmd = [sys.executable, "-m", "pipelines.cli", "train", "--recipe", "tiny-cpu-stage1", "--run-dir",
+        cmd = [sys.executable, "-m", "cli", "train", "--recipe", "tiny-cpu-stage1", "--run-dir",
                str(run_dir), "--nproc", "1", "--max-restarts", "1", "--override", f"data.table={json.dumps(table)}",
                "--override", f"max_steps={max_steps}", "--override", f"checkpoint.ckpt_every={CKPT_EVERY}",
                "--override", "samples.every=0", "--override", f"metrics_port={stack.trainer_port}",
@@ -263,7 +263,7 @@ def test_ingest_cli_pushes_its_counts(stack, tmp_path):
     make_video_table(tmp_path / "raw", [{"num_frames": 72, "fps": 24, "name": "long"},
                                         {"num_frames": 24, "fps": 24, "name": "short"}])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SORAFLOW_RUN_ID": "it-ingest"}
-    res = subprocess.run([sys.executable, "-m", "pipelines.cli", "ingest", str(tmp_path / "raw"), "--out-dir",
+    res = subprocess.run([sys.executable, "-m", "cli", "ingest", str(tmp_path / "raw"), "--out-dir",
                           str(tmp_path / "ingested"), "--no-progress", "--workers", "1", "--min-bpp", "0",
                           "--scene-threshold", "100",  # the fixture's frames change colour every frame: no cuts
                           "--pushgateway", stack.pushgateway_url.removeprefix("http://")],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.cli import main
+from cli.main import main
 
 
 def test_usage_errors_exit_2_with_a_suggestion(capsys):
@@ -55,7 +55,7 @@ def test_run_checks_every_step_before_starting(tmp_path, capsys):
 @pytest.mark.parametrize("flag, message", [
     ("min_short_sid=3", "--set-768: unknown threshold 'min_short_sid' (did you mean min_short_side?)"),
     ("min_short_side=2.5", "--set-768.min_short_side: expected an integer, got 2.5"),
-    ("motion_min=fast", "--set-768 motion_min=fast: the value must be a number or none"),
+    ("motion_min=fast", "--set-768.motion_min: expected a number or null, got 'fast'"),
 ])
 def test_filter_threshold_flags_are_checked(tmp_path, capsys, flag, message):
     table = tmp_path / "clips.csv"

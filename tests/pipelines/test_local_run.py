@@ -1,5 +1,5 @@
 """The embedded default: the whole DAG through KFP's local runner on generated sample videos with the tiny CPU
-recipes (design §4). One run, checked step by step: what each step read is what the previous one wrote."""
+recipes (`docs/pipeline.md`). One run, checked step by step: what each step read is what the previous one wrote."""
 
 from __future__ import annotations
 

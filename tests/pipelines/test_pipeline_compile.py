@@ -131,7 +131,7 @@ def test_default_recipes_exist_for_their_steps():
 
 
 def test_compile_cli_renders_gitops_manifests(tmp_path):
-    from pipelines.cli import main
+    from cli.main import main
 
     assert main(["compile", "--out", str(tmp_path / "p.yaml"), "--k8s-manifests", str(tmp_path / "m")]) == 0
     docs = [yaml.safe_load(p.read_text()) for p in (tmp_path / "m").rglob("*.yaml") if p.name != "kustomization.yaml"]

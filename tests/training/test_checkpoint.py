@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -9,23 +10,77 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.stateful import Stateful
 
-from training.checkpoint import (
-    COMMIT_MARKER,
-    CheckpointError,
-    CheckpointManager,
-    ModelOptimizerState,
-    ResumeMismatchError,
-    RNGState,
-)
+from training.checkpoint import COMMIT_MARKER, CheckpointError, CheckpointManager, ResumeMismatchError
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+
+
+# Stateful wrappers the manager is exercised with (the trainer's own TrainState is one such object).
+class ModelOptimizerState(Stateful):
+    """Model (+ optimizers) through DCP's ``get_state_dict``/``set_state_dict`` (FSDP2/DTensor-aware)."""
+
+    def __init__(self, model: torch.nn.Module, optimizers: torch.optim.Optimizer | Iterable | None = None):
+        self.model = model
+        if optimizers is None:
+            self.optimizers: list = []
+        elif isinstance(optimizers, torch.optim.Optimizer):
+            self.optimizers = [optimizers]
+        else:
+            self.optimizers = list(optimizers)
+
+    def state_dict(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        msd, osd = get_state_dict(self.model, self.optimizers)
+        return {"model": msd, "optim": osd}
+
+    def load_state_dict(self, sd: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        set_state_dict(self.model, self.optimizers, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+
+
+class RNGState(Stateful):
+    """Python, NumPy, torch CPU (and CUDA) RNG streams of *this rank*, saved under a per-rank key."""
+
+    def __init__(self, rank: int | None = None):
+        self.rank = rank if rank is not None else (dist.get_rank() if dist.is_available() and dist.is_initialized() else 0)
+
+    def state_dict(self) -> dict:
+        # tuples are leaves for DCP: pickled as one object each, so sizes may change between save and load
+        sd = {"torch_cpu": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            sd["torch_cuda"] = torch.cuda.get_rng_state()
+        return {f"rank{self.rank}": sd}
+
+    def load_state_dict(self, sd: dict) -> None:
+        mine = sd[f"rank{self.rank}"]
+        torch.set_rng_state(mine["torch_cpu"])
+        random.setstate(tuple(mine["python"]))
+        np.random.set_state(mine["numpy"])
+        if "torch_cuda" in mine and torch.cuda.is_available():
+            torch.cuda.set_rng_state(mine["torch_cuda"])
+
+
+def _resume(mgr, state, metadata_now, *, reset_data_state=False):
+    """What a trainer does on start: check the newest checkpoint against this run, then load it (without the
+    data-loader state when that was reset). None when there is nothing to resume from."""
+    if mgr.latest_complete() is None:
+        return None
+    chk = mgr.check_resume(metadata_now, reset_data_state=reset_data_state)
+    mgr.load(chk.step, state, exclude=chk.exclude)
+    return chk
 
 
 def _model_and_optim(seed: int):
@@ -226,7 +281,7 @@ def test_resume_refuses_dp_or_data_revision_change_unless_reset(tmp_path):
     mgr.save(10, {"train": saved, "dataloader": {"rank0": {"index": 40}}}, {"dp_size": 8, "data_revision": "abc123"})
     ok = mgr.check_resume({"dp_size": 8, "data_rev": "abc123"})
     assert ok.step == 10 and ok.exclude == ()
-    assert mgr.check_resume(10, {"dp_size": 8, "data_revision": "abc123"}).exclude == ()  # (step, meta) order
+    assert mgr.check_resume({"dp_size": 8, "data_revision": "abc123"}, 10).exclude == ()  # an explicit step
     with pytest.raises(ResumeMismatchError, match=r"dp_size: checkpoint has 8, this run has 4.*reset_data_state"):
         mgr.check_resume({"dp_size": 4, "data_rev": "abc123"})
     with pytest.raises(ResumeMismatchError, match="data_rev: checkpoint has 'abc123', this run has 'def456'"):
@@ -237,8 +292,8 @@ def test_resume_refuses_dp_or_data_revision_change_unless_reset(tmp_path):
 
     state = fresh()
     with pytest.raises(ResumeMismatchError):
-        mgr.resume(state, {"dp_size": 4, "data_rev": "def456"})
-    chk = mgr.resume(state, {"dp_size": 4, "data_rev": "def456"}, reset_data_state=True)
+        _resume(mgr, state, {"dp_size": 4, "data_rev": "def456"})
+    chk = _resume(mgr, state, {"dp_size": 4, "data_rev": "def456"}, reset_data_state=True)
     assert chk.step == 10 and "dataloader" in chk.exclude and len(chk.mismatches) == 2
     tr = state["train"]
     assert torch.equal(tr.w, torch.arange(3.0)) and tr.step == 10  # model and progress loaded
@@ -247,7 +302,7 @@ def test_resume_refuses_dp_or_data_revision_change_unless_reset(tmp_path):
     state = fresh()
     mgr.load(10, state)  # a plain load (e.g. a rollback) restores the data position too
     assert state["train"].data == 40 and state["dataloader"] == {"rank0": {"index": 40}}
-    assert CheckpointManager(str(tmp_path / "empty"), 1).resume(fresh(), {}) is None
+    assert _resume(CheckpointManager(str(tmp_path / "empty"), 1), fresh(), {}) is None
 
 
 @pytest.mark.parametrize("scheme", ["memory", "file"])
@@ -295,7 +350,7 @@ def _gloo_worker(rank, world, port, root):
         m2, o2 = _model_and_optim(5)
         loader2 = {f"rank{rank}": {"index": -1}}
         extra = {"step": 0}
-        chk = mgr.resume(_state(m2, o2, extra, loader2), {"dp_size": world, "data_rev": "x"})
+        chk = _resume(mgr, _state(m2, o2, extra, loader2), {"dp_size": world, "data_rev": "x"})
         assert chk.step == 3 and extra["step"] == 3
         _assert_same_model_optim(m, o, m2, o2)
         assert loader2 == loader, (rank, loader2)

@@ -89,7 +89,7 @@ def test_set_lr_fills_tensor_and_float_lrs():
 
 
 def test_cli_rejects_a_typo_before_anything_starts(tmp_path, capsys):
-    from pipelines.cli import main
+    from cli.main import main
 
     run_dir = tmp_path / "run"
     for scheduler in ("local_cwd", "kubernetes-dryrun"):
@@ -103,7 +103,7 @@ def test_cli_rejects_a_typo_before_anything_starts(tmp_path, capsys):
 def test_dry_run_prints_plain_yaml(capsys):
     import yaml
 
-    from pipelines.cli import main
+    from cli.main import main
 
     assert main(["train", "--recipe", "stage1-256px-h200x8", "--nnodes", "2", "--nproc", "8",
                  "--gpus-per-node", "8", "--scheduler", "kubernetes-dryrun"]) == 0

@@ -322,7 +322,7 @@ def test_exporter_rank0_only_and_pushgateway(tmp_path):
             assert not set(s.labels) & set(FORBIDDEN_LABELS)
 
 
-def test_trainer_facing_short_names(tmp_path):
+def test_trainer_facing_events(tmp_path):
     from training.checkpoint import SaveResult
 
     clock = FakeClock(0.0)
@@ -331,7 +331,7 @@ def test_trainer_facing_short_names(tmp_path):
         clock.t = 1.5
         span.note(SaveResult(step=0, path="p", started_at=0.0, blocking_s=1.5))
     clock.t = 3.5
-    tr.step(1, 2.0, tokens=100, flops=1e12, loss=0.5, grad_norm=1.0, peak_flops=2e12, peak_memory=7, other=1)
+    tr.record_step(1, 2.0, tokens=100, flops=1e12, loss=0.5, grad_norm=1.0, peak_flops=2e12, peak_memory=7)
     clock.t = 4.0
     tr.rollback("spike", from_step=1, to_step=0)  # LossVerdict.SPIKE's value
     clock.t = 6.0
@@ -344,5 +344,5 @@ def test_trainer_facing_short_names(tmp_path):
     assert s["grad_norm"] == 1.0 and s["peak_memory_bytes"] == 7
     ev = [e for e in read_events(str(tmp_path / EVENTS_FILE)) if e["ev"] == "badput"]
     assert ev[0]["step"] == 0 and ev[0]["blocking_s"] == 1.5
-    tr.write_metrics()
+    tr.write_metrics_json()
     assert json.loads((tmp_path / "metrics.json").read_text())["restarts_total"] == 2

@@ -151,7 +151,7 @@ def test_worker_killed_mid_run_recovers_from_last_checkpoint(table, tmp_path):
     """kill -9 of rank 1 after step 7 (checkpoints every 3): torchrun restarts the group, the trainer resumes at
     step 6, finishes at 10, and the goodput log shows the restart, the lost work and the recovery."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--recipe", "tiny-cpu-stage1", "--run-dir", str(run_dir),
+    cmd = [sys.executable, "-m", "cli", "train", "--recipe", "tiny-cpu-stage1", "--run-dir", str(run_dir),
            "--nproc", "2", "--max-restarts", "1", "--override", f"data.table={json.dumps(table)}",
            "--override", "max_steps=10", "--override", "checkpoint.ckpt_every=3"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -322,3 +322,47 @@ def test_fp8_recipe_flag_trains_and_exports_the_bf16_layout(table, tmp_path):
     bf16, fp8 = _losses(tmp_path / "bf16"), _losses(tmp_path / "fp8")
     assert sorted(fp8) == [1, 2]
     assert [fp8[s] for s in (1, 2)] == pytest.approx([bf16[s] for s in (1, 2)], rel=0.05)
+
+
+def _guard_states(table, run_dir, stops, queue):
+    """Train `run_dir` to each step of `stops` in turn (a new Trainer each time: a restart that resumes from the
+    last checkpoint) and report the loss guard's state right after each resume and at the end of each leg."""
+    from training.config import apply_overrides
+    from training.trainer import Trainer
+
+    out = []
+    for stop in stops:
+        cfg = apply_overrides(get_recipe("tiny-cpu-stage2"), {
+            "data.table": table, "run_dir": run_dir, "checkpoint.dir": run_dir + "/ckpt", "max_steps": stop,
+            "checkpoint.ckpt_every": 2, "recovery.spike_warmup": 1, "recovery.spike_window": 3})
+        trainer = Trainer(cfg)
+        try:
+            resumed = trainer.guard.state_dict()
+            trainer.train()
+            out.append({"resumed": resumed, "end": trainer.guard.state_dict()})
+        finally:
+            trainer.close()
+    queue.put(out)
+
+
+def _run_guard_legs(table, run_dir, stops):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_guard_states, args=(table, str(run_dir), stops, q))
+    p.start()
+    out = q.get(timeout=600)
+    p.join(timeout=60)
+    return out
+
+
+def test_resumed_run_keeps_the_loss_guard_state(table, tmp_path):
+    """The guard's window (recent ok losses, how many it has seen) rides in the checkpoint: a run stopped at
+    step 4 and resumed to 6 ends with the guard of a run that went to 6 in one go. A window of 3 so that the
+    resumed leg (2 steps) alone could not fill it."""
+    (straight,) = _run_guard_legs(table, tmp_path / "straight", [6])
+    first, second = _run_guard_legs(table, tmp_path / "resumed", [4, 6])
+    assert straight["resumed"] == {"history": [], "seen_ok": 0}  # a fresh run starts empty
+    assert second["resumed"] == first["end"]  # what step 4 saved is what the restart loaded
+    assert first["end"]["seen_ok"] == 4 and len(first["end"]["history"]) == 3
+    assert second["end"] == straight["end"]
+    assert straight["end"]["seen_ok"] == 6

@@ -127,11 +127,6 @@ class BucketConfig:
             raise ValueError(f"bucket {key} is switched off (batch size None)")
         return bs
 
-    def all_buckets(self) -> list[BucketId]:
-        """Every enabled bucket, in canonical order (resolution large→small, length long→short, table order)."""
-        return [self.bucket_id(r, t, ar) for r in self.resolutions for t in self.lengths[r]
-                if self.batch_sizes[r, t] is not None for ar in self.ar_tables[r]]
-
     def draws(self, num_rows: int, seed: int, epoch: int) -> np.ndarray:
         """Uniform draws [num_rows, num_draws]; row i's values depend only on (seed, epoch, i)."""
         rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([int(seed), int(epoch), 0xB0C4E7])))
@@ -228,6 +223,3 @@ class Assignment:
             out[self.bucket_of(int(rows[0]))] = rows.tolist()
         return out
 
-    @property
-    def num_kept(self) -> int:
-        return int((self.res_idx >= 0).sum())

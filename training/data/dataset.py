@@ -29,7 +29,7 @@ from common.video_io import VideoReadError, read_video_frames
 from models.text.captions import map_target_fps, training_caption
 
 from .sampler import parse_index
-from .table import CACHED_COLUMNS, load_table
+from common.clip_table import CACHED_COLUMNS, load_table
 
 __all__ = ["VideoTextDataset", "IMAGE_EXTENSIONS", "temporal_indices", "resize_crop", "make_caption",
            "SKIP_REASONS"]
@@ -130,10 +130,6 @@ class VideoTextDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
-
-    def get_data_info(self, idx: int) -> tuple[int, int, int]:
-        row = self.table.iloc[idx]
-        return int(row["num_frames"]), int(row["height"]), int(row["width"])
 
     def interval(self, idx: int) -> int:
         fps = self._fps[idx]

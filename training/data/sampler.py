@@ -28,7 +28,7 @@ import pandas as pd
 from torch.utils.data import Sampler
 
 from .buckets import Assignment, BucketConfig, BucketId
-from .table import load_table
+from common.clip_table import load_table
 
 __all__ = ["VariableVideoBatchSampler", "data_revision", "parse_index"]
 
@@ -137,19 +137,6 @@ class VariableVideoBatchSampler(Sampler[list[str]]):
 
     def __len__(self) -> int:
         return self._num_steps(len(self.micro_batches()))
-
-    def steps_left(self) -> int:
-        return self._num_steps(max(0, len(self.micro_batches()) - self.consumed))
-
-    def step_batches(self, step: int) -> list[list[str]]:
-        """All ranks' micro-batches for step `step` of the current epoch, counted from `consumed` (list by rank)."""
-        plan = self.micro_batches()
-        out = []
-        for r in range(self.world_size):
-            pos = self.consumed + step * self.world_size + r
-            bucket, rows = plan[pos % len(plan)]
-            out.append([bucket.index_string(i) for i in rows])
-        return out
 
     def __iter__(self) -> Iterator[list[str]]:
         plan = self.micro_batches()

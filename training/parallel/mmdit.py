@@ -2,7 +2,7 @@
 kernel choices, applied from outside the model (docs/architecture.md, "Models hold architecture only").
 
 `models/mmdit` holds the architecture; the trainer (`training/builders.py`, `training/strategies.py`,
-`training/trainer.py`), the inference code (`components/generate`) and the benchmarks call these functions.
+`training/trainer.py`), the inference library (`inference/`) and the benchmarks call these functions.
 None of them changes a parameter name, so the state dict stays the official one.
 
 Sequence parallelism of the joint sequence:

@@ -1,4 +1,4 @@
-"""Text-to-image for text-to-image-to-video (spec §C.6): a FLUX-layout MMDiT with the distilled-guidance embedder
+"""Text-to-image for text-to-image-to-video (`docs/inference.md`): a FLUX-layout MMDiT with the distilled-guidance embedder
 draws one frame, the FLUX 2D autoencoder decodes it.
 
 Sampling is FLUX.1-dev's guidance-distilled one: one forward per step with the guidance scale fed to

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.dtypes import torch_dtype
 from common.video_io import to_uint8_frames, write_video
 from models.aspect import inference_size, training_aspect_ratios
 from models.flow.sampler import drop_i2v_pad_frames, inference_latent_shape, sample
@@ -99,7 +100,7 @@ class GenerateOptions:
     # the DiT alone while it samples; the t2i2v image model likewise.
     offload: bool = False
     fp8: bool = False  # e4m3 weights/activations for the DiT's block linears (models/mmdit/fp8.py)
-    # Text-to-image-to-video (spec §C.6): a FLUX-layout image model draws the first frame, then i2v_head.
+    # Text-to-image-to-video (`docs/inference.md`): a FLUX-layout image model draws the first frame, then i2v_head.
     t2i2v: bool = False
     image_model: str | None = None  # preset ("flux1-dev", "tiny-flux") or a FLUX-layout file
     image_ae: str | None = None  # FLUX autoencoder: diffusers folder or ae.safetensors
@@ -166,7 +167,7 @@ def _dcae_scaling(opts: "GenerateOptions", preset: PipelinePreset, path: Path | 
     return value
 
 
-def _build_ae(kind: str, tiny: bool, path: Path | None, device, dtype, dcae_scaling: float | None = None):
+def build_autoencoder(kind: str, tiny: bool, path: Path | None, device, dtype, dcae_scaling: float | None = None):
     """The preset's autoencoder: loaded strictly from `path`, or random (tiny or full size)."""
     if kind == "hunyuan":
         from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
@@ -200,7 +201,7 @@ def build_pipeline(opts: GenerateOptions, device: torch.device, dtype: torch.dty
                 "and CLIP folders: pass --t5 and --clip, or use a tiny preset"
             )
         dit = build_mmdit(get_config(preset.dit_config), None, device=device, dtype=dtype)
-        ae = _build_ae(preset.autoencoder, preset.tiny, None, side_device, dtype, _dcae_scaling(opts, preset))
+        ae = build_autoencoder(preset.autoencoder, preset.tiny, None, side_device, dtype, _dcae_scaling(opts, preset))
     else:
         dit_path = _resolve(opts.dit, opts.weights_dir, preset.dit_file, "DiT")
         ae_path = _resolve(opts.ae, opts.weights_dir, preset.ae_file, "autoencoder")
@@ -210,7 +211,7 @@ def build_pipeline(opts: GenerateOptions, device: torch.device, dtype: torch.dty
             t5_dir = _resolve(opts.t5, opts.weights_dir, preset.t5_dir, "T5")
             clip_dir = _resolve(opts.clip, opts.weights_dir, preset.clip_dir, "CLIP")
         dit = build_mmdit(get_config(preset.dit_config), dit_path, device=device, dtype=dtype)
-        ae = _build_ae(preset.autoencoder, preset.tiny, ae_path, side_device, dtype,
+        ae = build_autoencoder(preset.autoencoder, preset.tiny, ae_path, side_device, dtype,
                        _dcae_scaling(opts, preset, ae_path))
     text = TextConditioner.from_pretrained(
         t5_dir, clip_dir, dtype=dtype, device=side_device, cache_dir=_cache_dir() / "text-embeddings",
@@ -296,7 +297,7 @@ def _prepare_dit(pipe: Pipeline, opts: GenerateOptions, device: torch.device):
 
 
 def _load_reference(path: str, height: int, width: int) -> torch.Tensor:
-    """Image -> [1, 3, 1, H, W] in [-1, 1], scaled to cover the target then centre-cropped (spec §D.5)."""
+    """Image -> [1, 3, 1, H, W] in [-1, 1], scaled to cover the target then centre-cropped (`docs/inference.md`)."""
     from PIL import Image
 
     try:
@@ -315,7 +316,31 @@ def _file_name(prompt: str, index: int) -> str:
     return f"{safe}-{index}.mp4"
 
 
-def generate(opts: GenerateOptions, pipeline: Pipeline | None = None) -> GenerateResult:
+class _PhaseClock:
+    """Wall time and peak GPU memory of each phase (load, text, image, reference_encode, dit, vae_decode, write),
+    summed over the prompts: what `GenerateResult.seconds` and `peak_memory_by_phase_gb` report. A phase ends
+    with a CUDA synchronize, so its time is the device's, not the launch queue's."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.seconds: dict[str, float] = {}
+        self.peaks: dict[str, float] = {}
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    @contextmanager
+    def phase(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        if self.cuda:
+            self.peaks[name] = max(self.peaks.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
+            torch.cuda.reset_peak_memory_stats()
+
+
+def _check_options(opts: GenerateOptions) -> None:
     if not opts.prompts:
         raise ValueError("no prompts given")
     if opts.t2i2v and opts.ref_image:
@@ -324,134 +349,114 @@ def generate(opts: GenerateOptions, pipeline: Pipeline | None = None) -> Generat
         raise ValueError(f"cond_type {opts.cond_type!r} needs a reference image (--ref)")
     if opts.ref_image and not Path(opts.ref_image).is_file():  # before minutes of weight loading
         raise FileNotFoundError(f"reference image {opts.ref_image}: no such file")
-    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, None: None}[opts.dtype]
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    timings: dict[str, float] = {}
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    peaks: dict[str, float] = {}
 
-    def phase_peak(name: str) -> None:
-        if device.type == "cuda":
-            peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
-            torch.cuda.reset_peak_memory_stats()
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-    t0 = time.perf_counter()
-    pipe = pipeline or build_pipeline(opts, device, dtype)
+def _video_geometry(pipe: Pipeline, opts: GenerateOptions) -> tuple[int, int, tuple]:
+    """(height, width, latent shape) of the video `opts` asks for, checked against the autoencoder."""
     ae = pipe.ae
-    divisor = ae.spatial_compression * pipe.dit.config.patch_size
     if opts.height and opts.width:
         height, width = opts.height, opts.width
     else:
-        height, width = inference_size(opts.resolution, opts.aspect_ratio, divisor)
+        height, width = inference_size(opts.resolution, opts.aspect_ratio, ae.spatial_compression * pipe.dit.config.patch_size)
     ae.latent_frames(opts.num_frames)  # validates the frame count against the autoencoder's rule
     latent_shape = inference_latent_shape(
         1, opts.num_frames, height, width, latent_channels=ae.latent_channels, time_compression=ae.time_compression,
         spatial_compression=ae.spatial_compression, is_causal=ae.is_causal, patch_size=pipe.dit.config.patch_size,
     )
-    if opts.t2i2v and pipe.image is None:
-        raise ValueError("t2i2v needs a pipeline built with t2i2v=True (it holds the image model)")
-    cond_type = "i2v_head" if opts.t2i2v else opts.cond_type
-    denoiser = _prepare_dit(pipe, opts, device)
-    sync()
-    timings["load"] = time.perf_counter() - t0
-    phase_peak("load")
-    side = [pipe.text.t5, pipe.text.clip]
+    return height, width, latent_shape
 
+
+def _encode_reference(pipe: Pipeline, image_path: str, latent_shape, opts: GenerateOptions, device, dtype):
+    """The reference image's latent, encoded at the padded size of the noise (latent size x spatial compression)."""
+    ae = pipe.ae
+    ref = _load_reference(image_path, latent_shape[3] * ae.spatial_compression, latent_shape[4] * ae.spatial_compression)
+    with torch.no_grad(), _on_device([ae], device, opts.offload):
+        return ae.encode(ref.to(device=device, dtype=dtype), generator=torch.Generator(device).manual_seed(opts.seed))
+
+
+def _encode_prompt(pipe: Pipeline, opts: GenerateOptions, prompt: str, device, dtype):
+    """(text, null text, the t2i2v image prompt's text or None) embeddings of one prompt."""
+    caption = (inference_caption(prompt, fps=opts.fps, motion_score=opts.motion_score)
+               if opts.motion_score is not None else prompt)
+    with torch.no_grad(), _on_device([pipe.text.t5, pipe.text.clip], device, opts.offload):
+        text = pipe.text.encode([caption])
+        null = pipe.text.encode([opts.negative_prompt]) if opts.negative_prompt else pipe.text.null()
+        image_text = pipe.text.encode([prompt]) if opts.t2i2v else None  # the image prompt has no suffix
+    text = {k: v.to(device=device, dtype=dtype) for k, v in text.items()}
+    null = {k: v.to(device=device, dtype=dtype) for k, v in null.items()}
+    return text, null, image_text
+
+
+def _draw_first_frame(pipe: Pipeline, opts: GenerateOptions, image_text, png_path: Path, device, dtype) -> Path:
+    """t2i2v: the image model draws the first frame from the prompt, saved as a PNG next to the video."""
+    from .t2i import text_to_image
+
+    ih, iw = _image_size(opts, pipe.ae.spatial_compression * pipe.dit.config.patch_size)
+    image_text = {k: v.to(device=device, dtype=dtype) for k, v in image_text.items()}
+    with torch.no_grad(), _on_device([pipe.image.dit, pipe.image.ae], device, opts.offload):
+        image = text_to_image(pipe.image, image_text, height=ih, width=iw, steps=opts.steps,
+                              guidance=opts.image_guidance, seed=opts.seed, device=device, dtype=dtype,
+                              progress=opts.progress)
+    return _save_png(image, png_path)
+
+
+def _decode(pipe: Pipeline, opts: GenerateOptions, latent, cond_type: str, height: int, width: int, device, dtype):
+    ae = pipe.ae
+    with torch.no_grad(), _on_device([ae], device, opts.offload):
+        video = ae.decode(latent.to(device=device, dtype=dtype))[0, :, : opts.num_frames, :height, :width]
+        if not opts.keep_i2v_pad_frames:
+            video = drop_i2v_pad_frames(video, cond_type, is_causal=ae.is_causal,
+                                        time_compression=ae.time_compression, dim=1)
+    return video
+
+
+def generate(opts: GenerateOptions, pipeline: Pipeline | None = None) -> GenerateResult:
+    _check_options(opts)
+    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch_dtype(opts.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    clock = _PhaseClock(device)
+    with clock.phase("load"):
+        pipe = pipeline or build_pipeline(opts, device, dtype)
+        height, width, latent_shape = _video_geometry(pipe, opts)
+        if opts.t2i2v and pipe.image is None:
+            raise ValueError("t2i2v needs a pipeline built with t2i2v=True (it holds the image model)")
+        denoiser = _prepare_dit(pipe, opts, device)
+    cond_type = "i2v_head" if opts.t2i2v else opts.cond_type
+    ae = pipe.ae
     ref_latent = None
     if opts.ref_image:
-        t0 = time.perf_counter()
-        # The reference is encoded at the padded size of the noise (latent size x spatial compression).
-        ref = _load_reference(opts.ref_image, latent_shape[3] * ae.spatial_compression,
-                              latent_shape[4] * ae.spatial_compression)
-        with torch.no_grad(), _on_device([ae], device, opts.offload):
-            ref_latent = ae.encode(ref.to(device=device, dtype=dtype), generator=torch.Generator(device).manual_seed(opts.seed))
-        sync()
-        timings["reference_encode"] = time.perf_counter() - t0
-        phase_peak("reference_encode")
+        with clock.phase("reference_encode"):
+            ref_latent = _encode_reference(pipe, opts.ref_image, latent_shape, opts, device, dtype)
 
-    paths: list[Path] = []
-    images: list[Path] = []
-    written_frames = opts.num_frames
-    result_latents: list[torch.Tensor] = []
-    result_frames: list[torch.Tensor] = []
-    out_dir = Path(opts.out_dir)
+    result = GenerateResult([], height=height, width=width, num_frames=opts.num_frames)
     for index, prompt in enumerate(opts.prompts):
-        t0 = time.perf_counter()
-        caption = inference_caption(prompt, fps=opts.fps, motion_score=opts.motion_score) if opts.motion_score is not None else prompt
-        with torch.no_grad(), _on_device(side, device, opts.offload):
-            text = pipe.text.encode([caption])
-            null = pipe.text.encode([opts.negative_prompt]) if opts.negative_prompt else pipe.text.null()
-            image_text = pipe.text.encode([prompt]) if opts.t2i2v else None  # the image prompt has no suffix
-        text = {k: v.to(device=device, dtype=dtype) for k, v in text.items()}
-        null = {k: v.to(device=device, dtype=dtype) for k, v in null.items()}
-        sync()
-        timings["text"] = timings.get("text", 0.0) + time.perf_counter() - t0
-        phase_peak("text")
-        path = Path(opts.out) if (opts.out and len(opts.prompts) == 1) else out_dir / _file_name(prompt, index)
-
+        with clock.phase("text"):
+            text, null, image_text = _encode_prompt(pipe, opts, prompt, device, dtype)
+        path = Path(opts.out) if (opts.out and len(opts.prompts) == 1) else Path(opts.out_dir) / _file_name(prompt, index)
         if opts.t2i2v:
-            from .t2i import text_to_image
-
-            t0 = time.perf_counter()
-            image_pipe = pipe.image
-            ih, iw = _image_size(opts, divisor)
-            image_text = {k: v.to(device=device, dtype=dtype) for k, v in image_text.items()}
-            with torch.no_grad(), _on_device([image_pipe.dit, image_pipe.ae], device, opts.offload):
-                image = text_to_image(image_pipe, image_text, height=ih, width=iw, steps=opts.steps,
-                                      guidance=opts.image_guidance, seed=opts.seed, device=device, dtype=dtype,
-                                      progress=opts.progress)
-            png = _save_png(image, path.with_suffix(".png"))
-            sync()
-            timings["image"] = timings.get("image", 0.0) + time.perf_counter() - t0
-            phase_peak("image")
-            t0 = time.perf_counter()
-            # As Open-Sora does: the PNG, resized/cropped to the video's (padded) size, is the i2v_head reference.
-            ref = _load_reference(str(png), latent_shape[3] * ae.spatial_compression,
-                                  latent_shape[4] * ae.spatial_compression)
-            with torch.no_grad(), _on_device([ae], device, opts.offload):
-                ref_latent = ae.encode(ref.to(device=device, dtype=dtype),
-                                       generator=torch.Generator(device).manual_seed(opts.seed))
-            sync()
-            timings["reference_encode"] = timings.get("reference_encode", 0.0) + time.perf_counter() - t0
-            phase_peak("reference_encode")
-            images.append(png)
-
-        t0 = time.perf_counter()
-        with torch.no_grad():
+            with clock.phase("image"):
+                png = _draw_first_frame(pipe, opts, image_text, path.with_suffix(".png"), device, dtype)
+            with clock.phase("reference_encode"):
+                # As Open-Sora does: the PNG, resized/cropped to the video's (padded) size, is the i2v_head reference.
+                ref_latent = _encode_reference(pipe, str(png), latent_shape, opts, device, dtype)
+            result.images.append(png)
+        with clock.phase("dit"), torch.no_grad():
             latent = sample(
                 denoiser, text=text, null_text=null, latent_shape=latent_shape, cond_type=cond_type,
                 ref_latent=ref_latent, steps=opts.steps, guidance_text=opts.guidance_text,
                 guidance_image=opts.guidance_image, seed=opts.seed, device=device, dtype=dtype,
                 progress=opts.progress, is_causal=ae.is_causal, time_compression=ae.time_compression,
             )
-        sync()
-        timings["dit"] = timings.get("dit", 0.0) + time.perf_counter() - t0
-        phase_peak("dit")
-
-        t0 = time.perf_counter()
-        with torch.no_grad(), _on_device([ae], device, opts.offload):
-            video = ae.decode(latent.to(device=device, dtype=dtype))[0, :, : opts.num_frames, :height, :width]
-            if not opts.keep_i2v_pad_frames:
-                video = drop_i2v_pad_frames(video, cond_type, is_causal=ae.is_causal,
-                                            time_compression=ae.time_compression, dim=1)
-            written_frames = video.shape[1]
-        sync()
-        timings["vae_decode"] = timings.get("vae_decode", 0.0) + time.perf_counter() - t0
-        phase_peak("vae_decode")
-
-        t0 = time.perf_counter()
-        frames = to_uint8_frames(video)
-        paths.append(write_video(path, frames, fps=opts.fps))
-        if opts.keep_outputs:
-            result_latents.append(latent[0].float().cpu())
-            result_frames.append(torch.from_numpy(frames))
-        timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
-        phase_peak("write")
-
-    peak = max(peaks.values()) if peaks else None
-    return GenerateResult(paths, timings, peak, height, width, written_frames, peaks, images, result_latents,
-                          result_frames)
+        with clock.phase("vae_decode"):
+            video = _decode(pipe, opts, latent, cond_type, height, width, device, dtype)
+            result.num_frames = video.shape[1]
+        with clock.phase("write"):
+            frames = to_uint8_frames(video)
+            result.paths.append(write_video(path, frames, fps=opts.fps))
+            if opts.keep_outputs:
+                result.latents.append(latent[0].float().cpu())
+                result.frames.append(torch.from_numpy(frames))
+    result.seconds = clock.seconds
+    result.peak_memory_by_phase_gb = clock.peaks
+    result.peak_memory_gb = max(clock.peaks.values()) if clock.peaks else None
+    return result

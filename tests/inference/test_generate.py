@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from components.generate import GenerateOptions, build_pipeline, generate
-from components.generate.generate import tiny_text_encoder_dirs
+from inference import GenerateOptions, build_pipeline, generate
+from inference.generate import tiny_text_encoder_dirs
 from common.video_io import probe_video, read_video
 from models.aspect import inference_size
-from pipelines.cli import main as cli_main
+from cli.main import main as cli_main
 
 
 @pytest.fixture(autouse=True)
@@ -196,7 +196,7 @@ def test_offload_and_fp8_through_generate(tmp_path):
 def test_text_to_image_to_video_on_cpu(tmp_path):
     """t2i2v: the tiny FLUX-layout model draws the first frame with embedded guidance (one forward per step), the
     FLUX AE decodes it, and that PNG is the i2v_head reference: the video's first latent frame is its encoding."""
-    from components.generate.t2i import build_image_pipeline, text_to_image
+    from inference.t2i import build_image_pipeline, text_to_image
     from PIL import Image
 
     opts = _opts(tmp_path, t2i2v=True, image_model="tiny-flux", image_height=64, image_width=64, dtype="fp32",
@@ -212,7 +212,7 @@ def test_text_to_image_to_video_on_cpu(tmp_path):
     assert png.suffix == ".png" and Image.open(png).size == (64, 64)
     assert probe_video(result.paths[0], count_frames=True).num_frames == 9
     # The first frame is the drawn image: the reference latent written back into latent frame 0.
-    from components.generate.generate import _load_reference
+    from inference.generate import _load_reference
 
     ref = _load_reference(str(png), 64, 64)
     with torch.no_grad():
@@ -250,7 +250,7 @@ def test_noncausal_i2v_drops_the_three_pad_frames_like_the_release(tmp_path):
 
 
 def test_hc_generation_builds_the_dcae_without_scaling_like_the_release(tmp_path):
-    from components.generate.generate import DCAE_TRAIN_SCALING_FACTOR, PIPELINES
+    from inference.generate import DCAE_TRAIN_SCALING_FACTOR, PIPELINES
 
     # the released inference config builds the DC-AE without a scaling factor; tiny-hc (trained here with the
     # training value) keeps it; an explicit value or None overrides the preset
