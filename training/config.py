@@ -114,6 +114,11 @@ class VAESpec:
     align_weight: float = 1.0  # unverified: the paper gives no weight for its DINOv2 latent alignment
     # KL-VAE (hunyuan_vae_train): weight of the posterior's KL to N(0, I), averaged over latent elements
     kl_weight: float = 1e-4
+    # KL-VAE trained from scratch: the posterior log-variance it starts with (the logvar half of quant_conv is
+    # set to this constant: zero weights, this bias). None keeps the default init, whose logvar is about 0, i.e.
+    # posterior samples with std about 1 around means of about 1: noise that hides most of what the latent
+    # carries until Adam has walked the bias down by ~lr per step (docs/learning.md)
+    logvar_init: float | None = None
     # after training, fold a per-channel standardisation of the latents into the 1x1x1 quant convs, so the
     # scaled latents the DiT sees have zero mean and unit variance on the training clips (batches to measure)
     standardise_batches: int = 0
@@ -332,6 +337,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(0 <= cfg.text.dropout_ratio <= 1, f"text.dropout_ratio: must be in [0, 1], got {cfg.text.dropout_ratio}")
     need(cfg.vae.phase in (1, 2), f"vae.phase: must be 1 or 2, got {cfg.vae.phase}")
     need(0 <= cfg.vae.ema_decay < 1, f"vae.ema_decay: must be in [0, 1), got {cfg.vae.ema_decay}")
+    need(cfg.vae.kl_weight >= 0, f"vae.kl_weight: must be >= 0, got {cfg.vae.kl_weight}")
+    need(cfg.vae.logvar_init is None or -30 <= cfg.vae.logvar_init <= 20,
+         f"vae.logvar_init: must be in [-30, 20] (the posterior's logvar clamp), got {cfg.vae.logvar_init}")
     if cfg.condition_config is not None:
         need(all(isinstance(v, (int, float)) and v >= 0 for v in cfg.condition_config.values())
              and sum(cfg.condition_config.values()) > 0,

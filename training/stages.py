@@ -229,6 +229,16 @@ class AETrainModel(nn.Module):
 
 
 @torch.no_grad()
+def init_posterior_logvar(ae, logvar: float) -> None:
+    """Start a KL-VAE with the posterior log-variance `logvar` everywhere: the logvar rows of the 1x1x1
+    quant_conv get zero weights and this bias (the mean rows keep their init), so the first samples carry the
+    means with noise std exp(logvar / 2) instead of about 1."""
+    c = ae.latent_channels
+    ae.quant_conv.weight[c:].zero_()
+    ae.quant_conv.bias[c:].fill_(float(logvar))
+
+
+@torch.no_grad()
 def fold_latent_standardisation(ae, mean: torch.Tensor, std: torch.Tensor) -> None:
     """Make the KL-VAE's scaled latents zero-mean, unit-variance per channel without changing what it computes
     end to end: z' = a·(z − m) with a = 1 / (scaling_factor · std), folded into quant_conv (posterior mean rows
@@ -334,6 +344,8 @@ class VAEStage(Stage):
                 self.config_name = "hunyuan-vae-tiny" if cfg.ae.tiny else "hunyuan-vae"
             ae = (HunyuanVideoVAE.from_pretrained(cfg.ae.path, config=config) if cfg.ae.path
                   else HunyuanVideoVAE(config))
+            if not cfg.ae.path and cfg.vae.logvar_init is not None:
+                init_posterior_logvar(ae, cfg.vae.logvar_init)
         else:
             from models.dc_ae import DCAEConfig, VideoDCAE
 
