@@ -385,8 +385,9 @@ def _add_pipeline_commands(sub) -> None:
                    help="run the retraining pipeline: start from this curated dataset revision ('pinned': the one "
                         "data.dvc pins), fetched from the DVC remote, instead of ingest + filter")
     p.add_argument("--dvc-remote", help="where --from-revision fetches from (default: this repo's DVC remote)")
-    p.add_argument("--profile", default="cpu", choices=["cpu"],
-                   help="recipes and eval sizes for the whole DAG: 'cpu' (tiny models, 2 cores)")
+    p.add_argument("--profile", default="cpu", choices=["cpu", "gpu"],
+                   help="recipes and eval sizes for the whole DAG: 'cpu' (tiny models, 2 cores) or 'gpu' (one "
+                        "80-141 GB GPU: a 351M MMDiT, a half-width HunyuanVideo VAE, the full-width Video DC-AE)")
     p.set_defaults(func=_run_pipeline_local)
 
     p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")

@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.dag import TINY_RECIPES, build_pipeline
+from pipelines.dag import GPU_RECIPES, TINY_RECIPES, build_pipeline
 from pipelines.settings import ClusterSettings
 
 TASKS = {"data_pull": "data-pull-component", "ingest": "ingest-component", "filter": "filter-component", "split": "split-component",
@@ -71,10 +71,14 @@ def _newest_run(pipeline_root: Path, before: set[Path]) -> Path | None:
 
 
 # Profiles: recipes and eval settings for the whole DAG on one machine. "cpu" is `make demo` (2 cores): the
-# tiny recipes, eval samples at 9 x 64 x 64 with 8 sampler steps, 2 seeds per held-out caption.
+# tiny recipes, eval samples at 9 x 64 x 64 with 8 sampler steps, 2 seeds per held-out caption. "gpu" is one
+# 80-141 GB GPU: the gpu-demo recipes, eval samples at 33 x 128 x 256 (the held-out view every stage is scored
+# on) with 30 sampler steps.
 PROFILES = {
     "cpu": {"recipes": TINY_RECIPES, "eval": {"eval_num_frames": 9, "eval_height": 64, "eval_width": 64,
                                               "eval_steps": 8, "eval_seeds": "0,1"}},
+    "gpu": {"recipes": GPU_RECIPES, "eval": {"eval_num_frames": 33, "eval_height": 128, "eval_width": 256,
+                                             "eval_steps": 30, "eval_seeds": "0,1"}},
 }
 
 

@@ -74,6 +74,17 @@ def _dtype(name: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[name]
 
 
+def _loader_timing(batch: dict, wait_s: float) -> dict:
+    """The loader's part of a step: how long the loop waited for the batch, and the worker seconds its items
+    spent decoding and resizing (summed over the batch; workers run them while earlier steps compute)."""
+    out = {"data_wait_s": wait_s}
+    items = [t for t in (batch.get("timing") or []) if isinstance(t, dict)]
+    for key in ("decode_s", "resize_s"):
+        if items:
+            out[key] = float(sum(t.get(key, 0.0) for t in items))
+    return out
+
+
 # ---- state that goes into a checkpoint -----------------------------------------------------------------------
 
 class TrainState:
@@ -246,6 +257,7 @@ class Trainer:
         self.watchdog.start()
         self.model.train()
         while self.step < cfg.max_steps:
+            t_wait = time.perf_counter()
             with self.goodput.badput("data_loading"):
                 try:
                     batch = next(it)
@@ -262,6 +274,7 @@ class Trainer:
                 batch, weight = last_batch, 0.0
             last_batch = batch
             t0 = time.perf_counter()
+            timing = _loader_timing(batch, t0 - t_wait)
             inputs = self.stage.prepare(batch, self.generator)
             with self.strategy.forward_context():
                 loss = self.stage.loss(self.model, inputs) * weight
@@ -299,7 +312,8 @@ class Trainer:
             self.goodput.step(self.step, seconds, tokens=self.stage.tokens(inputs), flops=self.stage.flops(inputs),
                               loss=loss_value,
                               grad_norm=float(grad_norm), peak_flops=cfg.peak_flops_per_device,
-                              peak_memory=torch.cuda.max_memory_allocated() if self.device.type == "cuda" else None)
+                              peak_memory=torch.cuda.max_memory_allocated() if self.device.type == "cuda" else None,
+                              timing={**timing, **self.stage.step_timing()})
             self.watchdog.heartbeat()
             self._chaos_kill()
             if self.metrics is not None and self.step % cfg.log_every == 0:

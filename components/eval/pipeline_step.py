@@ -14,7 +14,7 @@ from components.eval.eval import EvalModel, EvalResult, run_eval
 
 # DiT config name (in the stage's resolved recipe) -> generation preset of components.generate.
 PRESET_BY_DIT_CONFIG = {"opensora2-11b": "opensora2", "opensora2-hc": "opensora2-hc", "tiny": "tiny",
-                        "tiny-hc": "tiny-hc"}
+                        "tiny-hc": "tiny-hc", "gpu-demo": "gpu-demo", "gpu-demo-hc": "gpu-demo-hc"}
 MODEL_FILE = "model.safetensors"
 AE_FILE = "autoencoder.safetensors"  # the frozen autoencoder a stage trained on, when it had no weights file
 INIT_FILE = "init.safetensors"  # the network at step 0 (recipes with heldout.export_init)
@@ -107,6 +107,19 @@ def heldout_suite(reference_table: str, out_dir: Path, max_prompts: int | None =
     write_text_atomic(path, json.dumps({"name": "heldout", "source": str(reference_table),
                                         "prompts": entries[:max_prompts] if max_prompts else entries}, indent=1))
     return str(path)
+
+
+def psnr_targets(stages: dict) -> dict:
+    """The autoencoders' PSNR targets by the recipe that trained each (training.recipes.PSNR_TARGETS); an
+    autoencoder given as weights, or trained by a recipe not listed there, keeps the default bar."""
+    from training.recipes import PSNR_TARGETS
+
+    out = {}
+    for name, stage in (("hunyuan_vae", "hunyuan_vae_train"), ("dcae", "vae_train")):
+        recipe = (stages.get(stage) or {}).get("recipe")
+        if recipe in PSNR_TARGETS:
+            out[name] = PSNR_TARGETS[recipe]
+    return out
 
 
 def _ae_psnr(kind: str, weights: str | None, reference_table: str, num_frames: int, height: int, width: int,
@@ -230,7 +243,8 @@ def _learning(doc, scored, out: Path, *, reference_clips, stages, handoff, stage
             per_model[name] = fd_proxy(refs[nf], np.array(feats))
     for model in ("stage3", "distilled"):
         fd[model] = {"trained": per_model.get(model), "init": per_model.get(f"{model}-init")}
-    checks = learning_checks(ae=ae, stages=stages, fd=fd, handoff_weights=handoff)
+    checks = learning_checks(ae=ae, stages=stages, fd=fd, handoff_weights=handoff,
+                             ae_psnr_min=psnr_targets(stages))
     grid = write_grid_thumbs(out, scored, hy, dc)
     curves = {s: {"losses": (m or {}).get("losses", []), "heldout": (m or {}).get("heldout", [])}
               for s, m in stages.items()}

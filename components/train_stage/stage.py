@@ -156,6 +156,20 @@ def _losses(run_dir: Path) -> list[list]:
     return [[s, by_step[s]] for s in sorted(by_step)]
 
 
+def _figures(run_dir: Path, goodput: dict) -> dict:
+    """Per-stage training figures: step-time breakdown (loader wait, encoders), tokens/s, MFU, goodput."""
+    from training.goodput import mfu, read_events, step_time_breakdown
+
+    out = step_time_breakdown(read_events(str(run_dir / "goodput_events.jsonl")))
+    out["mfu"] = mfu(out.get("flops_per_second"), float(goodput.get("peak_flops") or 0.0),
+                     int(goodput.get("num_devices") or 1))
+    out["peak_flops"], out["peak_flops_source"] = goodput.get("peak_flops"), goodput.get("peak_flops_source")
+    out["goodput_ratio"] = goodput.get("goodput_ratio")
+    out["badput_seconds"] = goodput.get("badput_seconds")
+    out["wall_seconds"] = goodput.get("wall_seconds")
+    return out
+
+
 def _heldout(run_dir: Path) -> list[dict]:
     """The held-out evaluations of the run (heldout.jsonl), the last attempt's where a restart repeated a step."""
     by_step: dict[int, dict] = {}
@@ -249,7 +263,8 @@ def run_stage(stage: str, *, recipe: str, run_dir: str, data_table: str | None =
     metrics_path = run / "stage_metrics.json"
     write_text_atomic(metrics_path, json.dumps({"stage": stage, "recipe": recipe, "steps": steps,
                                                 "final_loss": final_loss, "losses": losses, "goodput": goodput,
-                                                "heldout": _heldout(run)}, indent=1))
+                                                "heldout": _heldout(run), "figures": _figures(run, goodput)},
+                                               indent=1))
     card_path = run / "MODEL_CARD.md"
     write_text_atomic(card_path, _card(stage, recipe, cfg, init, ae, table, _data_revision(run), steps, final_loss,
                                        goodput, model_path))
