@@ -13,6 +13,7 @@ from typing import Callable
 
 from training.config import (
     AESpec,
+    RecoverySpec,
     CheckpointSpec,
     DataSpec,
     HeldoutSpec,
@@ -277,6 +278,8 @@ def gpu_demo_hunyuan_vae() -> TrainConfig:
         # early checkpoints: a non-finite or spiking loss rolls back to one (with none, the stage fails)
         checkpoint=CheckpointSpec(ckpt_every=50, keep_n_latest=1),
         vae=VAESpec(phase=1, ema_decay=0.98, standardise_batches=20),
+        # a fresh autoencoder's loss moves a lot in its first steps: no spike verdicts before step 100
+        recovery=RecoverySpec(spike_warmup=100),
         samples=SampleSpec(every=0), max_steps=400, log_every=20,
         heldout=copy.deepcopy(GPU_HELDOUT),
     )
@@ -293,6 +296,7 @@ def gpu_demo_vae() -> TrainConfig:
         parallel=ParallelSpec("ddp", "bf16"),
         checkpoint=CheckpointSpec(ckpt_every=100, keep_n_latest=1),
         vae=VAESpec(phase=1, ema_decay=0.98, standardise_batches=20),
+        recovery=RecoverySpec(spike_warmup=100),
         samples=SampleSpec(every=0), max_steps=300, log_every=20,
         heldout=HeldoutSpec(every=100, num_clips=6, num_frames=32, height=128, width=256, export_init=True),
     )

@@ -192,11 +192,16 @@ def _data_revision(run_dir: Path) -> str | None:
 
 
 def _failure_tail(log_dir: Path, n: int = 15) -> str:
-    lines = []
+    """The worker's own error (the end of the last Python traceback in a worker's log), then the end of the
+    launcher's log. torchrun's summary alone ("training.train FAILED ... exitcode 1") names no cause."""
+    worker, summary = [], []
     for f in sorted(log_dir.rglob("stderr*")):
-        text = f.read_text(errors="replace").splitlines()
-        lines += [ln for ln in text if ln.strip()][-n:]
-    return "\n".join(lines[-n:])
+        text = [ln for ln in f.read_text(errors="replace").splitlines() if ln.strip()]
+        starts = [i for i, ln in enumerate(text) if ln.startswith("Traceback (most recent call last)")]
+        if starts and "attempt_" in str(f):
+            worker = text[starts[-1]:][-n:]
+        summary = text[-n:] or summary
+    return "\n".join((worker + ["..."] if worker else []) + summary)
 
 
 def _card(stage, recipe, cfg: dict, init, ae, table, revision, steps, final_loss, goodput, model_path) -> str:
