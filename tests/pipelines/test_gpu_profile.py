@@ -183,3 +183,22 @@ def test_loader_items_carry_their_decode_and_resize_seconds(tmp_path):
     assert t["decode_s"] == pytest.approx(sum(i["timing"]["decode_s"] for i in items))
     assert t["resize_s"] == pytest.approx(sum(i["timing"]["resize_s"] for i in items))
     assert math.isfinite(t["resize_s"])
+
+
+def test_the_eval_finds_the_gpu_autoencoders_and_text_encoders(tmp_path):
+    """The eval rebuilds each autoencoder from its export's metadata, and the GPU presets pair full-size
+    autoencoders with the tiny text encoders (nothing is downloaded on the GPU machine)."""
+    from safetensors.torch import save_file
+
+    from components.generate.generate import PIPELINES
+    from models.hunyuan_vae.config import HunyuanVAEConfig, config_for_weights
+
+    path = tmp_path / "vae.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"config": "hunyuan-vae-half"})
+    assert config_for_weights(path, tiny=False) == HunyuanVAEConfig.named("hunyuan-vae-half")
+    assert config_for_weights(path, tiny=False).block_out_channels == (64, 128, 256, 256)
+    for name, kind in (("gpu-demo", "hunyuan"), ("gpu-demo-hc", "dcae")):
+        preset = PIPELINES[name]
+        assert preset.autoencoder == kind and not preset.tiny and preset.text_is_tiny
+        assert PRESET_BY_DIT_CONFIG[preset.dit_config] == name
+    assert PIPELINES["tiny"].text_is_tiny and not PIPELINES["opensora2"].text_is_tiny
