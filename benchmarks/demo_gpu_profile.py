@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import glob
+import sys
 import json
 import os
 import platform
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
 ORDER = ("hunyuan_vae_train", "vae_train", "dit_stage1", "dit_stage2", "dit_stage3", "distill")
 
@@ -29,6 +32,10 @@ def stage_records(run: Path) -> dict:
         if doc.get("stage") not in found or found[doc["stage"]][0] < mtime:
             cfg_path = Path(path).parent / "config.json"
             doc["config"] = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+            if (Path(path).parent / "goodput_events.jsonl").is_file():  # recomputed: the current definitions
+                from components.train_stage.stage import _figures
+
+                doc["figures"] = _figures(Path(path).parent, doc.get("goodput") or {})
             found[doc["stage"]] = (mtime, doc)
     return {s: found[s][1] for s in ORDER if s in found}
 

@@ -538,10 +538,12 @@ def step_time_breakdown(events: Iterable[dict], skip_first: int = 5) -> dict[str
     encoders run inside the step). Decode and resize run in the loader's workers while earlier steps compute:
     they are reported as worker seconds per step and as a multiple of the loop time (with W workers the loader
     keeps up while that multiple stays below W). The first `skip_first` steps (worker start-up, autotuning) are
-    left out; MFU and tokens/s are over the same steps."""
+    left out (at most a fifth of the steps, so a short run still reports); MFU and tokens/s are over the same
+    steps."""
     steps = [e for e in events if e.get("ev") == "step"]
     by_step = {int(e["step"]): e for e in steps}  # the last attempt's record of a repeated step
-    kept = [by_step[s] for s in sorted(by_step)][skip_first:]
+    kept = [by_step[s] for s in sorted(by_step)]
+    kept = kept[min(skip_first, len(kept) // 5):]
     if not kept:
         return {"steps": 0}
     compute = sum(float(e["seconds"]) for e in kept)

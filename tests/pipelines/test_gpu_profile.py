@@ -121,7 +121,9 @@ def test_step_time_breakdown_against_hand_computed_shares():
     # a step repeated after a restart counts once (its last record)
     again = step_time_breakdown(events + [_step(5, 3.0, 0.0, flops=2e12, tokens=1000)], skip_first=1)
     assert again["compute_seconds"] == pytest.approx(3 * 1.0 + 3.0)
-    assert step_time_breakdown(events[:1], skip_first=1) == {"steps": 0}
+    assert step_time_breakdown([], skip_first=1) == {"steps": 0}
+    # a run shorter than 5 x skip_first keeps four fifths of its steps at least
+    assert step_time_breakdown(events[:3], skip_first=5)["steps"] == 3
 
 
 def test_dit_mfu_uses_the_documented_formula_on_a_small_config():
