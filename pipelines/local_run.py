@@ -121,8 +121,10 @@ def validate_run(recipes: dict, overrides: dict) -> None:
 def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overrides: dict | None = None,
                          recipes: dict | None = None, nproc: int = 1, eval_suite: str = "heldout",
                          profile: str = "cpu", data_revision: str | None = None,
-                         dvc_remote: str | None = None) -> LocalRun:
+                         dvc_remote: str | None = None, hunyuan_vae: str | None = None) -> LocalRun:
     """Run the DAG; returns where its artifacts are. Raises PipelineRunError naming the failed step's error.
+
+    `hunyuan_vae`: HunyuanVideo VAE weights for stages 1-3 (then the hunyuan_vae step trains nothing).
 
     With `data_revision` (a data.dvc md5) the retraining pipeline runs instead: it fetches that curated dataset
     from `dvc_remote` (default: this repository's DVC remote) and starts at training."""
@@ -130,6 +132,10 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
 
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; profiles: {sorted(PROFILES)}")
+    if hunyuan_vae is not None:
+        if not Path(hunyuan_vae).is_file():
+            raise FileNotFoundError(f"hunyuan_vae: {hunyuan_vae} is not a file (HunyuanVideo VAE safetensors)")
+        hunyuan_vae = str(Path(hunyuan_vae).resolve())
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +187,7 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
                      stage3_recipe=recipes["dit_stage3"], distill_recipe=recipes["distill"],
                      run_root=str(out / "runs"), run_tag="local",
                      train_scheduler="local_cwd", nproc=nproc, overrides=json.dumps(overrides),
-                     eval_suite=eval_suite, **PROFILES[profile]["eval"])
+                     eval_suite=eval_suite, hunyuan_vae=hunyuan_vae or "", **PROFILES[profile]["eval"])
     except RuntimeError as exc:
         failed = re.search(r"Inner task failed: \W*\[?\d*m?'?([\w-]+)", str(exc))
         step = next((s for s, t in TASKS.items() if failed and t == failed.group(1)), "a step")

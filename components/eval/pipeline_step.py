@@ -142,10 +142,12 @@ def _ae_psnr(kind: str, weights: str | None, reference_table: str, num_frames: i
 
 
 def _config_of(weights: str) -> str:
+    """The config an export of ours names; "" for other files (released weights carry no such metadata and
+    are full size)."""
     from safetensors import safe_open
 
     with safe_open(weights, framework="pt") as f:
-        return (f.metadata() or {}).get("config", "tiny")
+        return (f.metadata() or {}).get("config", "")
 
 
 def eval_step(stage3_dir: str, distilled_dir: str, autoencoder_dir: str, out_dir: str, *, hunyuan_vae: str = "",

@@ -204,3 +204,15 @@ def test_the_eval_finds_the_gpu_autoencoders_and_text_encoders(tmp_path):
         assert preset.autoencoder == kind and not preset.tiny and preset.text_is_tiny
         assert PRESET_BY_DIT_CONFIG[preset.dit_config] == name
     assert PIPELINES["tiny"].text_is_tiny and not PIPELINES["opensora2"].text_is_tiny
+
+
+def test_run_takes_given_hunyuan_vae_weights_and_refuses_a_missing_file(tmp_path, capsys):
+    from pipelines.cli import main
+
+    args = build_parser().parse_args(["run", "--profile", "gpu", "--hunyuan-vae", "w.safetensors"])
+    assert args.hunyuan_vae == "w.safetensors"
+    out = tmp_path / "run"
+    assert main(["run", "--profile", "gpu", "--out-dir", str(out), "--hunyuan-vae",
+                 str(tmp_path / "missing.safetensors")]) == 1
+    assert "missing.safetensors is not a file" in capsys.readouterr().err
+    assert not out.exists()  # refused before any step (or the sample data) ran
