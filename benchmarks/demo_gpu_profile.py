@@ -26,7 +26,7 @@ ORDER = ("hunyuan_vae_train", "vae_train", "dit_stage1", "dit_stage2", "dit_stag
 def stage_records(run: Path) -> dict:
     """The newest stage_metrics.json of each stage under RUN/runs (a resumed run may hold older folders)."""
     found: dict[str, tuple[float, dict]] = {}
-    for path in glob.glob(str(run / "runs" / "*" / "stage_metrics.json")):
+    for path in glob.glob(str(run / "runs" / "**" / "stage_metrics.json"), recursive=True):
         doc = json.loads(Path(path).read_text())
         mtime = os.path.getmtime(path)
         if doc.get("stage") not in found or found[doc["stage"]][0] < mtime:
