@@ -26,8 +26,12 @@ def add(sub) -> None:
                    help="run the retraining pipeline: start from this curated dataset revision ('pinned': the one "
                         "data.dvc pins), fetched from the DVC remote, instead of ingest + filter")
     p.add_argument("--dvc-remote", help="where --from-revision fetches from (default: this repo's DVC remote)")
-    p.add_argument("--profile", default="cpu", choices=["cpu"],
-                   help="recipes and eval sizes for the whole DAG: 'cpu' (tiny models, 2 cores)")
+    p.add_argument("--hunyuan-vae", metavar="PATH",
+                   help="HunyuanVideo VAE weights (safetensors) for DiT stages 1-3 instead of training one in the "
+                        "hunyuan_vae step")
+    p.add_argument("--profile", default="cpu", choices=["cpu", "gpu"],
+                   help="recipes and eval sizes for the whole DAG: 'cpu' (tiny models, 2 cores) or 'gpu' (one "
+                        "80-141 GB GPU: a 351M MMDiT, a half-width HunyuanVideo VAE, the full-width Video DC-AE)")
     p.set_defaults(func=run)
 
 
@@ -45,7 +49,8 @@ def run(args) -> int:
         revision = pinned_revision() if args.from_revision == "pinned" else args.from_revision
     run = run_pipeline_locally(args.out_dir, raw_manifest=args.raw, overrides=parse_step_overrides(args.override),
                                recipes=parse_recipes(args.recipe), nproc=args.nproc, eval_suite=args.suite,
-                               profile=args.profile, data_revision=revision, dvc_remote=args.dvc_remote)
+                               profile=args.profile, data_revision=revision, dvc_remote=args.dvc_remote,
+                               hunyuan_vae=args.hunyuan_vae)
     print(f"pipeline finished in {run.seconds:.0f} s; every step's artifacts: {run.run_dir}")
     labels = {"curated": "curated dataset", "split": "train/held-out", "hunyuan_vae": "stage-1-3 AE",
               "dcae": "Video DC-AE", "stage1": "DiT stage 1", "stage2": "DiT stage 2", "stage3": "DiT stage 3",

@@ -53,6 +53,13 @@ class PipelinePreset:
     # (although its DiT was trained on latents / 0.493); the project's own tiny-hc models are trained and
     # sampled with the training value. Hunyuan presets ignore it.
     dcae_scaling_factor: float | None = None
+    # the generated tiny T5/CLIP (None: whenever the preset is tiny). The one-GPU demo's presets pair full-size
+    # autoencoders with the tiny text encoders, since nothing is downloaded there.
+    tiny_text: bool | None = None
+
+    @property
+    def text_is_tiny(self) -> bool:
+        return self.tiny if self.tiny_text is None else self.tiny_text
 
 
 PIPELINES = {
@@ -63,6 +70,9 @@ PIPELINES = {
     "tiny": PipelinePreset("tiny", "hunyuan", True, "dit.safetensors", "vae.safetensors"),
     "tiny-hc": PipelinePreset("tiny-hc", "dcae", True, "dit.safetensors", "vae.safetensors",
                               dcae_scaling_factor=DCAE_TRAIN_SCALING_FACTOR),
+    "gpu-demo": PipelinePreset("gpu-demo", "hunyuan", False, "dit.safetensors", "vae.safetensors", tiny_text=True),
+    "gpu-demo-hc": PipelinePreset("gpu-demo-hc", "dcae", False, "dit.safetensors", "vae.safetensors",
+                                  dcae_scaling_factor=DCAE_TRAIN_SCALING_FACTOR, tiny_text=True),
 }
 
 
@@ -193,7 +203,7 @@ def build_pipeline(opts: GenerateOptions, device: torch.device, dtype: torch.dty
     if opts.random_init:
         if opts.t5 and opts.clip:
             t5_dir, clip_dir = Path(opts.t5), Path(opts.clip)
-        elif preset.tiny:
+        elif preset.text_is_tiny:
             t5_dir, clip_dir = tiny_text_encoder_dirs()
         else:
             raise ValueError(
@@ -205,7 +215,7 @@ def build_pipeline(opts: GenerateOptions, device: torch.device, dtype: torch.dty
     else:
         dit_path = _resolve(opts.dit, opts.weights_dir, preset.dit_file, "DiT")
         ae_path = _resolve(opts.ae, opts.weights_dir, preset.ae_file, "autoencoder")
-        if preset.tiny and not (opts.t5 or opts.clip or opts.weights_dir):
+        if preset.text_is_tiny and not (opts.t5 or opts.clip or opts.weights_dir):
             t5_dir, clip_dir = tiny_text_encoder_dirs()  # what the tiny training recipes condition on
         else:
             t5_dir = _resolve(opts.t5, opts.weights_dir, preset.t5_dir, "T5")

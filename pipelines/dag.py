@@ -28,6 +28,10 @@ PIPELINE_NAME = "soraflow"
 # Local defaults: the tiny CPU recipes on the generated sample videos. Cluster runs pass the hardware recipes.
 TINY_RECIPES = {"vae_train": "tiny-cpu-vae", "hunyuan_vae_train": "tiny-cpu-hunyuan-vae", "dit_stage1": "tiny-cpu-stage1", "dit_stage2": "tiny-cpu-stage2",
                 "dit_stage3": "tiny-cpu-stage3", "distill": "tiny-cpu-distill"}
+# `soraflow run --profile gpu`: the same DAG on one 80-141 GB GPU (training/recipes.py, gpu-demo-*)
+GPU_RECIPES = {"vae_train": "gpu-demo-vae", "hunyuan_vae_train": "gpu-demo-hunyuan-vae",
+               "dit_stage1": "gpu-demo-stage1", "dit_stage2": "gpu-demo-stage2", "dit_stage3": "gpu-demo-stage3",
+               "distill": "gpu-demo-distill"}
 CLUSTER_RECIPES = {"vae_train": "vae-dcae-256px-h200x8", "hunyuan_vae_train": "hunyuan-vae-256px-h200x8",
                    "dit_stage1": "stage1-256px-h200x8",
                    "dit_stage2": "stage2-256px-i2v-h200x8", "dit_stage3": "stage3-768px-sp4-h200x8",

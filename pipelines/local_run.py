@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.sample_data.generate import DEMO_FILTER_SETTINGS
-from pipelines.dag import TINY_RECIPES, build_pipeline
+from pipelines.dag import GPU_RECIPES, TINY_RECIPES, build_pipeline
 from pipelines.settings import ClusterSettings
 
 TASKS = {"data_pull": "data-pull-component", "ingest": "ingest-component", "filter": "filter-component", "split": "split-component",
@@ -72,11 +72,16 @@ def _newest_run(pipeline_root: Path, before: set[Path]) -> Path | None:
 
 
 # Profiles: recipes and eval settings for the whole DAG on one machine. "cpu" is `make demo` (2 cores): the
-# tiny recipes, eval samples at 9 x 64 x 64 with 8 sampler steps, 2 seeds per held-out caption.
-# Its step settings (`overrides`, under the user's own) scale the filter's 768px size rule to the sample set.
+# tiny recipes, eval samples at 9 x 64 x 64 with 8 sampler steps, 2 seeds per held-out caption. "gpu" is one
+# 80-141 GB GPU: the gpu-demo recipes, eval samples at 33 x 128 x 256 (the held-out view every stage is scored
+# on) with 30 sampler steps. The cpu profile's step settings (`overrides`, under the user's own) scale the
+# filter's 768px size rule to the sample set; the gpu profile's clips are the same, so it does too.
 PROFILES = {
     "cpu": {"recipes": TINY_RECIPES, "eval": {"eval_num_frames": 9, "eval_height": 64, "eval_width": 64,
                                               "eval_steps": 8, "eval_seeds": "0,1"},
+            "overrides": {"filter": DEMO_FILTER_SETTINGS}},
+    "gpu": {"recipes": GPU_RECIPES, "eval": {"eval_num_frames": 33, "eval_height": 128, "eval_width": 256,
+                                             "eval_steps": 30, "eval_seeds": "0,1"},
             "overrides": {"filter": DEMO_FILTER_SETTINGS}},
 }
 
@@ -196,8 +201,10 @@ def _publish(out: Path, outputs: dict[str, Path]) -> dict:
 def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overrides: dict | None = None,
                          recipes: dict | None = None, nproc: int = 1, eval_suite: str = "heldout",
                          profile: str = "cpu", data_revision: str | None = None,
-                         dvc_remote: str | None = None) -> LocalRun:
+                         dvc_remote: str | None = None, hunyuan_vae: str | None = None) -> LocalRun:
     """Run the DAG; returns where its artifacts are. Raises PipelineRunError naming the failed step's error.
+
+    `hunyuan_vae`: HunyuanVideo VAE weights for stages 1-3 (then the hunyuan_vae step trains nothing).
 
     With `data_revision` (a data.dvc md5) the retraining pipeline runs instead: it fetches that curated dataset
     from `dvc_remote` (default: this repository's DVC remote) and starts at training."""
@@ -205,6 +212,10 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
 
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; profiles: {sorted(PROFILES)}")
+    if hunyuan_vae is not None:
+        if not Path(hunyuan_vae).is_file():
+            raise FileNotFoundError(f"hunyuan_vae: {hunyuan_vae} is not a file (HunyuanVideo VAE safetensors)")
+        hunyuan_vae = str(Path(hunyuan_vae).resolve())
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -237,7 +248,7 @@ def run_pipeline_locally(out_dir: str, *, raw_manifest: str | None = None, overr
                      stage3_recipe=recipes["dit_stage3"], distill_recipe=recipes["distill"],
                      run_root=str(out / "runs"), run_tag="local",
                      train_scheduler="local_cwd", nproc=nproc, overrides=json.dumps(overrides),
-                     eval_suite=eval_suite, **PROFILES[profile]["eval"])
+                     eval_suite=eval_suite, hunyuan_vae=hunyuan_vae or "", **PROFILES[profile]["eval"])
     except RuntimeError as exc:
         failed = re.search(r"Inner task failed: \W*\[?\d*m?'?([\w-]+)", str(exc))
         step = next((s for s, t in TASKS.items() if failed and t == failed.group(1)), "a step")

@@ -376,6 +376,7 @@ class GoodputTracker:
         grad_norm: float | None = None,
         peak_flops: float | None = None,
         peak_memory: int | None = None,
+        timing: dict | None = None,
         t: float | None = None,
     ) -> None:
         """One finished optimizer step.
@@ -403,6 +404,8 @@ class GoodputTracker:
             ev["grad_norm"] = float(grad_norm)
         if peak_mem_bytes is not None:
             ev["peak_mem"] = int(peak_mem_bytes)
+        if timing:  # parts of the step and of the wait before it (step_time_breakdown reads them)
+            ev["timing"] = {k: round(float(v), 6) for k, v in timing.items()}
         self._emit(ev)
 
     def record_badput(self, kind: str, seconds: float, *, t: float | None = None) -> None:
@@ -508,3 +511,55 @@ class GoodputTracker:
         path = path or os.path.join(self.run_dir, METRICS_FILE)
         write_text_atomic(path, json.dumps(s, indent=1, sort_keys=True), fsync=True)
         return s
+
+
+LOADER_PARTS = ("decode_s", "resize_s")  # worker-side, summed over the batch's items
+STEP_PARTS = ("ae_encode_s", "text_encode_s")  # inside the step, on the training process
+
+
+def step_time_breakdown(events: Iterable[dict], skip_first: int = 5) -> dict[str, Any]:
+    """Where a stage's loop time went, from its step events (the `timing` the trainer records).
+
+    The loop time of a step is the wait for its batch (`data_wait_s`) plus its compute seconds. Shares are of
+    the summed loop time: `data_wait` (the loader did not keep up), `ae_encode` and `text_encode` (frozen
+    encoders run inside the step). Decode and resize run in the loader's workers while earlier steps compute:
+    they are reported as worker seconds per step and as a multiple of the loop time (with W workers the loader
+    keeps up while that multiple stays below W). The first `skip_first` steps (worker start-up, autotuning) are
+    left out (at most a fifth of the steps, so a short run still reports); MFU and tokens/s are over the same
+    steps."""
+    steps = [e for e in events if e.get("ev") == "step"]
+    by_step = {int(e["step"]): e for e in steps}  # the last attempt's record of a repeated step
+    kept = [by_step[s] for s in sorted(by_step)]
+    kept = kept[min(skip_first, len(kept) // 5):]
+    if not kept:
+        return {"steps": 0}
+    compute = sum(float(e["seconds"]) for e in kept)
+    parts = {k: sum(float((e.get("timing") or {}).get(k, 0.0)) for e in kept)
+             for k in ("data_wait_s",) + LOADER_PARTS + STEP_PARTS}
+    loop = compute + parts["data_wait_s"]
+    n = len(kept)
+    flops = [float(e["flops"]) for e in kept if e.get("flops")]
+    tokens = sum(int(e.get("tokens", 0)) for e in kept)
+    out = {
+        "steps": n, "first_step_counted": int(kept[0]["step"]),
+        "loop_seconds": loop, "compute_seconds": compute,
+        "step_seconds_mean": compute / n, "loop_seconds_mean": loop / n,
+        "data_wait_share": parts["data_wait_s"] / loop if loop > 0 else 0.0,
+        "ae_encode_share": parts["ae_encode_s"] / loop if loop > 0 else 0.0,
+        "text_encode_share": parts["text_encode_s"] / loop if loop > 0 else 0.0,
+        "decode_worker_seconds_per_step": parts["decode_s"] / n,
+        "resize_worker_seconds_per_step": parts["resize_s"] / n,
+        "decode_worker_load": parts["decode_s"] / loop if loop > 0 else 0.0,
+        "resize_worker_load": parts["resize_s"] / loop if loop > 0 else 0.0,
+        "tokens_per_second": tokens / compute if compute > 0 else 0.0,
+        "flops_per_step_mean": (sum(flops) / len(flops)) if flops else None,
+        "flops_per_second": (sum(flops) / compute) if flops and len(flops) == n and compute > 0 else None,
+    }
+    return out
+
+
+def mfu(flops_per_second: float | None, peak_flops: float, num_devices: int = 1) -> float | None:
+    """Model FLOPs utilisation: achieved training FLOP/s over the devices' dense peak."""
+    if flops_per_second is None or peak_flops <= 0:
+        return None
+    return flops_per_second / (peak_flops * num_devices)

@@ -9,6 +9,7 @@ velocity target, the DiT forward on packed tokens, and the MSE in fp32.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -46,14 +47,17 @@ class DiTObjective:
         self.dtype = dtype
         self.seq_align = seq_align
         self.last_alpha: float | None = None  # the shift α of the last prepared batch (tests compare it)
+        self.last_timing: dict = {}  # ae_encode_s / text_encode_s of the last prepared batch
 
     @torch.no_grad()
     def prepare(self, video: torch.Tensor, captions: list[str], generator: torch.Generator) -> StepInputs:
         b = video.shape[0]
         weights = self.condition_config if self.cond_embed else {"t2v": 1}
+        t0 = _synced_clock(video.device)
         cond = prepare_train_condition(self.ae, video.to(self.dtype), weights=weights, generator=generator)
         x0 = cond.x0.float()
         t_lat, h, w = x0.shape[2:]
+        t1 = _synced_clock(video.device)
 
         text = self.text.encode(captions, seq_align=self.seq_align)
         null = self.text.null(batch_size=b, length=text["txt"].shape[1])
@@ -61,6 +65,8 @@ class DiTObjective:
                                     generator=_cpu_generator(generator))
         txt = dropped["txt"].to(x0.device, self.dtype)
         y_vec = dropped["y_vec"].to(x0.device, self.dtype)
+        # seconds of the frozen encoders inside the step (the GPU is drained at each mark, so they are exact)
+        self.last_timing = {"ae_encode_s": t1 - t0, "text_encode_s": _synced_clock(video.device) - t1}
 
         # α from the tokens the DiT really sees, by the function the sampler uses (`sample` calls
         # inference_shift_alpha too). Upstream trains with (H·W)//4 whatever the patch size, which for the
@@ -90,6 +96,12 @@ class DiTObjective:
     def loss(model, inputs: StepInputs) -> torch.Tensor:
         pred = model(**inputs.kwargs)
         return flow_matching_loss(pred, inputs.target)
+
+
+def _synced_clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _cpu_generator(gen: torch.Generator) -> torch.Generator:

@@ -71,6 +71,10 @@ class Stage:
     def flops(self, inputs) -> float | None:
         return None
 
+    def step_timing(self) -> dict:
+        """Seconds of the last step's parts that the stage measures (e.g. the frozen encoders)."""
+        return {}
+
     def samples_dir(self) -> Path:
         return Path(self.cfg.run_dir) / "samples"
 
@@ -139,6 +143,9 @@ class DiTStage(Stage):
 
     def tokens(self, inputs) -> int:
         return inputs.tokens
+
+    def step_timing(self) -> dict:
+        return dict(self.objective.last_timing)
 
     def flops(self, inputs) -> float:
         from models.mmdit import mmdit_forward_flops
@@ -252,6 +259,18 @@ def fold_latent_standardisation(ae, mean: torch.Tensor, std: torch.Tensor) -> No
     q.bias[c:] += (2.0 * torch.log(a)).to(q.bias.dtype)
     pq.bias += (w_post.flatten(1) @ mean.to(w_post.dtype)).to(pq.bias.dtype)
     pq.weight /= a.view(1, -1, 1, 1, 1).to(pq.weight.dtype)
+
+
+@torch.no_grad()
+def measured_forward_flops(module: nn.Module, *args) -> float:
+    """FLOPs of one forward of `module` on `args`, by torch.utils.flop_counter (2 per multiply-add); the RNG
+    state is restored, so counting does not change what training draws."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    devices = [a.device for a in args if isinstance(a, torch.Tensor) and a.is_cuda]
+    with torch.random.fork_rng(devices=devices[:1]), FlopCounterMode(display=False) as counter:
+        module(*args)
+    return float(counter.get_total_flops())
 
 
 def _frozen(module):
@@ -415,6 +434,16 @@ class VAEStage(Stage):
         b, _, t, h, w = inputs["video"].shape
         t_lat = self.inner.ae.latent_frames(t)
         return b * t_lat * (h // self.divisor) * (w // self.divisor)
+
+    def flops(self, inputs) -> float:
+        """Training FLOPs of the step: 3 x the autoencoder's forward FLOPs (backward = 2 x forward), the
+        forward counted once per input shape by torch's FLOP counter (convolutions, matmuls, attention)."""
+        x = inputs["video"]
+        key = tuple(x.shape)
+        cache = self.__dict__.setdefault("_fwd_flops", {})
+        if key not in cache:
+            cache[key] = measured_forward_flops(self.inner, x)
+        return 3.0 * cache[key]
 
     def gan_active(self) -> bool:
         return self.gan and self.trainer.step >= self.cfg.vae.disc_start

@@ -72,6 +72,17 @@ def all_mean(value: float, device) -> float:
     return float(t.item()) / dist.get_world_size()
 
 
+def _loader_timing(batch: dict, wait_s: float) -> dict:
+    """The loader's part of a step: how long the loop waited for the batch, and the worker seconds its items
+    spent decoding and resizing (summed over the batch; workers run them while earlier steps compute)."""
+    out = {"data_wait_s": wait_s}
+    items = [t for t in (batch.get("timing") or []) if isinstance(t, dict)]
+    for key in ("decode_s", "resize_s"):
+        if items:
+            out[key] = float(sum(t.get(key, 0.0) for t in items))
+    return out
+
+
 # ---- state that goes into a checkpoint -----------------------------------------------------------------------
 
 class TrainState:
@@ -254,6 +265,7 @@ class Trainer:
         self.watchdog.start()
         self.model.train()
         while self.step < cfg.max_steps:
+            t_wait = time.perf_counter()
             with self.goodput.badput("data_loading"):
                 it, batch = self._next_batch(it)
             weight = 1.0
@@ -265,6 +277,7 @@ class Trainer:
                 batch, weight = last_batch, 0.0
             last_batch = batch
             t0 = time.perf_counter()
+            timing = _loader_timing(batch, t0 - t_wait)
             inputs = self.stage.prepare(batch, self.generator)
             with self.strategy.forward_context():
                 loss = self.stage.loss(self.model, inputs) * weight
@@ -302,7 +315,8 @@ class Trainer:
             self.goodput.record_step(self.step, seconds, tokens=self.stage.tokens(inputs), flops=self.stage.flops(inputs),
                               loss=loss_value,
                               grad_norm=float(grad_norm), peak_flops=cfg.peak_flops_per_device,
-                              peak_memory=torch.cuda.max_memory_allocated() if self.device.type == "cuda" else None)
+                              peak_memory=torch.cuda.max_memory_allocated() if self.device.type == "cuda" else None,
+                              timing={**timing, **self.stage.step_timing()})
             self.watchdog.heartbeat()
             self._chaos_kill()
             self._after_step(loss_value, float(grad_norm), seconds, inputs, batch)

@@ -14,7 +14,7 @@ from components.eval.eval import EvalModel, EvalResult, run_eval
 
 # DiT config name (in the stage's resolved recipe) -> generation preset of inference.
 PRESET_BY_DIT_CONFIG = {"opensora2-11b": "opensora2", "opensora2-hc": "opensora2-hc", "tiny": "tiny",
-                        "tiny-hc": "tiny-hc"}
+                        "tiny-hc": "tiny-hc", "gpu-demo": "gpu-demo", "gpu-demo-hc": "gpu-demo-hc"}
 MODEL_FILE = "model.safetensors"
 AE_FILE = "autoencoder.safetensors"  # the frozen autoencoder a stage trained on, when it had no weights file
 INIT_FILE = "init.safetensors"  # the network at step 0 (recipes with heldout.export_init)
@@ -109,6 +109,19 @@ def heldout_suite(reference_table: str, out_dir: Path, max_prompts: int | None =
     return str(path)
 
 
+def psnr_targets(stages: dict) -> dict:
+    """The autoencoders' PSNR targets by the recipe that trained each (training.recipes.PSNR_TARGETS); an
+    autoencoder given as weights, or trained by a recipe not listed there, keeps the default bar."""
+    from training.recipes import PSNR_TARGETS
+
+    out = {}
+    for name, stage in (("hunyuan_vae", "hunyuan_vae_train"), ("dcae", "vae_train")):
+        recipe = (stages.get(stage) or {}).get("recipe")
+        if recipe in PSNR_TARGETS:
+            out[name] = PSNR_TARGETS[recipe]
+    return out
+
+
 def _ae_psnr(kind: str, weights: str | None, reference_table: str, num_frames: int, height: int, width: int,
              max_clips: int, cache=None) -> dict:
     """Held-out PSNR (and the reconstructions, for the report) of one autoencoder weights file. Clip by clip
@@ -146,10 +159,12 @@ def _ae_psnr(kind: str, weights: str | None, reference_table: str, num_frames: i
 
 
 def _config_of(weights: str) -> str:
+    """The config an export of ours names; "" for other files (released weights carry no such metadata and
+    are full size)."""
     from safetensors import safe_open
 
     with safe_open(weights, framework="pt") as f:
-        return (f.metadata() or {}).get("config", "tiny")
+        return (f.metadata() or {}).get("config", "")
 
 
 def eval_step(stage3_dir: str, distilled_dir: str, autoencoder_dir: str, out_dir: str, *, hunyuan_vae: str = "",
@@ -258,7 +273,8 @@ def _learning(doc, scored, out: Path, *, reference_clips, stages, handoff, cache
     seconds["fd_proxy"] = round(time.perf_counter() - t0 - seconds["autoencoders"], 3)
     for model in ("stage3", "distilled"):
         fd[model] = {"trained": per_model.get(model), "init": per_model.get(f"{model}-init")}
-    checks = learning_checks(ae=ae, stages=stages, fd=fd, handoff_weights=handoff)
+    checks = learning_checks(ae=ae, stages=stages, fd=fd, handoff_weights=handoff,
+                             ae_psnr_min=psnr_targets(stages))
     grid = write_grid_thumbs(out, scored, hy, dc)
     seconds["grid_thumbs"] = round(time.perf_counter() - t0 - sum(seconds.values()), 3)
     curves = {s: {"losses": (m or {}).get("losses", []), "heldout": (m or {}).get("heldout", [])}

@@ -148,6 +148,20 @@ def _losses(run_dir: Path) -> list[list]:
     return [[s, by_step[s]] for s in sorted(by_step)]
 
 
+def _figures(run_dir: Path, goodput: dict) -> dict:
+    """Per-stage training figures: step-time breakdown (loader wait, encoders), tokens/s, MFU, goodput."""
+    from training.goodput import mfu, read_events, step_time_breakdown
+
+    out = step_time_breakdown(read_events(str(run_dir / "goodput_events.jsonl")))
+    out["mfu"] = mfu(out.get("flops_per_second"), float(goodput.get("peak_flops") or 0.0),
+                     int(goodput.get("num_devices") or 1))
+    out["peak_flops"], out["peak_flops_source"] = goodput.get("peak_flops"), goodput.get("peak_flops_source")
+    out["goodput_ratio"] = goodput.get("goodput_ratio")
+    out["badput_seconds"] = goodput.get("badput_seconds")
+    out["wall_seconds"] = goodput.get("wall_seconds")
+    return out
+
+
 def _heldout(run_dir: Path) -> list[dict]:
     """The held-out evaluations of the run (heldout.jsonl), the last attempt's where a restart repeated a step."""
     by_step: dict[int, dict] = {}
@@ -170,11 +184,16 @@ def _data_revision(run_dir: Path) -> str | None:
 
 
 def _failure_tail(log_dir: Path, n: int = 15) -> str:
-    lines = []
+    """The worker's own error (the end of the last Python traceback in a worker's log), then the end of the
+    launcher's log. torchrun's summary alone ("training.train FAILED ... exitcode 1") names no cause."""
+    worker, summary = [], []
     for f in sorted(log_dir.rglob("stderr*")):
-        text = f.read_text(errors="replace").splitlines()
-        lines += [ln for ln in text if ln.strip()][-n:]
-    return "\n".join(lines[-n:])
+        text = [ln for ln in f.read_text(errors="replace").splitlines() if ln.strip()]
+        starts = [i for i, ln in enumerate(text) if ln.startswith("Traceback (most recent call last)")]
+        if starts and "attempt_" in str(f):
+            worker = text[starts[-1]:][-n:]
+        summary = text[-n:] or summary
+    return "\n".join((worker + ["..."] if worker else []) + summary)
 
 
 def _card(stage, recipe, cfg: dict, init, ae, table, revision, steps, final_loss, goodput, model_path) -> str:
@@ -241,7 +260,8 @@ def run_stage(stage: str, *, recipe: str, run_dir: str, data_table: str | None =
     metrics_path = run / "stage_metrics.json"
     write_text_atomic(metrics_path, json.dumps({"stage": stage, "recipe": recipe, "steps": steps,
                                                 "final_loss": final_loss, "losses": losses, "goodput": goodput,
-                                                "heldout": _heldout(run)}, indent=1))
+                                                "heldout": _heldout(run), "figures": _figures(run, goodput)},
+                                               indent=1))
     card_path = run / "MODEL_CARD.md"
     write_text_atomic(card_path, _card(stage, recipe, cfg, init, ae, table, _data_revision(run), steps, final_loss,
                                        goodput, model_path))

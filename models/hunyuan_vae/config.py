@@ -199,6 +199,8 @@ NAMED_CONFIGS = {
     "hunyuan-vae": HunyuanVAEConfig.full,
     "hunyuan-vae-tiny": HunyuanVAEConfig.tiny,
     "hunyuan-vae-tiny-s4": lambda: HunyuanVAEConfig.tiny(spatial_compression=4),
+    # the one-GPU demo's VAE: the released module tree at half width (62M parameters), 4x8x8, 16 channels
+    "hunyuan-vae-half": lambda: HunyuanVAEConfig.full(block_out_channels=(64, 128, 256, 256)),
 }
 
 

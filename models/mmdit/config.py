@@ -84,9 +84,14 @@ TINY = MMDiTConfig(
     name="tiny",
 )
 TINY_HC = TINY.with_overrides(in_channels=8, patch_size=1, name="tiny-hc")
+# The one-GPU demo (`soraflow run --profile gpu`): 351M parameters (5 double + 10 single blocks, width 1024), the
+# tiny text encoders' widths; "-hc" is the patch-1 model on the full Video DC-AE's 128 latent channels.
+GPU_DEMO = TINY.with_overrides(hidden_size=1024, num_heads=16, depth=5, depth_single_blocks=10,
+                               axes_dim=(16, 24, 24), name="gpu-demo")
+GPU_DEMO_HC = GPU_DEMO.with_overrides(in_channels=128, patch_size=1, name="gpu-demo-hc")
 
 CONFIGS: dict[str, MMDiTConfig] = {
-    c.name: c for c in (OPENSORA2_11B, OPENSORA2_HC, FLUX1_DEV, TINY, TINY_HC)
+    c.name: c for c in (OPENSORA2_11B, OPENSORA2_HC, FLUX1_DEV, TINY, TINY_HC, GPU_DEMO, GPU_DEMO_HC)
 }
 
 

@@ -141,3 +141,23 @@ def test_checkpoint_of_another_config_is_named(chain, table, tmp_path):
     cfg.model.overrides = {"mlp_ratio": 2.0}  # another config: every MLP has another shape
     with pytest.raises(CheckpointMismatch, match="shape mismatches: .*mlp"):
         Trainer(cfg)
+
+
+def test_a_failed_stage_names_the_workers_own_error(tmp_path):
+    """torchrun's summary says only 'exitcode 1'; the message must carry the worker's traceback."""
+    from components.train_stage.stage import _failure_tail
+
+    app = tmp_path / "torchx" / "app"
+    worker = app / "torchelastic" / "trainer" / "app_x" / "attempt_0" / "0" / "stderr.log"
+    worker.parent.mkdir(parents=True)
+    worker.write_text("step 0 held-out\nTraceback (most recent call last):\n  File \"trainer.py\", line 1\n"
+                      "RuntimeError: loss guard tripped (spike) at step 21 and no checkpoint exists\n")
+    summary = app / "trainer" / "0" / "stderr.log"
+    summary.parent.mkdir(parents=True)
+    summary.write_text("training.train FAILED\n  exitcode  : 1 (pid: 2988)\n")
+    tail = _failure_tail(tmp_path)
+    assert "RuntimeError: loss guard tripped (spike)" in tail
+    assert tail.index("RuntimeError") < tail.index("exitcode  : 1")
+    summary.unlink()
+    worker.write_text("no traceback here\n")
+    assert _failure_tail(tmp_path) == "no traceback here"

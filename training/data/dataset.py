@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import time
 from collections import Counter
 
 import numpy as np
@@ -167,6 +168,7 @@ class VideoTextDataset(Dataset):
             raise _Skip("missing_file", f"{path} does not exist")
         if os.path.getsize(path) == 0:
             raise _Skip("empty_file", f"{path} is 0 bytes")
+        timing = None
         if is_image_path(path):
             video = self._read_image(path, h, w)
             interval, frame_ids = 1, [0]
@@ -179,6 +181,7 @@ class VideoTextDataset(Dataset):
                 frame_ids = temporal_indices(self._frames[idx], t, interval, rng)
             except ValueError as exc:
                 raise _Skip("too_short", str(exc)) from None
+            t_decode = time.perf_counter()
             try:
                 frames, _ = read_video_frames(path, frame_ids)
             except VideoReadError as exc:
@@ -191,13 +194,17 @@ class VideoTextDataset(Dataset):
                     frames, _ = read_video_frames(path, frame_ids)
                 except (ValueError, VideoReadError) as exc2:
                     raise _Skip("too_short", str(exc2)) from None
+            t_resize = time.perf_counter()
             x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # [T, 3, h, w]
             video = resize_crop(x, h, w, "bilinear").div_(127.5).sub_(1.0).clamp_(-1, 1).permute(1, 0, 2, 3)
             frame_ids = [int(i) for i in frame_ids]
+            # worker-side seconds of this item (the loader's figures: training/goodput.py step_time_breakdown)
+            timing = {"decode_s": t_resize - t_decode, "resize_s": time.perf_counter() - t_resize}
         fps = self._fps[idx]
         target_fps = map_target_fps(fps, self.fps_max)[0] if fps and fps > 0 else None
         return {"video": video.contiguous(), "text": self._caption(idx), "fps": target_fps, "num_frames": t,
-                "height": h, "width": w, "index": index, "row": idx, "path": path, "frame_indices": frame_ids}
+                "height": h, "width": w, "index": index, "row": idx, "path": path, "frame_indices": frame_ids,
+                "timing": timing}
 
     def _read_image(self, path: str, h: int, w: int) -> torch.Tensor:
         from PIL import Image, UnidentifiedImageError
