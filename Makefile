@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 # One resolver pass with the venv's own pip (constraints pin every version, so a newer pip installs the same
 # set), and no byte-compiling of the ~19,500 installed modules at install time (about 35 s of CPU): Python
 # compiles the few thousand that are imported, once, on first import (benchmarks/demo-wall-breakdown_*.json).
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --no-compile -c constraints.txt $(TORCH) -e '.[test,fp8]'
 	touch $@

@@ -8,8 +8,8 @@ their clips. Results: $OUT/ae_curves.json (or /tmp)."""
 import glob, json, os, sys, time
 import cv2, numpy as np, pandas as pd, torch, torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
-from models.dc_ae import DCAEConfig, VideoDCAE
+from soraflow.models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
+from soraflow.models.dc_ae import DCAEConfig, VideoDCAE
 dev = "cuda" if torch.cuda.is_available() else "cpu"
 D = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "tunedata")
 def read(p, n=72):

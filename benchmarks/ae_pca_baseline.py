@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.clip_table import load_table  # noqa: E402
-from training.heldout import load_clip_frames  # noqa: E402
+from soraflow.common.clip_table import load_table  # noqa: E402
+from soraflow.training.heldout import load_clip_frames  # noqa: E402
 
 
 def psnr(a, b):

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from components.filter import THRESHOLDS_256, THRESHOLDS_768, run_filter  # noqa: E402
-from components.ingest import ingest  # noqa: E402
-from components.sample_data import make_sample_videos  # noqa: E402
+from soraflow.components.filter import THRESHOLDS_256, THRESHOLDS_768, run_filter  # noqa: E402
+from soraflow.components.ingest import ingest  # noqa: E402
+from soraflow.components.sample_data import make_sample_videos  # noqa: E402
 
 
 def ffmpeg_cli_decode_seconds(paths, workers=2):

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from inference.generate import GenerateOptions, build_pipeline, generate  # noqa: E402
-from models.mmdit import mmdit_forward_flops  # noqa: E402
+from soraflow.inference.generate import GenerateOptions, build_pipeline, generate  # noqa: E402
+from soraflow.models.mmdit import mmdit_forward_flops  # noqa: E402
 
 CASES = {
     "256": dict(model="opensora2", num_frames=129, height=256, width=256, reference_s=60.0, target_s=35.0),

@@ -18,9 +18,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cuda_timing import cuda_time  # noqa: E402
-from models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
-from training.parallel.mmdit import apply_compile, set_sdpa_backend  # noqa: E402
-from models.packing import image_position_ids, text_position_ids  # noqa: E402
+from soraflow.models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
+from soraflow.training.parallel.mmdit import apply_compile, set_sdpa_backend  # noqa: E402
+from soraflow.models.packing import image_position_ids, text_position_ids  # noqa: E402
 
 
 def matmul_ceiling():

@@ -20,10 +20,10 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cuda_timing import cuda_time as time_steps  # noqa: E402
-from models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
-from training.parallel.mmdit import apply_compile, set_sdpa_backend  # noqa: E402
-from models.packing import image_position_ids, text_position_ids  # noqa: E402
-from training.strategies import FSDP2Strategy, OptimConfig  # noqa: E402
+from soraflow.models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
+from soraflow.training.parallel.mmdit import apply_compile, set_sdpa_backend  # noqa: E402
+from soraflow.models.packing import image_position_ids, text_position_ids  # noqa: E402
+from soraflow.training.strategies import FSDP2Strategy, OptimConfig  # noqa: E402
 
 
 def inputs(cfg, b=1, t=33, h=32, w=32, n_txt=512):
@@ -124,7 +124,7 @@ def main():
             Path(args.out).write_text(json.dumps(res, indent=2))
 
     if not args.skip_checkpoint:
-        from training.checkpoint import CheckpointManager
+        from soraflow.training.checkpoint import CheckpointManager
 
         class Wrapped:
             def state_dict(self_inner):

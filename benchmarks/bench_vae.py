@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cuda_timing import cuda_time  # noqa: E402
-from models.hunyuan_vae import HunyuanVideoVAE  # noqa: E402
+from soraflow.models.hunyuan_vae import HunyuanVideoVAE  # noqa: E402
 
 
 def main():

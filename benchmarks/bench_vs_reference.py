@@ -43,9 +43,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cuda_timing import cuda_time  # noqa: E402
-from models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
-from training.parallel.mmdit import apply_compile, set_sdpa_backend  # noqa: E402
-from models.packing import image_position_ids, text_position_ids  # noqa: E402
+from soraflow.models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
+from soraflow.training.parallel.mmdit import apply_compile, set_sdpa_backend  # noqa: E402
+from soraflow.models.packing import image_position_ids, text_position_ids  # noqa: E402
 
 GIB = 2**30
 
@@ -344,7 +344,7 @@ def _reference_step(model, x, target, grad_clip):
 
 def _soraflow_step(strategy, model, opt, x, target, grad_clip):
     """The trainer's step (training/trainer.py `Trainer.train`), in its order."""
-    from models.flow import flow_matching_loss
+    from soraflow.models.flow import flow_matching_loss
 
     def step():
         with strategy.forward_context():
@@ -360,7 +360,7 @@ def _soraflow_step(strategy, model, opt, x, target, grad_clip):
 
 
 def train_rows(args, device, timer, shape, rows, out):
-    from training.trainer import effective_strategy
+    from soraflow.training.trainer import effective_strategy
 
     cfg = args.slice_cfg
     x = make_inputs(cfg, 1, device, *shape)
@@ -397,7 +397,7 @@ def train_rows(args, device, timer, shape, rows, out):
 
 def _soraflow_train_row(args, variant, world_strategy, cfg, device, timer, x, target, flops, rows):
     """One soraflow variant of the slice's step: built, compiled and stepped as the trainer does."""
-    from training.strategies import OptimConfig, build_strategy
+    from soraflow.training.strategies import OptimConfig, build_strategy
 
     name, _, fp8 = variant.partition("+")
     name = world_strategy if name == "trainer" else name
@@ -405,7 +405,7 @@ def _soraflow_train_row(args, variant, world_strategy, cfg, device, timer, x, ta
     torch.manual_seed(0)
     module = MMDiT(cfg)
     if fp8:
-        from models.mmdit.fp8 import convert_to_fp8_training
+        from soraflow.models.mmdit.fp8 import convert_to_fp8_training
 
         convert_to_fp8_training(module, fp8, fsdp_all_gather=name == "fsdp2", emulate=device.type != "cuda")
     if name == "fsdp2" and not torch.distributed.is_initialized():
@@ -428,7 +428,7 @@ def _soraflow_train_row(args, variant, world_strategy, cfg, device, timer, x, ta
 
 def check_fused_adamw(device) -> dict:
     """The Triton AdamW pass against the torch reference path on the same random state (GPU only)."""
-    from training.flat_master import fused_adamw_
+    from soraflow.training.flat_master import fused_adamw_
 
     g = torch.Generator(device).manual_seed(0)
     n = 10_000_019  # not a multiple of the block: the masked tail is exercised

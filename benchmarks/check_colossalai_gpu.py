@@ -26,16 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train_step import inputs as slice_inputs  # noqa: E402
 from benchmarks.cuda_timing import cuda_time  # noqa: E402
-from models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
-from training.parallel.mmdit import set_sdpa_backend  # noqa: E402
-from training.strategies import OptimConfig, build_strategy  # noqa: E402
+from soraflow.models.mmdit import MMDiT, get_config, mmdit_forward_flops  # noqa: E402
+from soraflow.training.parallel.mmdit import set_sdpa_backend  # noqa: E402
+from soraflow.training.strategies import OptimConfig, build_strategy  # noqa: E402
 
 
 def tiny_batch(cfg, seed: int, device):
     g = torch.Generator().manual_seed(seed)
     b, t, h, w, n_txt = 2, 3, 8, 8, 6
     n = t * (h // 2) * (w // 2)
-    from models.packing import image_position_ids, text_position_ids
+    from soraflow.models.packing import image_position_ids, text_position_ids
 
     x = dict(img=torch.randn(b, n, cfg.in_channels, generator=g), txt=torch.randn(b, n_txt, cfg.context_in_dim,
                                                                                   generator=g),
@@ -71,7 +71,7 @@ def slice_step_time(strategy_name: str) -> dict:
     torch.manual_seed(0)
     torch._dynamo.reset()
     if strategy_name == "fsdp2":
-        from training.strategies import FSDP2Strategy
+        from soraflow.training.strategies import FSDP2Strategy
 
         strategy = FSDP2Strategy("bf16", "fp32", reshard_after_forward=False)
     else:

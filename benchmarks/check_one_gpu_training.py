@@ -17,10 +17,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.config import apply_overrides  # noqa: E402
-from training.data.fixtures import make_video_table  # noqa: E402
-from training.recipes import get_recipe  # noqa: E402
-from training.trainer import Trainer  # noqa: E402
+from soraflow.training.config import apply_overrides  # noqa: E402
+from soraflow.training.data.fixtures import make_video_table  # noqa: E402
+from soraflow.training.recipes import get_recipe  # noqa: E402
+from soraflow.training.trainer import Trainer  # noqa: E402
 
 
 def run(table: str, run_dir: Path, compile_model: bool, steps: int = 6) -> dict:

@@ -36,8 +36,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cuda_timing import cuda_time  # noqa: E402
-from training.parallel import ring_kernels as rk  # noqa: E402
-from training.parallel.sequence import ring_attention  # noqa: E402
+from soraflow.training.parallel import ring_kernels as rk  # noqa: E402
+from soraflow.training.parallel.sequence import ring_attention  # noqa: E402
 
 SDPA_BACKENDS = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
 

@@ -78,7 +78,7 @@ def main() -> int:
         return rc
 
     sth.run_local_subprocess = timed
-    from pipelines.local_run import run_pipeline_locally
+    from soraflow.pipelines.local_run import run_pipeline_locally
 
     t0, c0, s0, load0 = time.time(), _cpu(), _self_cpu(), _loadavg()
     run = run_pipeline_locally(args.out_dir)

@@ -1,6 +1,6 @@
 """The record of one `soraflow run --profile gpu` run: per-stage training figures, held-out checks, curves.
 
-    python -m cli run --profile gpu --out-dir RUN        # the run itself (one command)
+    python -m soraflow.cli run --profile gpu --out-dir RUN        # the run itself (one command)
     python benchmarks/demo_gpu_profile.py RUN --out demo-gpu-profile_h200_DATE.json [--png curves.png]
 
 Reads what the run wrote (each training stage's `stage_metrics.json`: losses, held-out curve, goodput, the
@@ -33,7 +33,7 @@ def stage_records(run: Path) -> dict:
             cfg_path = Path(path).parent / "config.json"
             doc["config"] = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
             if (Path(path).parent / "goodput_events.jsonl").is_file():  # recomputed: the current definitions
-                from components.train_stage.stage import _figures
+                from soraflow.components.train_stage.stage import _figures
 
                 doc["figures"] = _figures(Path(path).parent, doc.get("goodput") or {})
             found[doc["stage"]] = (mtime, doc)
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("run", help="the --out-dir of a `soraflow run --profile gpu` run")
     ap.add_argument("--out", required=True, help="JSON record to write")
     ap.add_argument("--png", help="loss / held-out curves")
-    ap.add_argument("--command", default="python -m cli run --profile gpu --out-dir RUN")
+    ap.add_argument("--command", default="python -m soraflow.cli run --profile gpu --out-dir RUN")
     ap.add_argument("--log", help="the run's log (its tail goes into the record)")
     args = ap.parse_args(argv)
     run = Path(args.run)

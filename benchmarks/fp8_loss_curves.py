@@ -3,7 +3,7 @@
 
 Two steps, because the GPU machine has no video decoder or text encoders:
 
-1. `prepare` (CPU): clips from the sample set (`python -m cli sample-data --out-dir DIR`, real
+1. `prepare` (CPU): clips from the sample set (`python -m soraflow.cli sample-data --out-dir DIR`, real
    photographs with known camera motion), read with the project's video reader, centre-cropped and resized,
    encoded by the project's autoencoder (the tiny HunyuanVideo VAE with its seeded weights, as the tiny
    recipes train with; full encode with a posterior sample) and their captions by the tiny T5/CLIP; saved as one
@@ -13,7 +13,7 @@ Two steps, because the GPU machine has no video decoder or text encoders:
    "fsdp2", 1, "cuda"))`, gradient clipping 1.0; losses per step to JSON and a PNG of both curves.
 
 Usage:
-    python -m cli sample-data --out-dir /tmp/raw
+    python -m soraflow.cli sample-data --out-dir /tmp/raw
     python benchmarks/fp8_loss_curves.py prepare --raw /tmp/raw --out latents.pt
     python benchmarks/fp8_loss_curves.py train --latents latents.pt --steps 400 --out curves.json --png curves.png
 """
@@ -36,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def prepare(args) -> None:
-    from common.video_io import read_video
-    from training.builders import build_autoencoder, build_text_conditioner
-    from training.config import AESpec, TextSpec
+    from soraflow.common.video_io import read_video
+    from soraflow.training.builders import build_autoencoder, build_text_conditioner
+    from soraflow.training.config import AESpec, TextSpec
 
     manifest = Path(args.raw) / "manifest.csv"
     if not manifest.is_file():
-        raise FileNotFoundError(f"--raw {args.raw}: no manifest.csv (make one with `python -m cli sample-data`)")
+        raise FileNotFoundError(f"--raw {args.raw}: no manifest.csv (make one with `python -m soraflow.cli sample-data`)")
     rows = [r for r in csv.DictReader(manifest.open()) if r.get("expected", "accept") == "accept"]
     ae = build_autoencoder(AESpec(kind="hunyuan", tiny=True), torch.device("cpu"), torch.float32, seed=0)
     text = build_text_conditioner(TextSpec(tiny=True), torch.device("cpu"), torch.float32)
@@ -87,25 +87,25 @@ def prepare(args) -> None:
 
 
 def small_config():
-    from models.mmdit import get_config
+    from soraflow.models.mmdit import get_config
 
     # Width 512 (8 heads of 64): every block linear is FP8-convertible; text/vector widths of the tiny encoders.
     return get_config("tiny", hidden_size=512, num_heads=8, axes_dim=(16, 24, 24), depth=2, depth_single_blocks=4)
 
 
 def train_curve(data, recipe: str, args, device) -> dict:
-    from models.flow import (draw_train_noise, flow_matching_loss, inference_shift_alpha, noisy_latent,
+    from soraflow.models.flow import (draw_train_noise, flow_matching_loss, inference_shift_alpha, noisy_latent,
                              sample_train_timesteps, velocity_target)
-    from models.mmdit import MMDiT
-    from models.packing import image_position_ids, pack, text_position_ids
-    from training.strategies import OptimConfig, build_strategy
-    from training.trainer import effective_strategy
+    from soraflow.models.mmdit import MMDiT
+    from soraflow.models.packing import image_position_ids, pack, text_position_ids
+    from soraflow.training.strategies import OptimConfig, build_strategy
+    from soraflow.training.trainer import effective_strategy
 
     cfg = small_config()
     torch.manual_seed(args.seed)
     module = MMDiT(cfg)
     if recipe:
-        from models.mmdit.fp8 import convert_to_fp8_training
+        from soraflow.models.mmdit.fp8 import convert_to_fp8_training
 
         convert_to_fp8_training(module, recipe, emulate=device.type != "cuda")
     name = effective_strategy("fsdp2", 1, device.type) if device.type == "cuda" else "master"

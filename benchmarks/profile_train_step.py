@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train_step import setup_slice  # noqa: E402
 from benchmarks.cuda_timing import cuda_time  # noqa: E402
-from models.mmdit import MMDiT  # noqa: E402
-from training.parallel.mmdit import apply_compile, set_concat_projections  # noqa: E402
-from training.strategies import FSDP2Strategy, OptimConfig  # noqa: E402
+from soraflow.models.mmdit import MMDiT  # noqa: E402
+from soraflow.training.parallel.mmdit import apply_compile, set_concat_projections  # noqa: E402
+from soraflow.training.strategies import FSDP2Strategy, OptimConfig  # noqa: E402
 
 KINDS = [  # first match wins; names as they appear in CUDA kernel symbols
     ("attention_backward", re.compile(r"(flash|fmha|cudnn|sdpa|attn).*(bwd|backward|bprop|dgrad|dq|dkdv)", re.I)),
@@ -50,7 +50,7 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-# variant -> (strategy: a training.strategies name, "fsdp2-root-only" or None for bf16 parameters without a
+# variant -> (strategy: a soraflow.training.strategies name, "fsdp2-root-only" or None for bf16 parameters without a
 #             wrapper; its keyword arguments; concatenated projections)
 VARIANTS = {
     "fsdp2": ("fsdp2", dict(param_dtype="bf16", reduce_dtype="fp32"), True),
@@ -70,7 +70,7 @@ class Runner:
     def __init__(self, name: str, cfg, x):
         from contextlib import nullcontext
 
-        from training.strategies import build_strategy
+        from soraflow.training.strategies import build_strategy
 
         kind, kwargs, self.concat = VARIANTS[name]
         self.name = name

@@ -1,7 +1,7 @@
-"""`python -m cli ...` is the `soraflow` command."""
+"""`python -m soraflow.cli ...` is the `soraflow` command."""
 
 import sys
 
-from cli.main import main
+from soraflow.cli.main import main
 
 sys.exit(main())

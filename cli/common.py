@@ -39,7 +39,7 @@ def cluster_settings(args):
     """The cluster flags given on the command line over the default `ClusterSettings`."""
     import dataclasses
 
-    from pipelines.settings import ClusterSettings
+    from soraflow.pipelines.settings import ClusterSettings
 
     given = {k: v for k, v in (("cpu_image", args.cpu_image), ("gpu_image", args.gpu_image),
                                ("gpu_pool", args.gpu_pool), ("gpus_per_node", args.gpus_per_node),
@@ -53,6 +53,6 @@ def print_progress(line: str) -> None:
 
 def parse_recipes(items) -> dict[str, str]:
     """`--recipe STEP=RECIPE` (repeatable) -> {step: recipe name}."""
-    from common.overrides import parse_pairs
+    from soraflow.common.overrides import parse_pairs
 
     return parse_pairs(items, "--recipe", "STEP=RECIPE", typed=False)

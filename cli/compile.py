@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from cli.common import add_cluster_flags, cluster_settings
+from soraflow.cli.common import add_cluster_flags, cluster_settings
 
 
 
@@ -31,8 +31,8 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from pipelines.dag import compile_pipeline
-    from pipelines.submit import pipeline_name
+    from soraflow.pipelines.dag import compile_pipeline
+    from soraflow.pipelines.submit import pipeline_name
 
     out = args.out or f"pipelines/compiled/{pipeline_name(args.start)}.yaml"
     Path(out).parent.mkdir(parents=True, exist_ok=True)

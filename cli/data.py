@@ -17,8 +17,8 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from components.data import DataError, dataset
-    from common.dvc import DvcError
+    from soraflow.components.data import DataError, dataset
+    from soraflow.common.dvc import DvcError
 
     try:
         if args.action == "version":

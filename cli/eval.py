@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import sys
 
-from common.dtypes import DTYPE_NAMES
+from soraflow.common.dtypes import DTYPE_NAMES
 
-from cli.common import UsageError, add_video_size_flags
-from common.overrides import OverrideError, parse_pairs, split_pair
+from soraflow.cli.common import UsageError, add_video_size_flags
+from soraflow.common.overrides import OverrideError, parse_pairs, split_pair
 
 _MODEL_KEYS = ("dit", "ae", "weights_dir", "t5", "clip", "frames", "ae_kind")
 
@@ -42,7 +42,7 @@ def add(sub) -> None:
 
 
 def _parse_eval_model(spec: str, args):
-    from components.eval import EvalModel
+    from soraflow.components.eval import EvalModel
 
     head, _, opts = spec.partition(":")
     form = "NAME=PRESET[:key=value,...]"
@@ -63,7 +63,7 @@ def _parse_eval_model(spec: str, args):
 
 
 def run(args) -> int:
-    from components.eval import run_eval
+    from soraflow.components.eval import run_eval
 
     if not args.models and not args.samples_manifest:
         print("soraflow eval: give at least one --model NAME=PRESET (or --samples-manifest)", file=sys.stderr)

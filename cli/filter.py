@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from cli.common import UsageError, add_pushgateway_flag
-from common.overrides import parse_pairs
+from soraflow.cli.common import UsageError, add_pushgateway_flag
+from soraflow.common.overrides import parse_pairs
 
 
 def add(sub) -> None:
@@ -31,7 +31,7 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from components.filter import THRESHOLDS_256, THRESHOLDS_768, as_thresholds, run_filter
+    from soraflow.components.filter import THRESHOLDS_256, THRESHOLDS_768, as_thresholds, run_filter
 
     def thresholds(base, items, option):
         try:
@@ -45,12 +45,12 @@ def run(args) -> int:
                         num_workers=args.workers, progress=not args.no_progress)
     summary = {"out_dir": str(result.out_dir), "counts": result.counts, "files": result.files}
     if args.dvc_repo:
-        from components.filter.versioning import version_dataset
+        from soraflow.components.filter.versioning import version_dataset
 
         summary["dvc"] = version_dataset(args.dvc_repo, args.out_dir, input_path=args.table, remote=args.dvc_remote)
     print(json.dumps(summary, indent=2, default=str))
     if args.pushgateway:
-        from monitoring.batch import filter_groups, push_or_warn
+        from soraflow.monitoring.batch import filter_groups, push_or_warn
 
         push_or_warn(args.pushgateway, "filter", filter_groups(result.counts, seconds=result.seconds))
     return 0

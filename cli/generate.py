@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import sys
 
-from cli.common import add_video_size_flags
-from common.dtypes import DTYPE_NAMES
+from soraflow.cli.common import add_video_size_flags
+from soraflow.common.dtypes import DTYPE_NAMES
 
 
 def add(sub) -> None:
-    from inference import PIPELINES
+    from soraflow.inference import PIPELINES
 
     p = sub.add_parser("generate", help="text/image to video", description="Generate videos from prompts.")
     p.add_argument("--prompt", action="append", dest="prompts", help="a prompt (repeat for several)")
@@ -67,7 +67,7 @@ def _scaling_arg(value: str):
 
 
 def run(args) -> int:
-    from inference import GenerateOptions, generate
+    from soraflow.inference import GenerateOptions, generate
 
     prompts = list(args.prompts or [])
     if args.prompt_file:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from cli.common import add_pushgateway_flag
+from soraflow.cli.common import add_pushgateway_flag
 
 
 def add(sub) -> None:
@@ -28,7 +28,7 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from components.ingest import ingest
+    from soraflow.components.ingest import ingest
 
     r = ingest(args.inputs, args.out_dir, workers=args.workers, min_duration=args.min_duration,
                min_bpp=args.min_bpp, min_fps=args.min_fps, clip_min=args.clip_min, clip_max=args.clip_max,
@@ -38,7 +38,7 @@ def run(args) -> int:
     print(json.dumps({"clips": len(r.clips), "rejected": r.counts, "processed": r.processed, "skipped": r.skipped,
                       "seconds": round(r.seconds, 3)}), file=sys.stderr)
     if args.pushgateway:
-        from monitoring.batch import ingest_groups, push_or_warn
+        from soraflow.monitoring.batch import ingest_groups, push_or_warn
 
         push_or_warn(args.pushgateway, "ingest", ingest_groups(r))
     return 0

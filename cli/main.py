@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli import compile as compile_cmd
-from cli import data, eval as eval_cmd, filter as filter_cmd, generate, ingest, monitor, run, sample_data, submit
-from cli import train
-from cli.common import UsageError
+from soraflow.cli import compile as compile_cmd
+from soraflow.cli import data, eval as eval_cmd, filter as filter_cmd, generate, ingest, monitor, run, sample_data, submit
+from soraflow.cli import train
+from soraflow.cli.common import UsageError
 
 # in the order `soraflow --help` lists them
 COMMANDS = (generate, train, ingest, sample_data, filter_cmd, run, compile_cmd, submit, data, eval_cmd, monitor)
@@ -22,7 +22,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
         text = super()._get_help_string(action)
         if text and "{recipes}" in text:
-            from training.recipes import RECIPES
+            from soraflow.training.recipes import RECIPES
 
             text = text.replace("{recipes}", ", ".join(sorted(RECIPES)))
         return text
@@ -41,16 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _exit_code(exc: BaseException) -> int | None:
     """2 for usage errors, 1 for the failures a run can meet (bad input, a failed step, a missing revision),
     None for anything unexpected (the traceback is then the useful output)."""
-    from common.dvc import DvcError
-    from common.overrides import OverrideError
-    from common.video_io import VideoBackendError, VideoReadError
-    from components.data import DataError
-    from components.filter.filter import FilterError
-    from components.filter.validation import ValidationError
-    from components.ingest.ingest import IngestError
-    from components.train_stage.stage import StageFailed
-    from pipelines.local_run import PipelineRunError
-    from training.config import ConfigError
+    from soraflow.common.dvc import DvcError
+    from soraflow.common.overrides import OverrideError
+    from soraflow.common.video_io import VideoBackendError, VideoReadError
+    from soraflow.components.data import DataError
+    from soraflow.components.filter.filter import FilterError
+    from soraflow.components.filter.validation import ValidationError
+    from soraflow.components.ingest.ingest import IngestError
+    from soraflow.components.train_stage.stage import StageFailed
+    from soraflow.pipelines.local_run import PipelineRunError
+    from soraflow.training.config import ConfigError
 
     if isinstance(exc, (UsageError, OverrideError, ConfigError)):
         return 2

@@ -18,7 +18,7 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from monitoring.local import LocalMonitoring, MonitoringError, serve_until_interrupted
+    from soraflow.monitoring.local import LocalMonitoring, MonitoringError, serve_until_interrupted
 
     kw = {"trainer_targets": args.trainer} if args.trainer else {}
     mon = LocalMonitoring(args.data_dir, prometheus_port=args.prometheus_port,

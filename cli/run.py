@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from cli.common import UsageError, parse_recipes
-from common.overrides import parse_step_overrides
+from soraflow.cli.common import UsageError, parse_recipes
+from soraflow.common.overrides import parse_step_overrides
 
 
 def add(sub) -> None:
@@ -36,13 +36,13 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from pipelines.local_run import run_pipeline_locally
+    from soraflow.pipelines.local_run import run_pipeline_locally
 
-    from components.eval.learning import format_checks
+    from soraflow.components.eval.learning import format_checks
 
     revision = None
     if args.from_revision:
-        from pipelines.submit import pinned_revision
+        from soraflow.pipelines.submit import pinned_revision
 
         if args.raw:
             raise UsageError("--raw and --from-revision start the pipeline in two different places: give one")

@@ -12,7 +12,7 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from components.sample_data import make_sample_videos
+    from soraflow.components.sample_data import make_sample_videos
 
     print(make_sample_videos(args.out_dir, seed=args.seed))
     return 0

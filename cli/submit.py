@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from cli.common import add_cluster_flags, cluster_settings, parse_recipes
-from common.overrides import parse_pairs
+from soraflow.cli.common import add_cluster_flags, cluster_settings, parse_recipes
+from soraflow.common.overrides import parse_pairs
 
 
 def add(sub) -> None:
@@ -30,7 +30,7 @@ def add(sub) -> None:
 
 def submit_request(args) -> tuple[str, dict]:
     """(start, pipeline parameters) of a `soraflow submit` command line."""
-    from pipelines.submit import pinned_revision, recipe_params
+    from soraflow.pipelines.submit import pinned_revision, recipe_params
 
     params = recipe_params(parse_recipes(args.recipe))
     params.update(parse_pairs(args.param, "--param", "NAME=VALUE", typed=False))
@@ -42,7 +42,7 @@ def submit_request(args) -> tuple[str, dict]:
 
 
 def run(args) -> int:
-    from pipelines.submit import submit
+    from soraflow.pipelines.submit import submit
 
     start, params = submit_request(args)
     print(json.dumps(submit(args.host, cluster_settings(args), params=params, experiment=args.experiment,

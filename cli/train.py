@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from cli.common import print_progress
-from common.stages import AE_STAGES, STAGES
+from soraflow.cli.common import print_progress
+from soraflow.common.stages import AE_STAGES, STAGES
 
 
 def add(sub) -> None:
@@ -33,16 +33,16 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from training.config import resolve
-    from training.launch import DEFAULT_IMAGE, LaunchSpec, kubernetes_dryrun, run_local
-    from common.overrides import parse_overrides
+    from soraflow.training.config import resolve
+    from soraflow.training.launch import DEFAULT_IMAGE, LaunchSpec, kubernetes_dryrun, run_local
+    from soraflow.common.overrides import parse_overrides
 
     overrides = parse_overrides(args.override)
     # the recipe and every override, typed and range-checked before any process or cluster job starts
     resolve(args.recipe, overrides, run_dir=args.run_dir)
     stage_inputs = args.data_table or args.init_from or args.autoencoder
     if args.stage and args.scheduler == "local_cwd":
-        from components.train_stage import run_stage
+        from soraflow.components.train_stage import run_stage
 
         out = run_stage(args.stage, recipe=args.recipe, run_dir=args.run_dir, data_table=args.data_table,
                         init_from=args.init_from, autoencoder=args.autoencoder, overrides=overrides,

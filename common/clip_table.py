@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.atomic import atomic_path
+from soraflow.common.atomic import atomic_path
 
 __all__ = ["REQUIRED_COLUMNS", "CACHED_COLUMNS", "PROVENANCE_COLUMNS", "SETS", "SET_FILES", "HELDOUT_FILE",
            "NEEDS_CAPTION_FILE", "FULL_FILE", "read_table", "load_table", "write_table"]

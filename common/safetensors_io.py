@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from common.atomic import write_bytes_atomic
+from soraflow.common.atomic import write_bytes_atomic
 
 
 def canonical_bytes(data: bytes) -> bytes:

@@ -15,7 +15,7 @@ DIT_STAGES = ("dit_stage1", "dit_stage2", "dit_stage3", "distill")  # train a Di
 STAGES = AE_STAGES + DIT_STAGES
 AE_KIND = {"vae_train": "dcae", "hunyuan_vae_train": "hunyuan"}  # which autoencoder an AE stage trains
 
-# The curated set (common.clip_table.SETS) each stage trains on: 256px for the autoencoders and stages 1-2,
+# The curated set (soraflow.common.clip_table.SETS) each stage trains on: 256px for the autoencoders and stages 1-2,
 # the stricter 768px set for stage 3 and the high-compression distillation.
 DATA_SET_BY_STAGE = {"vae_train": "set_256px", "hunyuan_vae_train": "set_256px", "dit_stage1": "set_256px",
                      "dit_stage2": "set_256px", "dit_stage3": "set_768px", "distill": "set_768px"}

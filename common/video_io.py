@@ -19,7 +19,7 @@ import av
 import av.filter
 import numpy as np
 
-from common.atomic import atomic_path
+from soraflow.common.atomic import atomic_path
 
 # libx264 picks its thread count from the machine's cores, and the bitstream depends on that count; a fixed
 # count makes the same frames give the same bytes on any machine (x264 is deterministic for a fixed count).

@@ -18,17 +18,18 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /opt/soraflow
 # The CPU wheel of torch: the default index would pull a multi-GB CUDA build into a CPU image.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.5"
-COPY pyproject.toml README.md ./
-COPY models ./models
-COPY training ./training
-COPY components ./components
-COPY pipelines ./pipelines
-COPY monitoring ./monitoring
-COPY common ./common
+COPY pyproject.toml setup.py README.md ./
+COPY soraflow ./soraflow
 COPY cli ./cli
+COPY common ./common
+COPY components ./components
 COPY inference ./inference
+COPY models ./models
+COPY monitoring ./monitoring
+COPY pipelines ./pipelines
+COPY training ./training
 # kfp comes with the project: the compiled components set install_kfp_package=False, nothing installs at run time.
-RUN pip install . && python -c "import kfp, components, pipelines; print('ok')"
+RUN pip install . && python -c "import kfp, soraflow.components, soraflow.pipelines; print('ok')"
 
 RUN useradd --create-home --uid 1000 soraflow
 USER 1000

@@ -18,16 +18,17 @@ ENV PYTHONUNBUFFERED=1 \
     TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 
 WORKDIR /opt/soraflow
-COPY pyproject.toml README.md ./
-COPY models ./models
-COPY training ./training
-COPY components ./components
-COPY pipelines ./pipelines
-COPY monitoring ./monitoring
-COPY common ./common
+COPY pyproject.toml setup.py README.md ./
+COPY soraflow ./soraflow
 COPY cli ./cli
+COPY common ./common
+COPY components ./components
 COPY inference ./inference
-RUN pip install . && python -c "import torch, kfp, components, training; print(torch.__version__)"
+COPY models ./models
+COPY monitoring ./monitoring
+COPY pipelines ./pipelines
+COPY training ./training
+RUN pip install . && python -c "import torch, kfp, soraflow.components, soraflow.training; print(torch.__version__)"
 
 # Trainer metrics endpoint (rank 0), scraped through the PodMonitor in monitoring/k8s.
 EXPOSE 9464

@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.dtypes import torch_dtype
-from common.video_io import to_uint8_frames, write_video
-from models.aspect import inference_size, training_aspect_ratios
-from models.flow.sampler import drop_i2v_pad_frames, inference_latent_shape, sample
-from models.mmdit import get_config
-from models.mmdit.cuda_graph import CUDAGraphRunner
-from models.mmdit.checkpoint import build_mmdit
-from models.text import TextConditioner, inference_caption
-from models.text.tiny import soraflow_cache_dir as _cache_dir, tiny_text_encoder_dirs
+from soraflow.common.dtypes import torch_dtype
+from soraflow.common.video_io import to_uint8_frames, write_video
+from soraflow.models.aspect import inference_size, training_aspect_ratios
+from soraflow.models.flow.sampler import drop_i2v_pad_frames, inference_latent_shape, sample
+from soraflow.models.mmdit import get_config
+from soraflow.models.mmdit.cuda_graph import CUDAGraphRunner
+from soraflow.models.mmdit.checkpoint import build_mmdit
+from soraflow.models.text import TextConditioner, inference_caption
+from soraflow.models.text.tiny import soraflow_cache_dir as _cache_dir, tiny_text_encoder_dirs
 
 
 DCAE_TRAIN_SCALING_FACTOR = 0.493  # = DCAEConfig's default, what the high-compression DiT trains with
@@ -168,7 +168,7 @@ def _dcae_scaling(opts: "GenerateOptions", preset: PipelinePreset, path: Path | 
     its training latents); else the preset's (the released inference config's: none)."""
     value = opts.dcae_scaling_factor
     if value == PRESET:
-        from models.dc_ae.model import recorded_scaling_factor
+        from soraflow.models.dc_ae.model import recorded_scaling_factor
 
         recorded = recorded_scaling_factor(path)
         return recorded if recorded is not None else preset.dcae_scaling_factor
@@ -180,14 +180,14 @@ def _dcae_scaling(opts: "GenerateOptions", preset: PipelinePreset, path: Path | 
 def build_autoencoder(kind: str, tiny: bool, path: Path | None, device, dtype, dcae_scaling: float | None = None):
     """The preset's autoencoder: loaded strictly from `path`, or random (tiny or full size)."""
     if kind == "hunyuan":
-        from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
+        from soraflow.models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
 
-        from models.hunyuan_vae.config import config_for_weights
+        from soraflow.models.hunyuan_vae.config import config_for_weights
 
         config = config_for_weights(path, tiny)  # an export of ours names its config in its metadata
         ae = HunyuanVideoVAE.from_pretrained(path, config=config) if path else HunyuanVideoVAE(config)
     else:
-        from models.dc_ae import DCAEConfig, VideoDCAE
+        from soraflow.models.dc_ae import DCAEConfig, VideoDCAE
 
         config = DCAEConfig.tiny(scaling_factor=dcae_scaling) if tiny else DCAEConfig(scaling_factor=dcae_scaling)
         ae = VideoDCAE.from_pretrained(path, config=config) if path else VideoDCAE(config)
@@ -280,7 +280,7 @@ def _prepare_dit(pipe: Pipeline, opts: GenerateOptions, device: torch.device):
     a CUDA graph. Converting a DiT that already ran compiled drops its compiled code and captured graphs."""
     dit = pipe.dit
     if opts.fp8 and not getattr(dit, "_soraflow_fp8", None):
-        from models.mmdit.fp8 import quantize_fp8
+        from soraflow.models.mmdit.fp8 import quantize_fp8
 
         if getattr(dit, "_soraflow_fast", False):
             import torch._dynamo
@@ -295,7 +295,7 @@ def _prepare_dit(pipe: Pipeline, opts: GenerateOptions, device: torch.device):
     if not getattr(dit, "_soraflow_fast", False):
         # Fused projections + compiled blocks + CUDA-graph replay (benchmarks/: 0.289 s vs 0.432 s eager, 11B).
         # FP8 layers are per-row scaled, so they need no fusing to give the fused result.
-        from training.parallel.mmdit import apply_compile
+        from soraflow.training.parallel.mmdit import apply_compile
 
         if not getattr(dit, "_soraflow_fp8", None):
             dit.fuse_projections()

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from models.flow.sampler import GuidanceBatch, inference_latent_shape, sample
-from models.mmdit import get_config
-from models.mmdit.checkpoint import build_mmdit
+from soraflow.models.flow.sampler import GuidanceBatch, inference_latent_shape, sample
+from soraflow.models.mmdit import get_config
+from soraflow.models.mmdit.checkpoint import build_mmdit
 
 FLUX_AE_SCALE, FLUX_AE_SHIFT = 0.3611, 0.1159
 FLUX_AE_CONFIG = dict(
@@ -68,7 +68,7 @@ def build_flux_ae(path: str | Path | None, tiny: bool, device, dtype) -> torch.n
     else:
         from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-        from models.mmdit.checkpoint import read_safetensors
+        from soraflow.models.mmdit.checkpoint import read_safetensors
 
         ae = AutoencoderKL(**(TINY_FLUX_AE_CONFIG if tiny else FLUX_AE_CONFIG))
         state = convert_ldm_vae_checkpoint(read_safetensors(path), ae.config)

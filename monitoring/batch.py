@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from monitoring.metrics import push_batch_metrics
+from soraflow.monitoring.metrics import push_batch_metrics
 
 
 def run_id_from_env() -> str:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from common.atomic import write_text_atomic
-from monitoring.metrics import DEFAULT_PROMETHEUS_PORT, DEFAULT_PUSHGATEWAY_PORT, DEFAULT_TRAINER_PORT
+from soraflow.common.atomic import write_text_atomic
+from soraflow.monitoring.metrics import DEFAULT_PROMETHEUS_PORT, DEFAULT_PUSHGATEWAY_PORT, DEFAULT_TRAINER_PORT
 
 MONITORING_DIR = Path(__file__).resolve().parent
 PROMETHEUS_YML = MONITORING_DIR / "prometheus.yml"

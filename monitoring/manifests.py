@@ -2,7 +2,7 @@
 
 ``monitoring/k8s/prometheusrule.yaml`` is generated from ``monitoring/rules/soraflow.rules.yml`` (the file
 promtool tests), so the cluster runs the tested rules; a test checks the two stay identical. Regenerate with
-``python -m monitoring.manifests``. ``monitoring/kustomization.yaml`` deploys these objects together with one
+``python -m soraflow.monitoring.manifests``. ``monitoring/kustomization.yaml`` deploys these objects together with one
 Grafana dashboard ConfigMap per ``monitoring/dashboards/*.json`` (:func:`kustomize_build` renders it).
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from common.atomic import write_text_atomic
+from soraflow.common.atomic import write_text_atomic
 
 MONITORING_DIR = Path(__file__).resolve().parent
 K8S_DIR = MONITORING_DIR / "k8s"
@@ -21,7 +21,7 @@ RULES_FILE = MONITORING_DIR / "rules" / "soraflow.rules.yml"
 PROMETHEUS_RULE = K8S_DIR / "prometheusrule.yaml"
 SCHEMA_FILE = K8S_DIR / "schema" / "monitoring.coreos.com_v1.subset.json"
 
-_HEADER = ("# GENERATED from monitoring/rules/soraflow.rules.yml by `python -m monitoring.manifests`; do not edit.\n"
+_HEADER = ("# GENERATED from monitoring/rules/soraflow.rules.yml by `python -m soraflow.monitoring.manifests`; do not edit.\n"
            "# kube-prometheus-stack loads PrometheusRules whose labels match its ruleSelector (release=...).\n")
 
 

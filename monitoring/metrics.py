@@ -152,7 +152,7 @@ class TrainingMetrics:
 
     def observe_checkpoint_save(self, blocking_s: float | None = None, total_s: float | None = None,
                                 ok: bool = True, *, result: Any = None) -> None:
-        """Record a save; pass a ``training.checkpoint.SaveResult`` as ``result`` or the numbers."""
+        """Record a save; pass a ``soraflow.training.checkpoint.SaveResult`` as ``result`` or the numbers."""
         if result is not None:
             blocking_s, total_s, ok = result.blocking_s, result.total_s, result.error is None
         lv = self.label_values
@@ -194,7 +194,7 @@ def update_training_metrics(metrics: TrainingMetrics, summary: Mapping[str, Any]
 
 def build_info() -> dict[str, str]:
     """version (package metadata), git_commit and image_digest (env SORAFLOW_GIT_COMMIT / SORAFLOW_IMAGE_DIGEST)."""
-    from common.provenance import package_version, source_commit
+    from soraflow.common.provenance import package_version, source_commit
 
     return {
         "version": package_version(),

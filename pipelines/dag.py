@@ -21,7 +21,7 @@ from kfp import dsl
 from kfp import kubernetes as k8s
 from kfp.dsl import HTML, Artifact, Dataset, Model
 
-from pipelines.settings import ClusterSettings
+from soraflow.pipelines.settings import ClusterSettings
 
 PIPELINE_NAME = "soraflow"
 
@@ -59,12 +59,12 @@ class Components:
 
 
 def build_components(settings: ClusterSettings) -> Components:
-    from components.data.component import data_pull_component
-    from components.eval.component import eval_component
-    from components.filter.component import filter_component
-    from components.ingest.component import ingest_component
-    from components.split.component import split_component
-    from components.train_stage.component import (
+    from soraflow.components.data.component import data_pull_component
+    from soraflow.components.eval.component import eval_component
+    from soraflow.components.filter.component import filter_component
+    from soraflow.components.ingest.component import ingest_component
+    from soraflow.components.split.component import split_component
+    from soraflow.components.train_stage.component import (
         dit_stage_component,
         distill_component,
         hunyuan_vae_component,

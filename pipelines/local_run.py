@@ -4,7 +4,7 @@ steps start torchrun through torchx `local_cwd`.
 
 Re-running in the same output folder after a failure resumes: ingest and filter come from KFP's local cache
 (their inputs are unchanged), and each training stage resumes from its last checkpoint: its run folder is named
-by a hash of its recipe, overrides and input bytes (`components.train_stage.artifacts.stage_key`), so an
+by a hash of its recipe, overrides and input bytes (`soraflow.components.train_stage.artifacts.stage_key`), so an
 unchanged stage finds its folder again and a changed one starts fresh.
 """
 
@@ -22,9 +22,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.sample_data.generate import DEMO_FILTER_SETTINGS
-from pipelines.dag import GPU_RECIPES, TINY_RECIPES, build_pipeline
-from pipelines.settings import ClusterSettings
+from soraflow.components.sample_data.generate import DEMO_FILTER_SETTINGS
+from soraflow.pipelines.dag import GPU_RECIPES, TINY_RECIPES, build_pipeline
+from soraflow.pipelines.settings import ClusterSettings
 
 TASKS = {"data_pull": "data-pull-component", "ingest": "ingest-component", "filter": "filter-component", "split": "split-component",
          "vae_train": "vae-train-component", "hunyuan_vae_train": "hunyuan-vae-component",
@@ -99,11 +99,11 @@ def merge_overrides(base: dict, extra: dict) -> dict:
 @contextlib.contextmanager
 def _thread_env():
     """Every task (and the trainers they start) inherits this environment: OpenMP threads that sleep when idle
-    (training.launch.cpu_thread_env), set for the run and restored after it. The thread count is left to each
+    (soraflow.training.launch.cpu_thread_env), set for the run and restored after it. The thread count is left to each
     process (torch: one per core; the training launcher divides the cores among its workers)."""
     import os
 
-    from training.launch import cpu_thread_env
+    from soraflow.training.launch import cpu_thread_env
 
     added = {k: v for k, v in cpu_thread_env().items() if k != "OMP_NUM_THREADS"}
     os.environ.update(added)
@@ -120,10 +120,10 @@ def validate_run(recipes: dict, overrides: dict) -> None:
     import difflib
     import inspect
 
-    from components.filter import THRESHOLDS_256, as_thresholds, run_filter
-    from components.ingest import ingest
-    from training.config import ConfigError, resolve
-    from training.recipes import get_recipe
+    from soraflow.components.filter import THRESHOLDS_256, as_thresholds, run_filter
+    from soraflow.components.ingest import ingest
+    from soraflow.training.config import ConfigError, resolve
+    from soraflow.training.recipes import get_recipe
 
     problems = []
     steps = set(TINY_RECIPES) | {"ingest", "filter", "split", "eval"}
@@ -163,18 +163,18 @@ def _pipeline_source(out: Path, raw_manifest: str | None, data_revision: str | N
         if raw_manifest is not None:
             raise ValueError("give raw_manifest or data_revision, not both")
         if dvc_remote is None:
-            from common.dvc import remote_url
+            from soraflow.common.dvc import remote_url
 
             dvc_remote = remote_url(Path.cwd())
             if dvc_remote is None:
                 raise ValueError("no DVC remote configured here: give dvc_remote (or --dvc-remote)")
         return {"data_revision": data_revision, "dvc_remote": str(dvc_remote)}
     if raw_manifest is None:
-        from components.sample_data.generate import DEMO_SAMPLE_SET, make_sample_videos
+        from soraflow.components.sample_data.generate import DEMO_SAMPLE_SET, make_sample_videos
 
         manifest = out / "raw" / "manifest.csv"
         raw_manifest = str(manifest if manifest.is_file() else make_sample_videos(out / "raw", **DEMO_SAMPLE_SET))
-    from components.ingest.ingest import manifest_digest
+    from soraflow.components.ingest.ingest import manifest_digest
 
     return {"raw_manifest": str(raw_manifest), "raw_manifest_digest": manifest_digest(raw_manifest)}
 

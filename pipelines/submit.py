@@ -6,8 +6,8 @@ import datetime as _dt
 import tempfile
 from pathlib import Path
 
-from pipelines.dag import PIPELINE_NAME, compile_pipeline
-from pipelines.settings import ClusterSettings
+from soraflow.pipelines.dag import PIPELINE_NAME, compile_pipeline
+from soraflow.pipelines.settings import ClusterSettings
 
 
 RECIPE_PARAMS = {"vae_train": "vae_recipe", "hunyuan_vae_train": "hunyuan_vae_recipe", "dit_stage1": "stage1_recipe", "dit_stage2": "stage2_recipe",
@@ -16,7 +16,7 @@ RECIPE_PARAMS = {"vae_train": "vae_recipe", "hunyuan_vae_train": "hunyuan_vae_re
 
 def recipe_params(recipes: dict) -> dict:
     """{step: recipe} -> the pipeline's recipe parameters, checked against the known recipes before upload."""
-    from training.recipes import get_recipe
+    from soraflow.training.recipes import get_recipe
 
     out = {}
     for step, recipe in recipes.items():
@@ -51,7 +51,7 @@ def check_params(package: str | Path, params: dict) -> None:
 
 def pinned_revision(repo: str | Path = ".") -> str:
     """The dataset revision `data.dvc` pins (what the retraining pipeline fetches)."""
-    from components.data import revision
+    from soraflow.components.data import revision
 
     rev = revision(repo)
     if rev is None:
@@ -71,13 +71,13 @@ def submit(host: str, settings: ClusterSettings, *, params: dict, experiment: st
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     version_name = version_name or f"{name_of_pipeline}-{stamp}"
     if start == "raw" and params.get("raw_manifest") and "raw_manifest_digest" not in params:
-        from components.ingest.ingest import manifest_digest
+        from soraflow.components.ingest.ingest import manifest_digest
 
         try:  # the cache key must follow the manifest's content (reading it may need bucket credentials here)
             params = {**params, "raw_manifest_digest": manifest_digest(params["raw_manifest"])}
         except Exception as exc:  # noqa: BLE001 - any fsspec/credential error
             raise ValueError(f"cannot read {params['raw_manifest']} to digest it ({exc}); give "
-                             f"--param raw_manifest_digest=md5:<hex> (see components.ingest.manifest_digest)") from exc
+                             f"--param raw_manifest_digest=md5:<hex> (see soraflow.components.ingest.manifest_digest)") from exc
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(str(Path(tmp) / "soraflow.yaml"), settings, release=True, start=start)
         check_params(package, params)

@@ -23,10 +23,10 @@ FIXTURE = REPO / "tests" / "fixtures" / "demo_data.dir.json"
 
 def curate(root: Path) -> dict:
     sys.path.insert(0, str(REPO))
-    from components.data import version
-    from components.filter import run_filter
-    from components.ingest import ingest
-    from components.sample_data.generate import DEMO_FILTER_SETTINGS, DEMO_SAMPLE_SET, make_sample_videos
+    from soraflow.components.data import version
+    from soraflow.components.filter import run_filter
+    from soraflow.components.ingest import ingest
+    from soraflow.components.sample_data.generate import DEMO_FILTER_SETTINGS, DEMO_SAMPLE_SET, make_sample_videos
 
     (root / "repo").mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "init", "-q"], cwd=root / "repo", check=True)

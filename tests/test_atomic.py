@@ -1,11 +1,11 @@
-"""common.atomic: the temp-then-rename writer every step uses."""
+"""soraflow.common.atomic: the temp-then-rename writer every step uses."""
 
 import os
 import stat
 
 import pytest
 
-from common.atomic import atomic_path, write_text_atomic
+from soraflow.common.atomic import atomic_path, write_text_atomic
 
 
 def test_success_replaces_with_normal_permissions(tmp_path):

@@ -4,10 +4,10 @@ import pandas as pd
 import pytest
 import torch
 
-from common.clip_table import REQUIRED_COLUMNS, load_table, read_table, write_table
-from common.dtypes import DTYPE_NAMES, dtype_name, torch_dtype
-from common.overrides import OverrideError, parse_overrides, parse_pairs, parse_step_overrides, parse_value
-from common.stages import AE_FROM_STAGE, DATA_SET_BY_STAGE, INIT_FROM_STAGE, STAGES
+from soraflow.common.clip_table import REQUIRED_COLUMNS, load_table, read_table, write_table
+from soraflow.common.dtypes import DTYPE_NAMES, dtype_name, torch_dtype
+from soraflow.common.overrides import OverrideError, parse_overrides, parse_pairs, parse_step_overrides, parse_value
+from soraflow.common.stages import AE_FROM_STAGE, DATA_SET_BY_STAGE, INIT_FROM_STAGE, STAGES
 
 
 def test_values_are_json_when_they_parse_else_the_string():

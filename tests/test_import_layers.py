@@ -74,7 +74,7 @@ def test_no_package_imports_a_layer_above_it():
 
 
 @pytest.mark.parametrize("source,package,expected", [
-    ("from training.parallel.mmdit import apply_compile\n", "models", {"training"}),
+    ("from soraflow.training.parallel.mmdit import apply_compile\n", "models", {"training"}),
     ("def f():\n    import pipelines.cli\n", "models", {"pipelines"}),
     ("from soraflow.components.data import x\n", "training", {"components"}),
     ("from . import layers\nimport torch\n", "models", {"models"}),

@@ -20,8 +20,8 @@ sys.path.insert(0, str(FIXTURES))
 
 from weights import fill_weights  # noqa: E402
 
-from models.aspect import closest_aspect_ratio, inference_size, num_pixels_from_name, training_aspect_ratios  # noqa: E402
-from models.flow import (  # noqa: E402
+from soraflow.models.aspect import closest_aspect_ratio, inference_size, num_pixels_from_name, training_aspect_ratios  # noqa: E402
+from soraflow.models.flow import (  # noqa: E402
     inference_shift_alpha,
     inference_timesteps,
     noisy_latent,
@@ -31,10 +31,10 @@ from models.flow import (  # noqa: E402
     train_shift_alpha,
     velocity_target,
 )
-from models.packing import pack, unpack  # noqa: E402
-from models.text.captions import inference_caption  # noqa: E402
-from training.data.buckets import BucketConfig  # noqa: E402
-from training.data.dataset import make_caption  # noqa: E402
+from soraflow.models.packing import pack, unpack  # noqa: E402
+from soraflow.models.text.captions import inference_caption  # noqa: E402
+from soraflow.training.data.buckets import BucketConfig  # noqa: E402
+from soraflow.training.data.dataset import make_caption  # noqa: E402
 
 
 def _json(name):
@@ -205,7 +205,7 @@ class _AverageAE:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_objective_samples_t_in_the_training_dtype(dtype):
-    from training.objective import DiTObjective
+    from soraflow.training.objective import DiTObjective
 
     obj = DiTObjective(_AverageAE(), _FakeText(), patch_size=2, cond_embed=False, condition_config=None,
                        dropout_ratio=0.0, dtype=dtype)
@@ -222,7 +222,7 @@ def test_objective_samples_t_in_the_training_dtype(dtype):
 # ------------------------------------------------------------------------------------------- autoencoders
 def _soraflow_ae(kind, dtype):
     if kind == "dc_ae":
-        from models.dc_ae import DCAEConfig, VideoDCAE
+        from soraflow.models.dc_ae import DCAEConfig, VideoDCAE
 
         tiny = _json("manifest.json")["tiny_configs"]["dc_ae"]
         cfg = DCAEConfig(latent_channels=tiny["latent_channels"], width_list=tuple(tiny["width_list"]),
@@ -230,7 +230,7 @@ def _soraflow_ae(kind, dtype):
                          attn_head_dim=32, scaling_factor=None)
         model = VideoDCAE(cfg, init_weights=False)
     else:
-        from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
+        from soraflow.models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
 
         model = HunyuanVideoVAE(HunyuanVAEConfig.tiny())
     model.load_state_dict(fill_weights(model.state_dict(), kind), strict=True)

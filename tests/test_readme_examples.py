@@ -125,7 +125,7 @@ def _run(command: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _parses(command: str) -> None:
-    from cli.main import build_parser
+    from soraflow.cli.main import build_parser
 
     argv = shlex.split(command)[1:]
     build_parser().parse_args(argv)  # argparse exits (SystemExit 2) on an unknown flag or a missing value

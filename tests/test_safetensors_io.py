@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from common.safetensors_io import save_safetensors
+from soraflow.common.safetensors_io import save_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 SAVE = """
 import sys, torch
-from common.safetensors_io import save_safetensors
+from soraflow.common.safetensors_io import save_safetensors
 g = torch.Generator().manual_seed(0)
 t = {f"blocks.{i}.w": torch.randn(3, 4, generator=g) for i in range(6)}
 t["scale"] = torch.ones(2, dtype=torch.bfloat16)

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from common.video_io import to_uint8_frames
+from soraflow.common.video_io import to_uint8_frames
 
 
 def test_uint8_conversion_is_the_same_for_tensors_and_arrays():

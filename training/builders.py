@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from models.mmdit import MMDiT, get_config, load_flux_checkpoint
-from training.config import AESpec, ModelSpec, TextSpec
-from training.parallel.mmdit import apply_activation_checkpointing
+from soraflow.models.mmdit import MMDiT, get_config, load_flux_checkpoint
+from soraflow.training.config import AESpec, ModelSpec, TextSpec
+from soraflow.training.parallel.mmdit import apply_activation_checkpointing
 
 
 def build_dit(spec: ModelSpec, seed: int) -> MMDiT:
@@ -40,7 +40,7 @@ def load_pretrained(model: MMDiT, path: str, reinit=()) -> list[str]:
     Every other key must be present with the model's shape. Returns the keys left at their init."""
     from pathlib import Path
 
-    from models.mmdit.checkpoint import check_state_dict, read_safetensors
+    from soraflow.models.mmdit.checkpoint import check_state_dict, read_safetensors
 
     if not Path(path).exists():
         raise FileNotFoundError(f"model.from_pretrained: {path} does not exist")
@@ -65,13 +65,13 @@ def build_autoencoder(spec: AESpec, device, dtype, seed: int):
     """The frozen autoencoder used for the full encode (encoder, quant conv, posterior sample, scale)."""
     torch.manual_seed(seed + 1)
     if spec.kind == "hunyuan":
-        from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
-        from models.hunyuan_vae.config import config_for_weights
+        from soraflow.models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
+        from soraflow.models.hunyuan_vae.config import config_for_weights
 
         config = HunyuanVAEConfig.named(spec.config) if spec.config else config_for_weights(spec.path, spec.tiny)
         ae = HunyuanVideoVAE.from_pretrained(spec.path, config=config) if spec.path else HunyuanVideoVAE(config)
     elif spec.kind == "dcae":
-        from models.dc_ae import DCAEConfig, VideoDCAE
+        from soraflow.models.dc_ae import DCAEConfig, VideoDCAE
 
         config = DCAEConfig.for_weights(spec.path, spec.tiny)
         ae = VideoDCAE.from_pretrained(spec.path, config=config) if spec.path else VideoDCAE(config)
@@ -84,12 +84,12 @@ def build_autoencoder(spec: AESpec, device, dtype, seed: int):
 
 
 def build_text_conditioner(spec: TextSpec, device, dtype, cache_dir=None):
-    from models.text import TextConditioner
+    from soraflow.models.text import TextConditioner
 
     if spec.t5 and spec.clip:
         t5, clip = spec.t5, spec.clip
     elif spec.tiny:
-        from models.text.tiny import tiny_text_encoder_dirs
+        from soraflow.models.text.tiny import tiny_text_encoder_dirs
 
         t5, clip = tiny_text_encoder_dirs()
     else:

@@ -50,8 +50,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from common.atomic import write_bytes_atomic
-from common.provenance import package_version
+from soraflow.common.atomic import write_bytes_atomic
+from soraflow.common.provenance import package_version
 from torch.distributed.checkpoint.stateful import Stateful
 
 log = logging.getLogger(__name__)

@@ -12,14 +12,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from common.dtypes import DTYPE_NAMES
-from common.stages import STAGES
-from training.optim import OptimConfig
+from soraflow.common.dtypes import DTYPE_NAMES
+from soraflow.common.stages import STAGES
+from soraflow.training.optim import OptimConfig
 
 
 @dataclass
 class ModelSpec:
-    config: str = "tiny"  # a name from models.mmdit.CONFIGS
+    config: str = "tiny"  # a name from soraflow.models.mmdit.CONFIGS
     overrides: dict = field(default_factory=dict)
     from_pretrained: str | None = None  # an Open-Sora-layout checkpoint (previous stage's output)
     from_flux: str | None = None  # a FLUX-layout checkpoint (stage 1 init)
@@ -39,7 +39,7 @@ class AESpec:
     kind: str = "hunyuan"  # "hunyuan" | "dcae"
     path: str | None = None  # weights; None with tiny=True builds a seeded random tiny AE
     tiny: bool = True
-    # a named architecture (models.hunyuan_vae.config.NAMED_CONFIGS) for the autoencoder an AE stage trains;
+    # a named architecture (soraflow.models.hunyuan_vae.config.NAMED_CONFIGS) for the autoencoder an AE stage trains;
     # stages that load weights take the name the export's metadata carries
     config: str | None = None
 
@@ -352,7 +352,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 def resolve(recipe: str, overrides: dict | None = None, *, run_dir: str | None = None) -> TrainConfig:
     """The one resolved config of a run: the recipe, its run folder, the overrides, then `validate`. The launcher
     calls this in the parent process, before any worker or cluster job starts; workers get the result."""
-    from training.recipes import get_recipe
+    from soraflow.training.recipes import get_recipe
 
     cfg = get_recipe(recipe)
     if run_dir is not None:

@@ -40,8 +40,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from common.atomic import write_text_atomic
-from monitoring.metrics import BADPUT_KINDS, RESTART_REASONS  # the metric labels are the accounting's kinds
+from soraflow.common.atomic import write_text_atomic
+from soraflow.monitoring.metrics import BADPUT_KINDS, RESTART_REASONS  # the metric labels are the accounting's kinds
 EVENTS_FILE = "goodput_events.jsonl"
 METRICS_FILE = "metrics.json"
 

@@ -39,10 +39,10 @@ class HeldoutClip:
 
 def load_heldout_clips(table, num_frames: int, height: int, width: int, max_clips: int | None = None,
                        fps_max: int = 24) -> list[HeldoutClip]:
-    """Clips of a held-out clip table (columns: common.clip_table); a clip too short or
+    """Clips of a held-out clip table (columns: soraflow.common.clip_table); a clip too short or
     unreadable raises, naming the file: a held-out set is small and every clip of it must count."""
-    from training.data.dataset import make_caption
-    from common.clip_table import load_table
+    from soraflow.training.data.dataset import make_caption
+    from soraflow.common.clip_table import load_table
 
     df = load_table(table)
     if max_clips:
@@ -66,8 +66,8 @@ def load_heldout_clips(table, num_frames: int, height: int, width: int, max_clip
 def load_clip_frames(path: str, num_frames: int, height: int, width: int) -> np.ndarray:
     """The first `num_frames` frames, scaled to cover height x width (bilinear, antialiased) and centre-cropped,
     rounded to uint8 [T, H, W, 3]: the held-out view of a clip, for the trainer and the eval step alike."""
-    from common.video_io import VideoReadError, read_video_frames
-    from training.data.dataset import resize_crop
+    from soraflow.common.video_io import VideoReadError, read_video_frames
+    from soraflow.training.data.dataset import resize_crop
 
     frames, _ = read_video_frames(path, list(range(num_frames)))
     if len(frames) < num_frames:
@@ -123,7 +123,7 @@ class HeldoutLatents:
     clip's fixed noise and its caption's text features: every later evaluation is one DiT forward per t."""
 
     def __init__(self, ae, text, clips: list[HeldoutClip], device, dtype, first_index: int = 0):
-        from models.flow import prepare_train_condition
+        from soraflow.models.flow import prepare_train_condition
 
         self.items = []
         with torch.no_grad():
@@ -143,8 +143,8 @@ class HeldoutLatents:
 def fm_heldout_loss(dit, latents: HeldoutLatents, t_grid=FM_T_GRID, config=None) -> dict:
     """Mean flow-matching MSE over clips for each t of the grid, and its mean over the grid. `config`: the
     MMDiT config when `dit` is a wrapper (DDP) without one."""
-    from models.flow import flow_matching_loss, noisy_latent, velocity_target
-    from models.packing import image_position_ids, pack, text_position_ids
+    from soraflow.models.flow import flow_matching_loss, noisy_latent, velocity_target
+    from soraflow.models.packing import image_position_ids, pack, text_position_ids
 
     device, dtype = latents.device, latents.dtype
     cfg = config or dit.config

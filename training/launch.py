@@ -43,7 +43,7 @@ def train_app(spec: LaunchSpec) -> specs.AppDef:
         endpoint = f"$${{{specs.macros.rank0_env}:=localhost}}:{spec.rdzv_port}"
     # The whole config is resolved and validated here, in the launching process: a typo or a wrong type fails
     # before torchrun or a cluster job starts, and every worker runs exactly this config.
-    from training.config import resolve
+    from soraflow.training.config import resolve
 
     cfg = resolve(spec.recipe, spec.overrides, run_dir=spec.run_dir)
     cmd = [
@@ -51,7 +51,7 @@ def train_app(spec: LaunchSpec) -> specs.AppDef:
         "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", specs.macros.app_id,
         "--nnodes", str(spec.nnodes), "--nproc_per_node", str(spec.nproc_per_node),
         "--max_restarts", str(spec.max_restarts), "--tee", "3",
-        "-m", "training.train", "--config-json", json.dumps(cfg.to_dict(), sort_keys=True, default=str),
+        "-m", "soraflow.training.train", "--config-json", json.dumps(cfg.to_dict(), sort_keys=True, default=str),
     ]
     env = {"LOGLEVEL": "WARNING", "PYTHONUNBUFFERED": "1", **(spec.env or {})}
     # Keep NVLink multicast off on shared hosts (see the device notes); harmless elsewhere.

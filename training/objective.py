@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.flow import (
+from soraflow.models.flow import (
     draw_train_noise,
     flow_matching_loss,
     inference_shift_alpha,
@@ -23,8 +23,8 @@ from models.flow import (
     sample_train_timesteps,
     velocity_target,
 )
-from models.packing import image_position_ids, pack, text_position_ids
-from models.text import dropout_condition
+from soraflow.models.packing import image_position_ids, pack, text_position_ids
+from soraflow.models.text import dropout_condition
 
 
 @dataclass

@@ -11,7 +11,7 @@ import copy
 import difflib
 from typing import Callable
 
-from training.config import (
+from soraflow.training.config import (
     AESpec,
     RecoverySpec,
     CheckpointSpec,
@@ -24,7 +24,7 @@ from training.config import (
     TrainConfig,
     VAESpec,
 )
-from training.optim import OptimConfig
+from soraflow.training.optim import OptimConfig
 
 I2V_MIX = {"t2v": 1, "i2v_head": 5, "i2v_loop": 1, "i2v_tail": 1}
 DISTILL_MIX = {"t2v": 1, "i2v_head": 7}  # I2V first: it adapts faster to the new latent space (spec §B.4)
@@ -265,7 +265,7 @@ GPU_HELDOUT = HeldoutSpec(every=100, num_clips=6, num_frames=33, height=128, wid
 GPU_TEXT = TextSpec(tiny=True, t5_max_length=32)
 GPU_WORKERS = 6
 # Absolute quality bars for the eval's held-out PSNR checks (targets, not gates), by the recipe that trained the
-# autoencoder; recipes not named here get components.eval.learning's defaults (the CPU demo's bars).
+# autoencoder; recipes not named here get soraflow.components.eval.learning's defaults (the CPU demo's bars).
 PSNR_TARGETS = {"gpu-demo-hunyuan-vae": 28.0, "gpu-demo-vae": 24.0}
 
 
@@ -384,7 +384,7 @@ RECIPES: dict[str, Callable[[], TrainConfig]] = {
 
 def get_recipe(name: str) -> TrainConfig:
     if name not in RECIPES:
-        from training.config import ConfigError
+        from soraflow.training.config import ConfigError
 
         near = difflib.get_close_matches(name, RECIPES, n=1)
         raise ConfigError(f"unknown recipe {name!r}{f' (did you mean {near[0]}?)' if near else ''}; "

@@ -22,8 +22,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.stages import AE_KIND, AE_STAGES, DIT_STAGES, STAGES
-from training.config import TrainConfig
+from soraflow.common.stages import AE_KIND, AE_STAGES, DIT_STAGES, STAGES
+from soraflow.training.config import TrainConfig
 
 log = logging.getLogger("soraflow.train")
 
@@ -40,7 +40,7 @@ def build_stage(cfg: TrainConfig, device: torch.device, dtype: torch.dtype, rank
 
 def _write_sample(path: Path, video: torch.Tensor, fps: float = 24.0) -> None:
     """[3, T, H, W] in [-1, 1] -> an H.264 file (written to a temp name, then renamed, by write_video)."""
-    from common.video_io import to_uint8_frames, write_video
+    from soraflow.common.video_io import to_uint8_frames, write_video
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_video(path, to_uint8_frames(video), fps=fps)
@@ -92,7 +92,7 @@ class Stage:
 
     def _heldout_clips(self):
         if getattr(self, "_clips", None) is None:
-            from training.heldout import load_heldout_clips
+            from soraflow.training.heldout import load_heldout_clips
 
             h = self.cfg.heldout
             self._clips = load_heldout_clips(h.table, h.num_frames, h.height, h.width, h.num_clips)
@@ -103,12 +103,12 @@ class Stage:
 
 class DiTStage(Stage):
     def __init__(self, cfg, device, dtype, rank, world):
-        from training.builders import build_autoencoder, build_text_conditioner
+        from soraflow.training.builders import build_autoencoder, build_text_conditioner
 
         super().__init__(cfg, device, dtype, rank, world)
         if cfg.text.tiny and not (cfg.text.t5 and cfg.text.clip) and dist.is_initialized():
             # rank 0 writes the tiny encoders into a fresh cache first; the others would read half-written files
-            from models.text.tiny import tiny_text_encoder_dirs
+            from soraflow.models.text.tiny import tiny_text_encoder_dirs
 
             if rank == 0:
                 tiny_text_encoder_dirs()
@@ -118,8 +118,8 @@ class DiTStage(Stage):
                                            cache_dir=Path(cfg.run_dir) / "text-cache" if rank == 0 else None)
 
     def build_model(self) -> nn.Module:
-        from training.builders import build_dit, check_compatible
-        from training.objective import DiTObjective
+        from soraflow.training.builders import build_dit, check_compatible
+        from soraflow.training.objective import DiTObjective
 
         cfg = self.cfg
         dit = build_dit(cfg.model, cfg.seed)
@@ -148,13 +148,13 @@ class DiTStage(Stage):
         return dict(self.objective.last_timing)
 
     def flops(self, inputs) -> float:
-        from models.mmdit import mmdit_forward_flops
+        from soraflow.models.mmdit import mmdit_forward_flops
 
         img, txt = inputs.kwargs["img"], inputs.kwargs["txt"]
         return 3 * mmdit_forward_flops(self.dit_config, img.shape[1], txt.shape[1], img.shape[0])
 
     def heldout(self, model) -> dict:
-        from training.heldout import HeldoutLatents, fm_heldout_loss
+        from soraflow.training.heldout import HeldoutLatents, fm_heldout_loss
 
         if getattr(self, "_latents", None) is None:  # the AE is frozen: encode the clips once
             self._latents = HeldoutLatents(self.ae, self.text, self._heldout_clips(), self.device, self.dtype)
@@ -176,7 +176,7 @@ class DiTStage(Stage):
     @torch.no_grad()
     def write_samples(self, model, inputs, batch: dict, step: int) -> Path | None:
         """A short generation through the flow sampler (every rank runs it: a sharded model needs all ranks)."""
-        from models.flow import sample
+        from soraflow.models.flow import sample
 
         s, ae = self.cfg.samples, self.ae
         sc = ae.spatial_compression
@@ -353,8 +353,8 @@ class VAEStage(Stage):
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         if self.kind == "hunyuan":
-            from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
-            from models.hunyuan_vae.config import config_for_weights
+            from soraflow.models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
+            from soraflow.models.hunyuan_vae.config import config_for_weights
 
             if cfg.ae.config:
                 config, self.config_name = HunyuanVAEConfig.named(cfg.ae.config), cfg.ae.config
@@ -366,7 +366,7 @@ class VAEStage(Stage):
             if not cfg.ae.path and cfg.vae.logvar_init is not None:
                 init_posterior_logvar(ae, cfg.vae.logvar_init)
         else:
-            from models.dc_ae import DCAEConfig, VideoDCAE
+            from soraflow.models.dc_ae import DCAEConfig, VideoDCAE
 
             config = DCAEConfig.tiny() if cfg.ae.tiny else DCAEConfig()
             ae = VideoDCAE.from_pretrained(cfg.ae.path, config=config) if cfg.ae.path else VideoDCAE(config)
@@ -386,7 +386,7 @@ class VAEStage(Stage):
         return AETrainModel(ae, align_dim)
 
     def setup(self, trainer) -> None:
-        from models.dc_ae import NLayerDiscriminator3D
+        from soraflow.models.dc_ae import NLayerDiscriminator3D
 
         super().setup(trainer)
         self.inner = trainer.strategy.unwrap(trainer.model)
@@ -449,7 +449,7 @@ class VAEStage(Stage):
         return self.gan and self.trainer.step >= self.cfg.vae.disc_start
 
     def loss(self, model, inputs) -> torch.Tensor:
-        from models.dc_ae import adaptive_disc_weight, generator_loss, reconstruction_nll
+        from soraflow.models.dc_ae import adaptive_disc_weight, generator_loss, reconstruction_nll
 
         v = self.cfg.vae
         x = inputs["video"]
@@ -484,7 +484,7 @@ class VAEStage(Stage):
 
     def after_step(self, weight: float) -> None:
         """The discriminator's own step (hinge loss on real vs the detached reconstruction), then EMA."""
-        from models.dc_ae import hinge_d_loss
+        from soraflow.models.dc_ae import hinge_d_loss
 
         if self.gan_active():
             x, recon = self.last["video"], self.last["recon"]
@@ -585,7 +585,7 @@ class VAEStage(Stage):
 
     def heldout(self, model) -> dict:
         """Reconstruction PSNR of the held-out clips through the EMA weights (the exported autoencoder)."""
-        from training.heldout import ae_heldout_metrics
+        from soraflow.training.heldout import ae_heldout_metrics
 
         # the export also folds the latent standardisation in: an exact refactoring, same reconstructions
         out = ae_heldout_metrics(self._ema_ae(), self._heldout_clips(), self.device, self.dtype)

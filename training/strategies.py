@@ -14,11 +14,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from common.dtypes import dtype_name, torch_dtype
+from soraflow.common.dtypes import dtype_name, torch_dtype
 
 
 # re-exported: the config lives in a torch-free module (launchers resolve configs without importing torch)
-from training.optim import OptimConfig  # noqa: E402,F401
+from soraflow.training.optim import OptimConfig  # noqa: E402,F401
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -151,12 +151,12 @@ class FSDP2Strategy(Strategy):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        from models.mmdit import MMDiT
+        from soraflow.models.mmdit import MMDiT
 
         model = model.to(device=device, dtype=torch.float32)  # fp32 master weights
         mesh = init_device_mesh(device.type, (dist.get_world_size(),))
         if isinstance(model, MMDiT):  # per-block units: the model's parallelize module knows its blocks
-            from training.parallel.mmdit import apply_fsdp
+            from soraflow.training.parallel.mmdit import apply_fsdp
 
             return apply_fsdp(model, mesh, self.param_dtype, self.reduce_dtype, self.reshard_after_forward)
         mp = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype)
@@ -184,7 +184,7 @@ class OneRankMasterStrategy(Strategy):
         self.flat = None
 
     def wrap(self, model, device):
-        from training.flat_master import FlatParams
+        from soraflow.training.flat_master import FlatParams
 
         model = model.to(device=device, dtype=torch.float32)  # init values become the fp32 master weights
         self.flat = flat = FlatParams(model, self.param_dtype)
@@ -213,7 +213,7 @@ class OneRankMasterStrategy(Strategy):
         return model
 
     def build_optimizer(self, model, cfg):
-        from training.flat_master import FlatAdamW
+        from soraflow.training.flat_master import FlatAdamW
 
         return FlatAdamW(self.flat, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 

@@ -1,7 +1,7 @@
 """Entry point run by torchrun on every rank.
 
-    python -m training.train --config-json '{...}'            # what the launchers pass: the resolved config
-    python -m training.train --recipe NAME --run-dir D [--override key=JSON ...]   # by hand, resolved the same way
+    python -m soraflow.training.train --config-json '{...}'            # what the launchers pass: the resolved config
+    python -m soraflow.training.train --recipe NAME --run-dir D [--override key=JSON ...]   # by hand, resolved the same way
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import json
 import logging
 import sys
 
-from common.overrides import parse_overrides
-from training.config import from_dict, resolve, validate
+from soraflow.common.overrides import parse_overrides
+from soraflow.training.config import from_dict, resolve, validate
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.train")
-    ap.add_argument("--config-json", help="the resolved config (training.config.resolve(...).to_dict())")
+    ap = argparse.ArgumentParser(prog="python -m soraflow.training.train")
+    ap.add_argument("--config-json", help="the resolved config (soraflow.training.config.resolve(...).to_dict())")
     ap.add_argument("--recipe")
     ap.add_argument("--run-dir")
     ap.add_argument("--override", action="append", default=[])
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ap.error("give --config-json, or --recipe with --run-dir")
 
-    from training.trainer import Trainer
+    from soraflow.training.trainer import Trainer
 
     trainer = Trainer(cfg)
     try:

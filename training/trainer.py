@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from common.atomic import write_text_atomic
-from common.dtypes import torch_dtype
-from training.config import TrainConfig
-from training.strategies import set_lr
+from soraflow.common.atomic import write_text_atomic
+from soraflow.common.dtypes import torch_dtype
+from soraflow.training.config import TrainConfig
+from soraflow.training.strategies import set_lr
 
 log = logging.getLogger("soraflow.train")
 
@@ -120,12 +120,12 @@ class TrainState:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
-        from training.checkpoint import CheckpointManager
-        from training.data.loader import build_dataloader
-        from training.goodput import GoodputTracker
-        from training.recovery import HangWatchdog, LossGuard
-        from training.stages import build_stage
-        from training.strategies import build_strategy
+        from soraflow.training.checkpoint import CheckpointManager
+        from soraflow.training.data.loader import build_dataloader
+        from soraflow.training.goodput import GoodputTracker
+        from soraflow.training.recovery import HangWatchdog, LossGuard
+        from soraflow.training.stages import build_stage
+        from soraflow.training.strategies import build_strategy
 
         self.cfg = cfg
         self._caller_group = dist.is_initialized()  # a group the caller made is the caller's to destroy
@@ -149,7 +149,7 @@ class Trainer:
             if cfg.model.fp8:
                 # Before the strategy wraps the model (FSDP2 shards the converted linears; their float8
                 # all-gather needs that order). The state-dict keys do not change.
-                from models.mmdit.fp8 import convert_to_fp8_training
+                from soraflow.models.mmdit.fp8 import convert_to_fp8_training
 
                 convert_to_fp8_training(module, cfg.model.fp8, fsdp_all_gather=strategy == "fsdp2",
                                         emulate=self.device.type != "cuda")
@@ -177,7 +177,7 @@ class Trainer:
                                           on_commit=self.goodput.record_checkpoint_committed)
             self.metrics = None
             if self.rank == 0:
-                from monitoring.metrics import TrainingMetrics
+                from soraflow.monitoring.metrics import TrainingMetrics
 
                 self.metrics = TrainingMetrics(cfg.run_id, cfg.stage, cfg.name)
                 self.metrics.set_build_info()
@@ -193,8 +193,8 @@ class Trainer:
         self._write_resolved_config()
 
     def _compile_model(self) -> None:
-        from models.mmdit import MMDiT
-        from training.parallel.mmdit import apply_compile
+        from soraflow.models.mmdit import MMDiT
+        from soraflow.training.parallel.mmdit import apply_compile
 
         model = self.strategy.unwrap(self.model)
         if not isinstance(model, MMDiT):
@@ -205,7 +205,7 @@ class Trainer:
     def _setup_sequence_parallel(self):
         if self.sp_size == 1:
             return None
-        from training.parallel.mmdit import apply_sequence_parallel
+        from soraflow.training.parallel.mmdit import apply_sequence_parallel
 
         groups = [dist.new_group(list(range(k * self.sp_size, (k + 1) * self.sp_size)))
                   for k in range(self.dp_world)]  # every rank must create every group
@@ -345,7 +345,7 @@ class Trainer:
         also at the last step)."""
         cfg = self.cfg
         if self.metrics is not None and self.step % cfg.log_every == 0:
-            from monitoring.metrics import update_training_metrics
+            from soraflow.monitoring.metrics import update_training_metrics
 
             update_training_metrics(self.metrics, self.goodput.summary())
         if self.rank == 0 and self.step % cfg.log_every == 0:
@@ -397,7 +397,7 @@ class Trainer:
     def export_model(self, name: str = "model.safetensors", extras: bool = True) -> Path:
         """Full (unsharded) weights in the official layout, for the next stage's `from_pretrained` (the DiT's
         own weights; the autoencoder's EMA weights for vae_train)."""
-        from common.safetensors_io import save_safetensors
+        from soraflow.common.safetensors_io import save_safetensors
 
         state = self.stage.export_state(self.model)
         path = self.run_dir / name

@@ -1,5 +1,5 @@
 """The curated dataset under DVC: `data/` in the repository, pinned by `data.dvc` (`docs/curation.md`)."""
 
-from components.data.dataset import DATA_DIR, POINTER, DataError, pull, push, revision, status, version
+from soraflow.components.data.dataset import DATA_DIR, POINTER, DataError, pull, push, revision, status, version
 
 __all__ = ["DATA_DIR", "POINTER", "DataError", "version", "push", "pull", "status", "revision"]

@@ -5,7 +5,7 @@ Layout, in the repository root:
 
     data/                   tracked by DVC as one directory (git ignores it; `data.dvc` pins it)
       set_256px.parquet     training tables; `path` is relative to the table's folder ("clips/x.mp4"),
-      set_768px.parquet     which `common.clip_table.load_table` resolves, so a pulled copy works anywhere
+      set_768px.parquet     which `soraflow.common.clip_table.load_table` resolves, so a pulled copy works anywhere
       needs_caption.parquet
       full.parquet          every clip with scores and rejection reasons (paths as the filter saw them)
       stats.json, validation/
@@ -28,11 +28,11 @@ from typing import Any
 
 import pandas as pd
 
-from common.atomic import write_text_atomic
-from common.digests import file_digests, table_record
-from common.clip_table import FULL_FILE, NEEDS_CAPTION_FILE, SET_FILES, read_table, write_table
-from common import dvc
-from common.dvc import DvcError, ensure_dvc_repo, read_pointer, track
+from soraflow.common.atomic import write_text_atomic
+from soraflow.common.digests import file_digests, table_record
+from soraflow.common.clip_table import FULL_FILE, NEEDS_CAPTION_FILE, SET_FILES, read_table, write_table
+from soraflow.common import dvc
+from soraflow.common.dvc import DvcError, ensure_dvc_repo, read_pointer, track
 
 __all__ = ["DataError", "DATA_DIR", "POINTER", "TABLES", "version", "push", "pull", "status", "revision",
            "file_listing", "pinned_listing", "diff_listings", "fetch_revision"]
@@ -247,7 +247,7 @@ def pull(repo: str | Path, remote: str | None = None) -> dict:
 def file_listing(folder: str | Path) -> list[dict]:
     """What DVC records for a folder: [{"md5", "relpath"}] of every file, sorted by relpath (the bytes of
     DVC's `.dir` object are this list as JSON, and the folder's md5 is the md5 of those bytes)."""
-    from common.digests import file_md5
+    from soraflow.common.digests import file_md5
 
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -282,7 +282,7 @@ def fetch_revision(remote_url: str, revision: str, dest: str | Path) -> dict:
     temporary sibling and renamed, so it is either complete or absent. Raises DataError naming what is missing."""
     import fsspec
 
-    from common.digests import file_md5
+    from soraflow.common.digests import file_md5
 
     rev = revision if revision.endswith(".dir") else f"{revision}.dir"
     if len(rev) != 36 or any(c not in "0123456789abcdef" for c in rev[:32]):

@@ -17,8 +17,8 @@ def eval_component(stage3: Input[Model], distilled: Input[Model], autoencoder: I
     import os
     import shutil
 
-    from components.eval.eval import kfp_metrics
-    from components.eval.pipeline_step import eval_step
+    from soraflow.components.eval.eval import kfp_metrics
+    from soraflow.components.eval.pipeline_step import eval_step
 
     heldout = os.path.join(curated.path, "heldout.parquet")  # the split step's held-out clips
     reference = heldout if os.path.isfile(heldout) else os.path.join(curated.path, "set_256px.parquet")

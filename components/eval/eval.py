@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import write_text_atomic
-from common.dtypes import torch_dtype
-from common.provenance import source_commit
-from common.video_io import VideoReadError, read_video
+from soraflow.common.atomic import write_text_atomic
+from soraflow.common.dtypes import torch_dtype
+from soraflow.common.provenance import source_commit
+from soraflow.common.video_io import VideoReadError, read_video
 
 from . import metrics as M
 from .suite import Suite, load_suite, video_file_name
@@ -91,7 +91,7 @@ def sample_models(models: list[EvalModel], suite: Suite, samples_dir: Path, *, s
     """Every model x prompt x seed index, VBench names `{prompt}-{index}.mp4`; one manifest row per video."""
     import torch
 
-    from inference import PIPELINES, GenerateOptions, build_pipeline, generate
+    from soraflow.inference import PIPELINES, GenerateOptions, build_pipeline, generate
 
     rows = []
     for m in models:
@@ -197,13 +197,13 @@ def _speed(rows: list[dict]) -> dict:
 
 def _heldout(models: list[EvalModel], reference_clips: str, *, num_frames, height, width, resolution,
              aspect_ratio, device, dtype, max_clips: int, cache=None) -> tuple[dict, dict]:
-    """Held-out numbers per model with the trainer's own functions (`training.heldout`): the same clip view,
+    """Held-out numbers per model with the trainer's own functions (`soraflow.training.heldout`): the same clip view,
     seeds, timestep grid and noise, so a model's numbers here equal the end of its training curve."""
     import torch
 
-    from inference import GenerateOptions, build_pipeline
-    from models.aspect import inference_size
-    from training.heldout import (HeldoutClip, HeldoutLatents, ae_heldout_metrics, fm_heldout_loss,
+    from soraflow.inference import GenerateOptions, build_pipeline
+    from soraflow.models.aspect import inference_size
+    from soraflow.training.heldout import (HeldoutClip, HeldoutLatents, ae_heldout_metrics, fm_heldout_loss,
                                   load_clip_frames)
 
     from .heldout import HeldoutCache, list_reference_clips
@@ -375,7 +375,7 @@ def _model_result(name: str, m: EvalModel | None, mrows: list[dict], h: dict, *,
     preset = m.preset if m else (mrows[0].get("preset") if mrows else None)
     ae_kind = (m.ae_kind if m and m.ae_kind else None)
     if ae_kind is None and preset:
-        from inference import PIPELINES
+        from soraflow.inference import PIPELINES
 
         ae_kind = PIPELINES[preset].autoencoder if preset in PIPELINES else None
     no_ref = {"reason": "no reference clips given (--reference-clips)"}
@@ -414,7 +414,7 @@ def _document(out: Path, started, the_suite: Suite, rows: list[dict], results: d
             "vbench": {**vbench,
                        "skipped": {d: v["reason"] for d, v in next(iter(results.values()))["vbench"]["dimensions"].items()
                                    if v.get("raw") is None} if results else {}},
-            "offline": {"optical_flow": "OpenCV DIS (PRESET_MEDIUM)", "video_decode": "PyAV (common.video_io)",
+            "offline": {"optical_flow": "OpenCV DIS (PRESET_MEDIUM)", "video_decode": "PyAV (soraflow.common.video_io)",
                         "ssim": "scikit-image structural_similarity (gaussian, sigma 1.5)",
                         "static_filter": "dis_proxy"},
             "heldout": backends["heldout"],

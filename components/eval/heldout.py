@@ -1,4 +1,4 @@
-"""The eval's held-out clips: which they are and the caption each gets (the scoring is training.heldout's).
+"""The eval's held-out clips: which they are and the caption each gets (the scoring is soraflow.training.heldout's).
 
 `reference_clips` is a clip table (.csv/.parquet/.jsonl with a `path` column, optional `text`; relative paths
 are resolved against the table's folder) or a folder of videos.
@@ -39,12 +39,12 @@ def list_reference_clips(spec: str) -> list[dict]:
                 if f.suffix.lower() in VIDEO_EXT]
     if not p.is_file():
         raise FileNotFoundError(f"reference clips {spec!r}: no such folder or clip table")
-    from common.clip_table import read_table
+    from soraflow.common.clip_table import read_table
 
     df = read_table(p)
     if "path" not in df.columns:
         raise ValueError(f"reference clips {p}: clip table has no 'path' column (columns: {list(df.columns)})")
-    from training.data.dataset import make_caption
+    from soraflow.training.data.dataset import make_caption
 
     rows = []
     for _, r in df.iterrows():

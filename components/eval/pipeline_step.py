@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import write_text_atomic
-from components.eval.eval import EvalModel, EvalResult, run_eval
+from soraflow.common.atomic import write_text_atomic
+from soraflow.components.eval.eval import EvalModel, EvalResult, run_eval
 
 # DiT config name (in the stage's resolved recipe) -> generation preset of inference.
 PRESET_BY_DIT_CONFIG = {"opensora2-11b": "opensora2", "opensora2-hc": "opensora2-hc", "tiny": "tiny",
@@ -59,16 +59,16 @@ def _autoencoder_file(folder: str | None) -> str | None:
 
 def complete_init(init_file: str, preset: str, out_file: Path) -> str:
     """The stage-1 step-0 network in the stage-3 architecture: stage 1 (text-to-video) has no cond_in, which
-    the later stages add zero-initialised (training.builders.load_pretrained); for text-to-video inputs the two
+    the later stages add zero-initialised (soraflow.training.builders.load_pretrained); for text-to-video inputs the two
     are the same function. Written out so the strict generation loader can read it."""
     from safetensors.torch import save_file
 
-    from models.mmdit import MMDiT, get_config
-    from training.builders import load_pretrained
+    from soraflow.models.mmdit import MMDiT, get_config
+    from soraflow.training.builders import load_pretrained
 
     import torch
 
-    from inference.generate import PIPELINES
+    from soraflow.inference.generate import PIPELINES
 
     torch.manual_seed(0)
     model = MMDiT(get_config(PIPELINES[preset].dit_config))
@@ -110,9 +110,9 @@ def heldout_suite(reference_table: str, out_dir: Path, max_prompts: int | None =
 
 
 def psnr_targets(stages: dict) -> dict:
-    """The autoencoders' PSNR targets by the recipe that trained each (training.recipes.PSNR_TARGETS); an
+    """The autoencoders' PSNR targets by the recipe that trained each (soraflow.training.recipes.PSNR_TARGETS); an
     autoencoder given as weights, or trained by a recipe not listed there, keeps the default bar."""
-    from training.recipes import PSNR_TARGETS
+    from soraflow.training.recipes import PSNR_TARGETS
 
     out = {}
     for name, stage in (("hunyuan_vae", "hunyuan_vae_train"), ("dcae", "vae_train")):
@@ -125,12 +125,12 @@ def psnr_targets(stages: dict) -> dict:
 def _ae_psnr(kind: str, weights: str | None, reference_table: str, num_frames: int, height: int, width: int,
              max_clips: int, cache=None) -> dict:
     """Held-out PSNR (and the reconstructions, for the report) of one autoencoder weights file. Clip by clip
-    through `cache` (components.eval.heldout.HeldoutCache): the eval's held-out pass has scored the trained
+    through `cache` (soraflow.components.eval.heldout.HeldoutCache): the eval's held-out pass has scored the trained
     autoencoders on the same clips, views and seeds already."""
     import torch
 
-    from inference.generate import build_autoencoder
-    from training.heldout import ae_heldout_metrics, load_heldout_clips
+    from soraflow.inference.generate import build_autoencoder
+    from soraflow.training.heldout import ae_heldout_metrics, load_heldout_clips
 
     from .heldout import HeldoutCache
 
@@ -226,7 +226,7 @@ def eval_step(stage3_dir: str, distilled_dir: str, autoencoder_dir: str, out_dir
 
 def _learning(doc, scored, out: Path, *, reference_clips, stages, handoff, cache, stage3_ae, stage_ae_dir,
               autoencoder_dir, num_frames, hc_frames, height, width, max_clips) -> dict:
-    from common.video_io import read_video
+    from soraflow.common.video_io import read_video
 
     from .learning import fd_proxy, gates_passed, learning_checks, reference_windows, video_features
     from .report import write_grid_thumbs

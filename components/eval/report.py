@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import atomic_path, write_text_atomic
+from soraflow.common.atomic import atomic_path, write_text_atomic
 
 from .vbench_scores import PUBLISHED
 
@@ -145,7 +145,7 @@ def write_grid_thumbs(out: Path, scored: list[dict], hy: dict, dc: dict, rows: i
     """Animated thumbnails for the report's grid, one row per held-out clip: the clip, its reconstruction by
     the stage-1-3 autoencoder and by the Video DC-AE, and the sample of each model (trained and at init) for
     that clip's caption, seed index 0. Returns rows of (label, path relative to `out` or None)."""
-    from common.video_io import read_video
+    from soraflow.common.video_io import read_video
 
     grid = []
     by_prompt = {}
@@ -227,7 +227,7 @@ def _learning_html(learning: dict, plot_files: dict[str, str]) -> list[str]:
 def _gif(path: str, dest: Path, size: int = 128) -> Path | None:
     from PIL import Image
 
-    from common.video_io import read_video
+    from soraflow.common.video_io import read_video
 
     try:
         frames, fps = read_video(path)

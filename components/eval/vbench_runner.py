@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.digests import file_sha256
+from soraflow.common.digests import file_sha256
 
 from .vbench_scores import DIMENSIONS
 

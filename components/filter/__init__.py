@@ -1,6 +1,6 @@
 """The filter step: per-clip scorers, the 256px/768px data pyramid, validation and DVC versioning (`docs/curation.md`)."""
 
-from components.filter.filter import (
+from soraflow.components.filter.filter import (
     THRESHOLDS_256,
     THRESHOLDS_768,
     FilterError,
@@ -9,7 +9,7 @@ from components.filter.filter import (
     as_thresholds,
     run_filter,
 )
-from components.filter.scorers import (
+from soraflow.components.filter.scorers import (
     AestheticScorer,
     BlurScorer,
     Clip,
@@ -22,7 +22,7 @@ from components.filter.scorers import (
     default_scorers,
     find_duplicates,
 )
-from components.filter.validation import ValidationError, validate_table
+from soraflow.components.filter.validation import ValidationError, validate_table
 
 __all__ = [
     "run_filter", "FilterError", "FilterThresholds", "FilterResult", "THRESHOLDS_256", "THRESHOLDS_768", "as_thresholds",

@@ -11,7 +11,7 @@ def filter_component(clips: Input[Dataset], curated: Output[Dataset], validation
     import os
     from pathlib import Path
 
-    from components.filter import run_filter
+    from soraflow.components.filter import run_filter
 
     failed_dir = Path(curated.path).parent / "failed-validation"
     step_overrides = json.loads(overrides).get("filter", {})
@@ -35,7 +35,7 @@ def filter_component(clips: Input[Dataset], curated: Output[Dataset], validation
     # every output artifact exists on disk
     Path(metrics.path).write_text(json.dumps(metrics.metadata, indent=1))
     if os.environ.get("SORAFLOW_PUSHGATEWAY"):  # completion counts for Prometheus (a failed push only warns)
-        from monitoring.batch import filter_groups, push_or_warn
+        from soraflow.monitoring.batch import filter_groups, push_or_warn
 
         push_or_warn(os.environ["SORAFLOW_PUSHGATEWAY"], "filter", filter_groups(counts, seconds=result.seconds),
                      run_id=run_id or None)

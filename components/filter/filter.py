@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.atomic import write_text_atomic
-from common.clip_table import FULL_FILE, NEEDS_CAPTION_FILE, SET_FILES, read_table, write_table
-from common.digests import table_record
-from common.video_io import VideoReadError, check_video_backend
-from components.filter.scorers import Clip, Scorer, default_scorers, find_duplicates
+from soraflow.common.atomic import write_text_atomic
+from soraflow.common.clip_table import FULL_FILE, NEEDS_CAPTION_FILE, SET_FILES, read_table, write_table
+from soraflow.common.digests import table_record
+from soraflow.common.video_io import VideoReadError, check_video_backend
+from soraflow.components.filter.scorers import Clip, Scorer, default_scorers, find_duplicates
 
 __all__ = ["FilterError", "FilterThresholds", "FilterResult", "run_filter", "THRESHOLDS_256", "THRESHOLDS_768"]
 
@@ -204,7 +204,7 @@ def run_filter(
 ) -> FilterResult:
     """Score, threshold and write the pyramid to `out_dir` (swapped in only after validation passes).
 
-    Raises `components.filter.validation.ValidationError` (the previous `out_dir` untouched, the report saved
+    Raises `soraflow.components.filter.validation.ValidationError` (the previous `out_dir` untouched, the report saved
     under `report_dir`, default `<out_dir>.reports/`) when an output table fails its suite, and `ValueError`
     when the input table lacks a required column.
     """
@@ -221,7 +221,7 @@ def run_filter(
     report_dir = Path(report_dir) if report_dir else out_dir.parent / f"{out_dir.name}.reports"
     scorers = scorers if scorers is not None else default_scorers(aesthetic_weights, ocr_weights)
     if validate:  # the GX import overlaps the scoring below (decoding and numpy release the GIL)
-        from components.filter.validation import preload_engine
+        from soraflow.components.filter.validation import preload_engine
 
         preload_engine()
     _score_all(df, scorers, num_workers, progress)
@@ -339,7 +339,7 @@ def _counts(df, set_256, set_768, needs_caption, scorers) -> dict[str, Any]:
 def _validate(tables: dict, tmp: Path, *, check_files: bool, report_dir: Path) -> dict[str, Any]:
     """Both training sets through their suites; the reports go to `tmp/validation/`, and a failing one also to
     `report_dir` (the temporary folder is deleted on failure) before ValidationError is raised."""
-    from components.filter.validation import ValidationError, covered_report, save_report, validate_table
+    from soraflow.components.filter.validation import ValidationError, covered_report, save_report, validate_table
 
     set_256, set_768 = tables["set_256px"][0], tables["set_768px"][0]
     reports = {"set_256px": validate_table(set_256, "set_256px", check_files=check_files, raise_on_failure=False)}

@@ -2,12 +2,12 @@
 
 Each scorer is a dataclass that declares the columns it reads (`reads`) and writes (`writes`); its knobs are
 typed fields. A scorer never decides keep/reject: it only measures. Thresholds live in
-`components.filter.filter.FilterThresholds`, one set per pyramid level, so the same scores feed the looser
+`soraflow.components.filter.filter.FilterThresholds`, one set per pyramid level, so the same scores feed the looser
 256px set and the stricter 768px set.
 
 `score(clip)` returns a `ScoreResult`: `status` is "ok", "not_run" (a pluggable scorer without weights --
 the reason says why; no score is invented) or "error" (the clip could not be scored; the reason names the
-file). Decoding goes through `common.video_io`, the one home of video I/O.
+file). Decoding goes through `soraflow.common.video_io`, the one home of video I/O.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from common.video_io import VideoReadError, iter_luma_frames, probe_video, read_video_frames
-from components.filter.motion import VmafMotion
+from soraflow.common.video_io import VideoReadError, iter_luma_frames, probe_video, read_video_frames
+from soraflow.components.filter.motion import VmafMotion
 
 __all__ = [
     "Clip",
@@ -174,7 +174,7 @@ class DecodeCheck(Scorer):
 class MotionScorer(Scorer):
     """VMAF motion, column `score_vmafmotion`: the mean over frames of what FFmpeg's `vmafmotion` filter
     computes, from the luma of the filter's single decoding pass with the filter's own integer arithmetic
-    (`components.filter.motion`; the tests check it frame by frame against the filter itself, run through
+    (`soraflow.components.filter.motion`; the tests check it frame by frame against the filter itself, run through
     PyAV)."""
 
     name: ClassVar[str] = "motion"

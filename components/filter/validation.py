@@ -25,8 +25,8 @@ from typing import Any
 
 import pandas as pd
 
-from common.atomic import write_text_atomic
-from common.clip_table import REQUIRED_COLUMNS
+from soraflow.common.atomic import write_text_atomic
+from soraflow.common.clip_table import REQUIRED_COLUMNS
 
 __all__ = ["ValidationError", "validate_table", "preload_engine", "covered_report", "save_report", "SCORE_RANGES", "format_report"]
 

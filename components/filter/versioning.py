@@ -1,13 +1,13 @@
 """The filter's "version this output": track a filter output folder with DVC and push it (`soraflow filter
---dvc-repo`). The DVC calls themselves are `common.dvc`'s; the repository's own `data/` is `components/data`."""
+--dvc-repo`). The DVC calls themselves are `soraflow.common.dvc`'s; the repository's own `data/` is `components/data`."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
 
-from common.digests import file_md5
-from common.dvc import ensure_dvc_repo, push, read_pointer, status, track
+from soraflow.common.digests import file_md5
+from soraflow.common.dvc import ensure_dvc_repo, push, read_pointer, status, track
 
 __all__ = ["version_dataset"]
 

@@ -9,7 +9,7 @@ def ingest_component(raw_manifest: str, clips: Output[Dataset], metrics: Output[
                      raw_manifest_digest: str = ""):
     """Raw videos (a folder or a manifest on local disk, http(s), s3 or gs) -> clips + `clips.parquet`.
 
-    `raw_manifest_digest` (`components.ingest.manifest_digest` of the input, given at submission) makes KFP's
+    `raw_manifest_digest` (`soraflow.components.ingest.manifest_digest` of the input, given at submission) makes KFP's
     cache key follow the manifest's content, not only its path; ingest refuses an input that no longer matches.
 
     With `clip_store` (a folder on the shared data volume) the clip files go there, keyed by data revision, and
@@ -20,8 +20,8 @@ def ingest_component(raw_manifest: str, clips: Output[Dataset], metrics: Output[
     import shutil
     from pathlib import Path
 
-    from components.ingest import ingest
-    from components.ingest.ingest import verify_manifest
+    from soraflow.components.ingest import ingest
+    from soraflow.components.ingest.ingest import verify_manifest
 
     verify_manifest(raw_manifest, raw_manifest_digest)
 
@@ -41,6 +41,6 @@ def ingest_component(raw_manifest: str, clips: Output[Dataset], metrics: Output[
     # every output artifact exists on disk
     Path(metrics.path).write_text(json.dumps(metrics.metadata, indent=1))
     if os.environ.get("SORAFLOW_PUSHGATEWAY"):  # completion counts for Prometheus (a failed push only warns)
-        from monitoring.batch import ingest_groups, push_or_warn
+        from soraflow.monitoring.batch import ingest_groups, push_or_warn
 
         push_or_warn(os.environ["SORAFLOW_PUSHGATEWAY"], "ingest", ingest_groups(result), run_id=run_id or None)

@@ -39,11 +39,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.atomic import atomic_path, write_bytes_atomic, write_text_atomic
-from common.clip_table import PROVENANCE_COLUMNS, REQUIRED_COLUMNS, read_table, write_table
-from common.digests import file_sha256, table_record
+from soraflow.common.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from soraflow.common.clip_table import PROVENANCE_COLUMNS, REQUIRED_COLUMNS, read_table, write_table
+from soraflow.common.digests import file_sha256, table_record
 
-from common.video_io import VideoReadError, check_video_backend, probe_video, scan_frames, write_clip
+from soraflow.common.video_io import VideoReadError, check_video_backend, probe_video, scan_frames, write_clip
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
 REJECTED_COLUMNS = ["source", "row", "reason", "detail"]

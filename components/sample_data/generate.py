@@ -26,8 +26,8 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from common.atomic import atomic_path, write_bytes_atomic, write_text_atomic
-from common.video_io import ENCODER_THREADS
+from soraflow.common.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from soraflow.common.video_io import ENCODER_THREADS
 
 H, W, FPS = 144, 256, 24
 

@@ -9,7 +9,7 @@ def split_component(curated: Input[Dataset], split: Output[Dataset], metrics: Ou
     import json
     from pathlib import Path
 
-    from components.split import split_dataset
+    from soraflow.components.split import split_dataset
 
     result = split_dataset(curated.path, split.path, fraction=heldout_fraction)
     split.metadata.update({**result.counts, "heldout_table": "heldout.parquet"})

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.atomic import write_text_atomic
-from common.clip_table import HELDOUT_FILE, SET_FILES, SETS, read_table, write_table
+from soraflow.common.atomic import write_text_atomic
+from soraflow.common.clip_table import HELDOUT_FILE, SET_FILES, SETS, read_table, write_table
 
 HELDOUT_PREFIX = "heldout_"
 

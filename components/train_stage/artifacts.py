@@ -9,10 +9,10 @@ import os
 import shutil
 from pathlib import Path
 
-from common.clip_table import HELDOUT_FILE, SET_FILES
-from common.digests import file_sha256
-from common.stages import DATA_SET_BY_STAGE, OTHER_STEPS, STAGES
-from components.train_stage.stage import StageOutputs, run_stage
+from soraflow.common.clip_table import HELDOUT_FILE, SET_FILES
+from soraflow.common.digests import file_sha256
+from soraflow.common.stages import DATA_SET_BY_STAGE, OTHER_STEPS, STAGES
+from soraflow.components.train_stage.stage import StageOutputs, run_stage
 
 MODEL_FILE = "model.safetensors"
 AE_FILE = "autoencoder.safetensors"

@@ -15,7 +15,7 @@ def vae_train_component(recipe: str, curated: Input[Dataset], model: Output[Mode
                         nnodes: int = 1, nproc: int = 1, image: str = "", queue: str = "default",
                         overrides: str = "{}"):
     """Train the Video DC-AE on the 256px set."""
-    from components.train_stage.artifacts import train_step
+    from soraflow.components.train_stage.artifacts import train_step
 
     meta = train_step("vae_train", recipe=recipe, dataset_path=curated.path, model_artifact_path=model.path,
                       init_from=None, autoencoder=None, run_root=run_root, run_id=run_tag or run_id,
@@ -33,7 +33,7 @@ def hunyuan_vae_component(recipe: str, curated: Input[Dataset], model: Output[Mo
                           queue: str = "default", overrides: str = "{}"):
     """The autoencoder DiT stages 1-3 train on and decode with: trained here on the 256px training set, or, when
     `weights` names a HunyuanVideo VAE file, that file (nothing is trained; the artifact records the path)."""
-    from components.train_stage.artifacts import reference_weights, train_step
+    from soraflow.components.train_stage.artifacts import reference_weights, train_step
 
     if weights:
         meta = reference_weights(weights, model.path)
@@ -55,7 +55,7 @@ def dit_stage_component(stage: str, recipe: str, curated: Input[Dataset], model:
                         nproc: int = 1, image: str = "", queue: str = "default", overrides: str = "{}"):
     """DiT stage 1, 2 or 3: initialised from the previous stage's model, or (stage 1) from FLUX weights; decoding
     with `hunyuan_vae` when given, else the autoencoder step's weights."""
-    from components.train_stage.artifacts import autoencoder_file, model_file, train_step
+    from soraflow.components.train_stage.artifacts import autoencoder_file, model_file, train_step
 
     init_from = model_file(previous.path if previous is not None else None) or (init_weights or None)
     ae = hunyuan_vae or autoencoder_file(autoencoder.path if autoencoder is not None else None)
@@ -74,7 +74,7 @@ def distill_component(recipe: str, curated: Input[Dataset], teacher: Input[Model
                       run_id: str = "", run_tag: str = "", scheduler: str = "local_cwd", nnodes: int = 1,
                       nproc: int = 1, image: str = "", queue: str = "default", overrides: str = "{}"):
     """The high-compression DiT on the trained DC-AE's latents, initialised from the stage-3 model."""
-    from components.train_stage.artifacts import model_file, train_step
+    from soraflow.components.train_stage.artifacts import model_file, train_step
 
     meta = train_step("distill", recipe=recipe, dataset_path=curated.path, model_artifact_path=model.path,
                       init_from=model_file(teacher.path), autoencoder=model_file(autoencoder.path),

@@ -1,7 +1,7 @@
 """`run_stage`: one training stage of the pipeline (`docs/pipeline.md`) as a plain function.
 
 It checks its inputs (stage/recipe pairing, clip table, weight files and what they are), launches the recipe
-through torchx `local_cwd` -> torchrun (`training.launch.run_local`, restarts resume from the last
+through torchx `local_cwd` -> torchrun (`soraflow.training.launch.run_local`, restarts resume from the last
 checkpoint), then gathers what the next step needs: the exported weights, the resolved recipe, a model card,
 the metrics (losses and the goodput summary) and the sample videos the trainer wrote.
 
@@ -23,8 +23,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.atomic import write_text_atomic
-from common.stages import AE_FROM_STAGE, AE_STAGES, INIT_FROM_STAGE, STAGES
+from soraflow.common.atomic import write_text_atomic
+from soraflow.common.stages import AE_FROM_STAGE, AE_STAGES, INIT_FROM_STAGE, STAGES
 
 log = logging.getLogger("soraflow.train_stage")
 
@@ -66,8 +66,8 @@ def _check_file(path: str | None, what: str) -> Path | None:
 
 
 def _validate(stage, recipe, data_table, init_from, autoencoder, overrides):
-    from training.config import resolve
-    from training.recipes import get_recipe
+    from soraflow.training.config import resolve
+    from soraflow.training.recipes import get_recipe
 
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r} is not one of {list(STAGES)}")
@@ -80,7 +80,7 @@ def _validate(stage, recipe, data_table, init_from, autoencoder, overrides):
         raise ValueError(f"stage {stage}: no clip table (give data_table or override data.table)")
     if not Path(table).is_file():
         raise FileNotFoundError(f"data_table: {table} does not exist")
-    from common.clip_table import load_table
+    from soraflow.common.clip_table import load_table
 
     try:
         rows = load_table(table)
@@ -150,7 +150,7 @@ def _losses(run_dir: Path) -> list[list]:
 
 def _figures(run_dir: Path, goodput: dict) -> dict:
     """Per-stage training figures: step-time breakdown (loader wait, encoders), tokens/s, MFU, goodput."""
-    from training.goodput import mfu, read_events, step_time_breakdown
+    from soraflow.training.goodput import mfu, read_events, step_time_breakdown
 
     out = step_time_breakdown(read_events(str(run_dir / "goodput_events.jsonl")))
     out["mfu"] = mfu(out.get("flops_per_second"), float(goodput.get("peak_flops") or 0.0),
@@ -185,7 +185,7 @@ def _data_revision(run_dir: Path) -> str | None:
 
 def _failure_tail(log_dir: Path, n: int = 15) -> str:
     """The worker's own error (the end of the last Python traceback in a worker's log), then the end of the
-    launcher's log. torchrun's summary alone ("training.train FAILED ... exitcode 1") names no cause."""
+    launcher's log. torchrun's summary alone ("soraflow.training.train FAILED ... exitcode 1") names no cause."""
     worker, summary = [], []
     for f in sorted(log_dir.rglob("stderr*")):
         text = [ln for ln in f.read_text(errors="replace").splitlines() if ln.strip()]
@@ -227,7 +227,7 @@ def run_stage(stage: str, *, recipe: str, run_dir: str, data_table: str | None =
     """`scheduler="kubernetes"` submits a Volcano gang job of `nnodes` x `nproc` GPUs running `image` and
     follows it; `run_dir` (and the table) must then be on a volume those pods mount. `progress(line)` gets
     rank 0's step lines while a local job runs."""
-    from training.launch import LaunchSpec, cluster_job_name, run_kubernetes, run_local
+    from soraflow.training.launch import LaunchSpec, cluster_job_name, run_kubernetes, run_local
 
     if scheduler not in ("local_cwd", "kubernetes"):
         raise ValueError(f"scheduler must be 'local_cwd' or 'kubernetes', got {scheduler!r}")

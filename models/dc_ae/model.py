@@ -229,7 +229,7 @@ def _short_list(keys: list[str], n: int = 8) -> str:
 
 
 class VideoDCAE(nn.Module):
-    """Video DC-AE, implementing `models.autoencoder.VideoAutoencoder`.
+    """Video DC-AE, implementing `soraflow.models.autoencoder.VideoAutoencoder`.
 
     * Non-causal, deterministic (no KL): `T` must be a multiple of 4 (or 1 for a single image, which runs the
       temporal resampling blocks spatial-only); `H`, `W` multiples of 32. Latent = [B, 128, T/4, H/32, W/32].

@@ -1,7 +1,7 @@
 """Flow matching (objective, timestep shift), visual conditions and the guided Euler sampler
 (docs/models.md#flow-matching-objective)."""
 
-from models.flow.conditions import (
+from soraflow.models.flow.conditions import (
     CONDITION_TYPES,
     DEFAULT_TRAIN_CONDITION_WEIGHTS,
     I2V_TYPES,
@@ -19,7 +19,7 @@ from models.flow.conditions import (
     reference_frames,
     reference_pixel_clips,
 )
-from models.flow.flow_matching import (
+from soraflow.models.flow.flow_matching import (
     SIGMA_MIN,
     draw_train_noise,
     flow_matching_loss,
@@ -34,7 +34,7 @@ from models.flow.flow_matching import (
     train_tokens_per_frame,
     velocity_target,
 )
-from models.flow.sampler import (
+from soraflow.models.flow.sampler import (
     GuidanceBatch,
     StepInfo,
     build_guidance_batch,

@@ -25,14 +25,14 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from models.flow.conditions import (
+from soraflow.models.flow.conditions import (
     build_cond,
     condition_mask,
     is_i2v,
     place_references,
 )
-from models.flow.flow_matching import inference_shift_alpha, inference_timesteps
-from models.packing import image_position_ids, pack, text_position_ids, unpack
+from soraflow.models.flow.flow_matching import inference_shift_alpha, inference_timesteps
+from soraflow.models.packing import image_position_ids, pack, text_position_ids, unpack
 
 OSCILLATION_FORCE_STEPS = 10
 

@@ -50,7 +50,7 @@ def _blend(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> torch.Ten
 
 
 class HunyuanVideoVAE(nn.Module):
-    """Frozen HunyuanVideo VAE implementing `models.autoencoder.VideoAutoencoder`.
+    """Frozen HunyuanVideo VAE implementing `soraflow.models.autoencoder.VideoAutoencoder`.
 
     Videos are [B, 3, T, H, W] in [-1, 1] with T = 4k+1 and H, W multiples of 8; latents are *scaled*
     [B, 16, k+1, H/8, W/8].

@@ -109,7 +109,7 @@ def fp8_linear_names(model: nn.Module) -> list[str]:
 def quantize_fp8(model: nn.Module, granularity: str = "row", emulate: bool | None = None,
                  fast_accum: bool = True) -> nn.Module:
     """Replace the block linears of an MMDiT by FP8Linear in place (inference only; call after the model is on its
-    final device and dtype, instead of `fuse_projections()`; `training.parallel.mmdit.apply_compile` may follow).
+    final device and dtype, instead of `fuse_projections()`; `soraflow.training.parallel.mmdit.apply_compile` may follow).
     The bf16 weights of those linears are released, so the DiT's weight memory roughly halves."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")

@@ -14,12 +14,12 @@ import pytest
 pytestmark = pytest.mark.skipif(shutil.which("git") is None,
                                 reason="needs git")
 
-from common.video_io import write_video  # noqa: E402
-from components.data import DataError, dataset  # noqa: E402
-from components.filter import run_filter  # noqa: E402
-from common.dvc import ensure_dvc_repo  # noqa: E402
-from cli.main import main  # noqa: E402
-from training.data import data_revision, load_table  # noqa: E402
+from soraflow.common.video_io import write_video  # noqa: E402
+from soraflow.components.data import DataError, dataset  # noqa: E402
+from soraflow.components.filter import run_filter  # noqa: E402
+from soraflow.common.dvc import ensure_dvc_repo  # noqa: E402
+from soraflow.cli.main import main  # noqa: E402
+from soraflow.training.data import data_revision, load_table  # noqa: E402
 
 BUCKETS = {"256px": {16: (1.0, 1)}}
 
@@ -124,7 +124,7 @@ def test_clear_errors(repo, tmp_path):
 def test_fetch_revision_needs_no_checkout_and_checks_every_file(curated, repo, tmp_path):
     """A pipeline step that starts from data.dvc's revision gets the very files `data version` recorded,
     from the remote alone; a file that is missing or corrupted there is named."""
-    from components.data.dataset import fetch_revision
+    from soraflow.components.data.dataset import fetch_revision
 
     remote = tmp_path / "remote"
     v = dataset.version(repo, curated, remote=str(remote))

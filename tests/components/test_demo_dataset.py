@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.digests import file_md5
-from components.data.dataset import diff_listings, file_listing
+from soraflow.common.digests import file_md5
+from soraflow.components.data.dataset import diff_listings, file_listing
 
 REPO = Path(__file__).resolve().parents[2]
 POINTER = REPO / "data.dvc"
@@ -95,10 +95,10 @@ def test_changed_input_changes_revision_and_names_the_files(curated, tmp_path):
     captions (and stats.json, which records their digests) -- no clip is re-encoded differently."""
     import pandas as pd
 
-    from components.data import version
-    from components.filter import run_filter
-    from components.ingest import ingest
-    from components.sample_data.generate import DEMO_FILTER_SETTINGS
+    from soraflow.components.data import version
+    from soraflow.components.filter import run_filter
+    from soraflow.components.ingest import ingest
+    from soraflow.components.sample_data.generate import DEMO_FILTER_SETTINGS
 
     root, before = curated
     manifest = pd.read_csv(root / "raw" / "manifest.csv", dtype=str, keep_default_na=False)

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from components.eval.learning import fd_proxy, format_checks, gates_passed, learning_checks, video_features
-from components.sample_data import pan, zoom
+from soraflow.components.eval.learning import fd_proxy, format_checks, gates_passed, learning_checks, video_features
+from soraflow.components.sample_data import pan, zoom
 
 
 @pytest.fixture(autouse=True)
@@ -64,11 +64,11 @@ def test_checks_pass_a_chain_that_learned_and_fail_one_that_did_not():
 def test_heldout_flow_matching_loss_fails_an_untrained_model():
     """The real held-out evaluation on a real clip: a tiny DiT fitted for a few steps beats its init; the
     init scored as "trained" fails the check."""
-    from models.hunyuan_vae import HunyuanVideoVAE
-    from models.mmdit import MMDiT, get_config
-    from models.text import TextConditioner
-    from models.text.tiny import tiny_text_encoder_dirs
-    from training.heldout import HeldoutClip, HeldoutLatents, fm_heldout_loss
+    from soraflow.models.hunyuan_vae import HunyuanVideoVAE
+    from soraflow.models.mmdit import MMDiT, get_config
+    from soraflow.models.text import TextConditioner
+    from soraflow.models.text.tiny import tiny_text_encoder_dirs
+    from soraflow.training.heldout import HeldoutClip, HeldoutLatents, fm_heldout_loss
 
     torch.manual_seed(0)
     ae = HunyuanVideoVAE.tiny().eval().requires_grad_(False)
@@ -82,8 +82,8 @@ def test_heldout_flow_matching_loss_fails_an_untrained_model():
     assert fm_heldout_loss(init, again)["fm_loss_mean"] == start  # fixed noise and timesteps: reproducible
     trained = copy.deepcopy(init).train()
     opt = torch.optim.AdamW(trained.parameters(), lr=2e-3)
-    from models.flow import flow_matching_loss, noisy_latent, velocity_target
-    from models.packing import image_position_ids, pack, text_position_ids
+    from soraflow.models.flow import flow_matching_loss, noisy_latent, velocity_target
+    from soraflow.models.packing import image_position_ids, pack, text_position_ids
 
     it = lat.items[0]
     g = torch.Generator().manual_seed(0)
@@ -122,7 +122,7 @@ def test_fd_proxy_ranks_samples_by_closeness_to_the_reference():
 
 
 def test_split_holds_out_whole_sources(tmp_path):
-    from components.split import heldout_sources, split_dataset
+    from soraflow.components.split import heldout_sources, split_dataset
 
     cur = tmp_path / "curated"
     cur.mkdir()
@@ -147,8 +147,8 @@ def test_split_holds_out_whole_sources(tmp_path):
 
 
 def test_latent_standardisation_fold_is_exact():
-    from models.hunyuan_vae import HunyuanVideoVAE
-    from training.stages import fold_latent_standardisation
+    from soraflow.models.hunyuan_vae import HunyuanVideoVAE
+    from soraflow.training.stages import fold_latent_standardisation
 
     torch.manual_seed(0)
     ae = HunyuanVideoVAE.tiny().eval()
@@ -169,8 +169,8 @@ def test_latent_standardisation_fold_is_exact():
 
 @pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="needs Debian's chromium: sudo make test-deps")
 def test_report_images_load_in_chromium_and_a_missing_one_is_caught(tmp_path):
-    from components.eval.browser import report_images
-    from components.eval.report import _gif_frames, curve_svg
+    from soraflow.components.eval.browser import report_images
+    from soraflow.components.eval.report import _gif_frames, curve_svg
 
     out = tmp_path / "r"
     _gif_frames(pan("astronaut", 4, 2, 32, 32), out / "thumbs" / "a.gif")
@@ -188,9 +188,9 @@ def test_autoencoder_exports_say_what_they_are(tmp_path):
     """Loaders build the architecture an export names (`config`) and the DC-AE scaling factor it measured."""
     from safetensors.torch import save_file
 
-    from models.dc_ae import DCAEConfig, VideoDCAE
-    from models.hunyuan_vae import HunyuanVideoVAE
-    from models.hunyuan_vae.config import HunyuanVAEConfig, config_for_weights
+    from soraflow.models.dc_ae import DCAEConfig, VideoDCAE
+    from soraflow.models.hunyuan_vae import HunyuanVideoVAE
+    from soraflow.models.hunyuan_vae.config import HunyuanVAEConfig, config_for_weights
 
     s4 = HunyuanVideoVAE(HunyuanVAEConfig.named("hunyuan-vae-tiny-s4"))
     path = tmp_path / "hy.safetensors"
@@ -208,7 +208,7 @@ def test_autoencoder_exports_say_what_they_are(tmp_path):
 
 
 def test_heldout_cache_shares_results_of_one_autoencoder_file_only(tmp_path):
-    from components.eval.heldout import HeldoutCache
+    from soraflow.components.eval.heldout import HeldoutCache
 
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     a.write_bytes(b"x")

@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from components.eval import metrics as M
-from components.eval.suite import load_suite, prompt_from_file_name, video_file_name
-from components.eval.vbench_runner import DEFAULT_FILES, check_weights, parse_results, run_vbench
-from components.eval.vbench_scores import DIMENSIONS, PUBLISHED, aggregate, normalize, total_from_groups
-from components.sample_data import pan
+from soraflow.components.eval import metrics as M
+from soraflow.components.eval.suite import load_suite, prompt_from_file_name, video_file_name
+from soraflow.components.eval.vbench_runner import DEFAULT_FILES, check_weights, parse_results, run_vbench
+from soraflow.components.eval.vbench_scores import DIMENSIONS, PUBLISHED, aggregate, normalize, total_from_groups
+from soraflow.components.sample_data import pan
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "eval.md"  # VBench's constants, tabulated
 RNG = np.random.default_rng(0)

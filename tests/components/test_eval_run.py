@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from common.video_io import probe_video, write_video
-from components.eval import EvalModel, kfp_metrics, read_manifest, run_eval
-from components.sample_data import pan
-from cli.main import main as cli_main
+from soraflow.common.video_io import probe_video, write_video
+from soraflow.components.eval import EvalModel, kfp_metrics, read_manifest, run_eval
+from soraflow.components.sample_data import pan
+from soraflow.cli.main import main as cli_main
 
 
 @pytest.fixture(autouse=True)

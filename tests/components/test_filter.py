@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.filter import (  # noqa: E402
+from soraflow.components.filter import (  # noqa: E402
     AestheticScorer,
     Clip,
     FilterThresholds,
@@ -24,8 +24,8 @@ from components.filter import (  # noqa: E402
     run_filter,
     validate_table,
 )
-from common.clip_table import read_table  # noqa: E402
-from common.video_io import write_video  # noqa: E402
+from soraflow.common.clip_table import read_table  # noqa: E402
+from soraflow.common.video_io import write_video  # noqa: E402
 
 S, T, FPS = 64, 16, 24.0
 
@@ -134,8 +134,8 @@ def _vmafmotion_filter(path) -> list[float]:
 def test_motion_matches_ffmpeg_vmafmotion(clips):
     """The luma engine against FFmpeg's vmafmotion filter: per frame within the filter's printed precision
     (%.2f, so 0.005), and the scorer's clip value is the mean of those per-frame scores."""
-    from common.video_io import iter_luma_frames
-    from components.filter.motion import VmafMotion
+    from soraflow.common.video_io import iter_luma_frames
+    from soraflow.components.filter.motion import VmafMotion
 
     for name in ("speed1", "speed8", "good_b", "jittery", "blurred"):
         per_frame = _vmafmotion_filter(clips[name])
@@ -194,7 +194,7 @@ def test_pyramid_and_files(result):
 
 def test_captions_get_fps_and_motion_suffix_once(result):
     # The set stores the raw caption next to fps / score_vmafmotion; the training dataset appends the suffix.
-    from training.data import VideoTextDataset
+    from soraflow.training.data import VideoTextDataset
 
     s = result.set_256.set_index(result.set_256["path"].map(lambda p: Path(p).name))
     a = s.loc["good_a.mp4"]
@@ -250,9 +250,9 @@ def test_failed_validation_keeps_previous_dataset(result, table, tmp_path):
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_dvc_round_trip(result, tmp_path):
-    from common.digests import file_md5
-    from common.dvc import status, track
-    from components.filter.versioning import version_dataset
+    from soraflow.common.digests import file_md5
+    from soraflow.common.dvc import status, track
+    from soraflow.components.filter.versioning import version_dataset
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -273,7 +273,7 @@ def test_dvc_round_trip(result, tmp_path):
 def test_cli_filter(table, tmp_path, capsys):
     import json
 
-    from cli.main import main
+    from soraflow.cli.main import main
 
     src = tmp_path / "clips.csv"
     table[table["path"].str.endswith(("good_a.mp4", "blurred.mp4"))].to_csv(src, index=False)
@@ -287,7 +287,7 @@ def test_cli_filter(table, tmp_path, capsys):
 
 
 def test_every_clip_rejected_by_one_stage_stops_with_it(table, tmp_path):
-    from components.filter import FilterError
+    from soraflow.components.filter import FilterError
 
     broken = table[table["text"] == "broken"]
     bad = pd.concat([broken, broken.assign(path=str(tmp_path / "gone.mp4"))], ignore_index=True)
@@ -306,7 +306,7 @@ def _scored_row(height: int, width: int) -> pd.Series:
 
 
 def test_the_768px_level_needs_a_clip_as_large_as_its_smallest_bucket():
-    from components.filter.filter import THRESHOLDS_256, THRESHOLDS_768, _check
+    from soraflow.components.filter.filter import THRESHOLDS_256, THRESHOLDS_768, _check
 
     # the smallest 768px bucket is 16:9 576x1024: a 480p clip would be upscaled, so it stays 256px-only
     assert _check(_scored_row(480, 854), THRESHOLDS_256) == (None, "")
@@ -316,7 +316,7 @@ def test_the_768px_level_needs_a_clip_as_large_as_its_smallest_bucket():
 
 
 def test_thresholds_from_a_mapping_change_only_what_they_name():
-    from components.filter import THRESHOLDS_768, as_thresholds
+    from soraflow.components.filter import THRESHOLDS_768, as_thresholds
 
     t = as_thresholds({"min_short_side": 144, "aesthetic_min": None}, THRESHOLDS_768, "thresholds_768")
     assert (t.min_short_side, t.aesthetic_min) == (144, None)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.ingest import ingest, read_inputs
-from common.clip_table import REQUIRED_COLUMNS
-from components.sample_data import load_ground_truth, make_sample_videos
-from common.video_io import probe_video, read_video_frames
-from cli.main import main
+from soraflow.components.ingest import ingest, read_inputs
+from soraflow.common.clip_table import REQUIRED_COLUMNS
+from soraflow.components.sample_data import load_ground_truth, make_sample_videos
+from soraflow.common.video_io import probe_video, read_video_frames
+from soraflow.cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +188,8 @@ def test_cli_sample_data_and_ingest(tmp_path, capsys):
 # --- the cutting rules on known frame times, and failing fast -------------------------------------------------------
 
 def _cut(times, scores, **kw):
-    from common.video_io import ScannedFrame
-    from components.ingest import ClipCutter, IngestParams
+    from soraflow.common.video_io import ScannedFrame
+    from soraflow.components.ingest import ClipCutter, IngestParams
 
     clips = []
     cutter = ClipCutter(IngestParams(**kw), 1 / 24,
@@ -214,7 +214,7 @@ def test_clip_cutter_splits_shots_greedily():
 def test_constant_rate_resampling():
     from fractions import Fraction
 
-    from common.video_io import constant_rate_frames
+    from soraflow.common.video_io import constant_rate_frames
 
     t30 = [i / 30 for i in range(60)]
     assert constant_rate_frames(t30, 0.0, 2.0, Fraction(15)) == list(range(0, 60, 2))
@@ -224,7 +224,7 @@ def test_constant_rate_resampling():
 
 
 def test_every_source_rejected_for_one_reason_stops_with_it(tmp_path):
-    from components.ingest import IngestError
+    from soraflow.components.ingest import IngestError
 
     src = tmp_path / "src"
     src.mkdir()
@@ -245,7 +245,7 @@ def test_missing_video_backend_is_one_error_at_the_start(sample, tmp_path, monke
     missing, instead of rejecting every video as broken."""
     import av.filter
 
-    from common.video_io import VideoBackendError
+    from soraflow.common.video_io import VideoBackendError
 
     monkeypatch.setattr(av.filter, "filters_available", set(av.filter.filters_available) - {"scdet"})
     with pytest.raises(VideoBackendError, match="lacks filter scdet"):
@@ -256,8 +256,8 @@ def test_missing_video_backend_is_one_error_at_the_start(sample, tmp_path, monke
 def test_manifest_digest_follows_content_not_path(sample, tmp_path):
     """KFP caches ingest on its inputs: the digest input changes when a manifest is rewritten in place, and a
     run whose input changed after submission is refused instead of mixing two versions."""
-    from components.ingest import IngestError
-    from components.ingest.ingest import manifest_digest, verify_manifest
+    from soraflow.components.ingest import IngestError
+    from soraflow.components.ingest.ingest import manifest_digest, verify_manifest
 
     m = tmp_path / "manifest.csv"
     shutil.copy(sample["manifest"], m)

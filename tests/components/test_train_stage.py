@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from components.train_stage import run_stage
-from components.train_stage.stage import _validate, stage_overrides
-from training.config import apply_overrides
-from training.data.fixtures import make_video_table
-from training.recipes import DISTILL_REINIT, get_recipe
+from soraflow.components.train_stage import run_stage
+from soraflow.components.train_stage.stage import _validate, stage_overrides
+from soraflow.training.config import apply_overrides
+from soraflow.training.data.fixtures import make_video_table
+from soraflow.training.recipes import DISTILL_REINIT, get_recipe
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("isolated_soraflow_cache")
 def _train(stage, recipe, run_dir, table, init=None, ae=None, steps=2):
     """The in-process twin of run_stage: same validation and input wiring, no torchx (keeps the test short).
     Returns (initial weights as the stage saw them, path of the export)."""
-    from training.trainer import Trainer
+    from soraflow.training.trainer import Trainer
 
     _, table, init_p, ae_p = _validate(stage, recipe, table, init, ae, {"max_steps": steps})
     cfg = get_recipe(recipe)
@@ -132,8 +132,8 @@ def test_inputs_are_checked_before_launch(chain, table, tmp_path):
 
 def test_checkpoint_of_another_config_is_named(chain, table, tmp_path):
     """A stage-2 export loaded into a model of another width stops with the mismatching keys named."""
-    from models.mmdit.checkpoint import CheckpointMismatch
-    from training.trainer import Trainer
+    from soraflow.models.mmdit.checkpoint import CheckpointMismatch
+    from soraflow.training.trainer import Trainer
 
     cfg = get_recipe("tiny-cpu-stage3")
     cfg.run_dir, cfg.checkpoint.dir, cfg.data.table = str(tmp_path), str(tmp_path / "c"), table
@@ -145,7 +145,7 @@ def test_checkpoint_of_another_config_is_named(chain, table, tmp_path):
 
 def test_a_failed_stage_names_the_workers_own_error(tmp_path):
     """torchrun's summary says only 'exitcode 1'; the message must carry the worker's traceback."""
-    from components.train_stage.stage import _failure_tail
+    from soraflow.components.train_stage.stage import _failure_tail
 
     app = tmp_path / "torchx" / "app"
     worker = app / "torchelastic" / "trainer" / "app_x" / "attempt_0" / "0" / "stderr.log"
@@ -154,7 +154,7 @@ def test_a_failed_stage_names_the_workers_own_error(tmp_path):
                       "RuntimeError: loss guard tripped (spike) at step 21 and no checkpoint exists\n")
     summary = app / "trainer" / "0" / "stderr.log"
     summary.parent.mkdir(parents=True)
-    summary.write_text("training.train FAILED\n  exitcode  : 1 (pid: 2988)\n")
+    summary.write_text("soraflow.training.train FAILED\n  exitcode  : 1 (pid: 2988)\n")
     tail = _failure_tail(tmp_path)
     assert "RuntimeError: loss guard tripped (spike)" in tail
     assert tail.index("RuntimeError") < tail.index("exitcode  : 1")

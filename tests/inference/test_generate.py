@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from inference import GenerateOptions, build_pipeline, generate
-from inference.generate import tiny_text_encoder_dirs
-from common.video_io import probe_video, read_video
-from models.aspect import inference_size
-from cli.main import main as cli_main
+from soraflow.inference import GenerateOptions, build_pipeline, generate
+from soraflow.inference.generate import tiny_text_encoder_dirs
+from soraflow.common.video_io import probe_video, read_video
+from soraflow.models.aspect import inference_size
+from soraflow.cli.main import main as cli_main
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +52,8 @@ def test_same_seed_same_video_other_seed_other_video(tmp_path):
 
 def test_generate_equals_the_parts_run_by_hand(tmp_path):
     """generate() = caption suffix -> T5/CLIP -> sampler -> AE decode, nothing else in between."""
-    from models.flow.sampler import inference_latent_shape, sample
-    from models.text import inference_caption
+    from soraflow.models.flow.sampler import inference_latent_shape, sample
+    from soraflow.models.text import inference_caption
 
     opts = _opts(tmp_path, dtype="fp32")
     pipe = build_pipeline(opts, torch.device("cpu"), torch.float32)
@@ -128,7 +128,7 @@ def test_inference_sizes_match_the_spec_table():
 
 
 def _tiny_sampling_case():
-    from models.mmdit import MMDiT, get_config
+    from soraflow.models.mmdit import MMDiT, get_config
 
     torch.manual_seed(0)
     model = MMDiT(get_config("tiny")).eval()
@@ -153,8 +153,8 @@ def test_speed_options_give_the_plain_video():
     tests/models/test_fp8.py; stated tolerance 5% relative on the latent after 6 steps)."""
     import copy
 
-    from models.flow.sampler import sample, three_pass_velocity
-    from models.mmdit.fp8 import quantize_fp8
+    from soraflow.models.flow.sampler import sample, three_pass_velocity
+    from soraflow.models.mmdit.fp8 import quantize_fp8
 
     model, case = _tiny_sampling_case()
     with torch.no_grad():
@@ -172,8 +172,8 @@ def test_compiled_blocks_give_the_eager_video():
     """torch.compile'd blocks (inductor on CPU: ~15 s of compiling on 2 cores) vs eager: fp32 reassociation only."""
     import copy
 
-    from models.flow.sampler import sample
-    from training.parallel.mmdit import apply_compile
+    from soraflow.models.flow.sampler import sample
+    from soraflow.training.parallel.mmdit import apply_compile
 
     model, case = _tiny_sampling_case()
     with torch.no_grad():
@@ -196,7 +196,7 @@ def test_offload_and_fp8_through_generate(tmp_path):
 def test_text_to_image_to_video_on_cpu(tmp_path):
     """t2i2v: the tiny FLUX-layout model draws the first frame with embedded guidance (one forward per step), the
     FLUX AE decodes it, and that PNG is the i2v_head reference: the video's first latent frame is its encoding."""
-    from inference.t2i import build_image_pipeline, text_to_image
+    from soraflow.inference.t2i import build_image_pipeline, text_to_image
     from PIL import Image
 
     opts = _opts(tmp_path, t2i2v=True, image_model="tiny-flux", image_height=64, image_width=64, dtype="fp32",
@@ -212,7 +212,7 @@ def test_text_to_image_to_video_on_cpu(tmp_path):
     assert png.suffix == ".png" and Image.open(png).size == (64, 64)
     assert probe_video(result.paths[0], count_frames=True).num_frames == 9
     # The first frame is the drawn image: the reference latent written back into latent frame 0.
-    from inference.generate import _load_reference
+    from soraflow.inference.generate import _load_reference
 
     ref = _load_reference(str(png), 64, 64)
     with torch.no_grad():
@@ -250,7 +250,7 @@ def test_noncausal_i2v_drops_the_three_pad_frames_like_the_release(tmp_path):
 
 
 def test_hc_generation_builds_the_dcae_without_scaling_like_the_release(tmp_path):
-    from inference.generate import DCAE_TRAIN_SCALING_FACTOR, PIPELINES
+    from soraflow.inference.generate import DCAE_TRAIN_SCALING_FACTOR, PIPELINES
 
     # the released inference config builds the DC-AE without a scaling factor; tiny-hc (trained here with the
     # training value) keeps it; an explicit value or None overrides the preset

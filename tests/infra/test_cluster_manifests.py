@@ -115,7 +115,7 @@ def test_monitoring_app_builds_the_monitoring_kustomization_with_repo_runbook_li
     build, so the test does the same on a copy and builds it with the real kustomize."""
     import shutil
 
-    from monitoring.manifests import kustomize_build, kustomize_command
+    from soraflow.monitoring.manifests import kustomize_build, kustomize_command
     from infra_helpers import REPO, tf_module
 
     main = (TF_ROOT / "modules" / "cluster_addons" / "main.tf").read_text()

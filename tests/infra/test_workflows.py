@@ -96,9 +96,9 @@ def test_retrain_triggers():
 def test_retrain_submission_gives_every_input_the_compiled_pipeline_requires(monkeypatch):
     """The workflow's `soraflow submit` line, parsed by the real CLI: the pipeline it submits (the retraining
     one, from data.dvc's revision) gets every required input; the curating pipeline would lack raw_manifest."""
-    from cli.main import build_parser
-    from cli.submit import submit_request
-    from pipelines.submit import check_params, required_inputs
+    from soraflow.cli.main import build_parser
+    from soraflow.cli.submit import submit_request
+    from soraflow.pipelines.submit import check_params, required_inputs
 
     line = next(line for line in run_lines(wf("retrain.yml")) if "soraflow submit" in line)
     words = shlex.split(line.split("soraflow ", 1)[1].replace("${", "X{"))

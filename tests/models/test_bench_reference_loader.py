@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not REPO or not (Path(REPO) / "opensora/models/m
 
 def test_reference_build_matches_soraflow_forward_and_backward():
     import benchmarks.bench_vs_reference as bench
-    from models.mmdit import MMDiT, get_config
+    from soraflow.models.mmdit import MMDiT, get_config
 
     flux, notes = bench.load_reference(Path(REPO), "stand-in")
     assert notes["liger_kernel"].startswith("stand-in")

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.autoencoder import VideoAutoencoder
-from models.dc_ae import (
+from soraflow.models.autoencoder import VideoAutoencoder
+from soraflow.models.dc_ae import (
     ChannelDuplicatingPixelShuffle,
     DCAEConfig,
     LiteMLA,
@@ -24,7 +24,7 @@ from models.dc_ae import (
     reconstruction_nll,
     relu_linear_attention,
 )
-from models.dc_ae.layers import ResidualBlock
+from soraflow.models.dc_ae.layers import ResidualBlock
 
 torch.set_num_threads(2)
 
@@ -59,7 +59,7 @@ def test_unshuffle_averaging_hand_computed_2d():
 
 
 def test_per_frame_unshuffle_uses_torch_channel_order():
-    from models.dc_ae.layers import pixel_shuffle_2d_per_frame, pixel_unshuffle_2d_per_frame
+    from soraflow.models.dc_ae.layers import pixel_shuffle_2d_per_frame, pixel_unshuffle_2d_per_frame
 
     x = torch.randn(2, 3, 4, 6, 8)
     ref = F.pixel_unshuffle(x.transpose(1, 2).contiguous(), 2).transpose(1, 2)

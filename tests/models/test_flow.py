@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from models.flow import (
+from soraflow.models.flow import (
     SIGMA_MIN,
     allowed_condition_weights,
     build_cond,
@@ -39,7 +39,7 @@ from models.flow import (
     two_pass_velocity,
     velocity_target,
 )
-from models.packing import pack
+from soraflow.models.packing import pack
 
 # ------------------------------------------------------------------------------------------------------
 # Objective
@@ -549,7 +549,7 @@ def test_inference_latent_shape_rounding():
 def test_t2v_two_pass_shortcut_equals_three_passes_on_a_real_model():
     """For t2v the third pass (null text, zero cond) has the second pass's inputs; one 2B call must give the
     video the 3B call gives, on the tiny MMDiT with random weights."""
-    from models.mmdit import MMDiT, get_config
+    from soraflow.models.mmdit import MMDiT, get_config
 
     torch.manual_seed(0)
     model = MMDiT(get_config("tiny")).eval()

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models.mmdit import MMDiT, get_config
-from models.mmdit.fp8 import FP8Linear, e4m3_matmul_error_bound, fp8_linear_names, quantize_fp8
+from soraflow.models.mmdit import MMDiT, get_config
+from soraflow.models.mmdit.fp8 import FP8Linear, e4m3_matmul_error_bound, fp8_linear_names, quantize_fp8
 
 E4M3 = torch.float8_e4m3fn
 
@@ -102,7 +102,7 @@ def test_quantize_fp8_converts_the_block_linears_only():
 def _tiny_inputs(cfg, seed=0):
     g = torch.Generator().manual_seed(seed)
     b, t, h, w, lt = 2, 2, 4, 4, 6
-    from models.packing import image_position_ids, text_position_ids
+    from soraflow.models.packing import image_position_ids, text_position_ids
 
     return dict(img=torch.randn(b, t * h * w, cfg.in_channels, generator=g),
                 img_ids=image_position_ids(b, t, 2 * h, 2 * w, cfg.patch_size),

@@ -12,10 +12,10 @@ import torch
 
 torchao = pytest.importorskip("torchao", reason="FP8 training needs the [fp8] extra (torchao)")
 
-from models.mmdit import MMDiT, get_config  # noqa: E402
-from models.mmdit.fp8 import (FP8_TRAINING_RECIPES, convert_to_fp8_training, e4m3_matmul_error_bound,  # noqa: E402
+from soraflow.models.mmdit import MMDiT, get_config  # noqa: E402
+from soraflow.models.mmdit.fp8 import (FP8_TRAINING_RECIPES, convert_to_fp8_training, e4m3_matmul_error_bound,  # noqa: E402
                               fp8_linear_names)
-from models.packing import image_position_ids, text_position_ids  # noqa: E402
+from soraflow.models.packing import image_position_ids, text_position_ids  # noqa: E402
 
 # Width 128 (linears of 128..640): all block linears are FP8-convertible, as at the real widths.
 CFG = get_config("tiny", hidden_size=128, num_heads=4, axes_dim=(8, 12, 12))
@@ -123,7 +123,7 @@ def test_fp8_training_follows_bf16_losses():
     """12 AdamW steps of the width-128 model on a fixed batch set, "master" strategy (fp32 master weights):
     the FP8 losses stay within 2% of the bf16 losses at every step (the GPU run records 300+ steps on real
     data, benchmarks/)."""
-    from training.strategies import OptimConfig, build_strategy
+    from soraflow.training.strategies import OptimConfig, build_strategy
 
     def losses(recipe):
         net = _model().float()
@@ -155,7 +155,7 @@ def test_unknown_fp8_recipe_is_refused():
 def _fsdp2_float8_all_gather(queue):
     import torch.distributed as dist
 
-    from training.strategies import OptimConfig, build_strategy
+    from soraflow.training.strategies import OptimConfig, build_strategy
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:

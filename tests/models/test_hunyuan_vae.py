@@ -10,8 +10,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from models.autoencoder import VideoAutoencoder
-from models.hunyuan_vae import (
+from soraflow.models.autoencoder import VideoAutoencoder
+from soraflow.models.hunyuan_vae import (
     CheckpointMismatch,
     HunyuanVAEConfig,
     HunyuanVideoVAE,

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from models.mmdit import MMDiT, convert_flux_state_dict, get_config, load_flux_checkpoint, load_mmdit_checkpoint
-from models.mmdit.checkpoint import CheckpointMismatch
-from models.mmdit.layers import timestep_embedding
-from models.mmdit.rope import apply_rope, rope_angles, rope_tables, rotate_half_permutation
-from models.packing import image_position_ids, pack, text_position_ids, unpack
+from soraflow.models.mmdit import MMDiT, convert_flux_state_dict, get_config, load_flux_checkpoint, load_mmdit_checkpoint
+from soraflow.models.mmdit.checkpoint import CheckpointMismatch
+from soraflow.models.mmdit.layers import timestep_embedding
+from soraflow.models.mmdit.rope import apply_rope, rope_angles, rope_tables, rotate_half_permutation
+from soraflow.models.packing import image_position_ids, pack, text_position_ids, unpack
 
 
 def official_key_shapes(depth=19, single=38, d=3072, in_ch=64, mlp=12288, vec=768, ctx=4096, head=128):
@@ -284,7 +284,7 @@ def test_text_and_image_positions():
 
 
 def test_selective_checkpointing_keeps_values_and_gradients():
-    from training.parallel.mmdit import apply_activation_checkpointing
+    from soraflow.training.parallel.mmdit import apply_activation_checkpointing
     cfg = get_config("tiny")
     x = _inputs(cfg)
     grads = []
@@ -382,7 +382,7 @@ def test_fused_projections_keep_outputs_and_state_dict():
 
 
 def test_concatenated_projections_give_the_separate_linears_values_and_gradients():
-    from training.parallel.mmdit import set_concat_projections
+    from soraflow.training.parallel.mmdit import set_concat_projections
 
     cfg = get_config("tiny")
     x = _inputs(cfg)
@@ -401,7 +401,7 @@ def test_concatenated_projections_give_the_separate_linears_values_and_gradients
 
 
 def test_k_aligned_linear_pads_with_zeros_only():
-    from models.mmdit.layers import linear_k_aligned
+    from soraflow.models.mmdit.layers import linear_k_aligned
 
     lin = torch.nn.Linear(68, 16).double()
     x = torch.randn(5, 68, dtype=torch.float64)

@@ -139,7 +139,7 @@ class TestMMDiT(ModelBattery):
     bf16_rel_tol = 3e-2  # measured 7.2e-3 on the tiny config
 
     def make_model(self, seed=0):
-        from models.mmdit import MMDiT, get_config
+        from soraflow.models.mmdit import MMDiT, get_config
 
         torch.manual_seed(seed)
         model = MMDiT(get_config("tiny"))
@@ -148,8 +148,8 @@ class TestMMDiT(ModelBattery):
         return model
 
     def make_inputs(self, dtype=torch.float32):
-        from models.mmdit import get_config
-        from models.packing import image_position_ids, text_position_ids
+        from soraflow.models.mmdit import get_config
+        from soraflow.models.packing import image_position_ids, text_position_ids
 
         cfg = get_config("tiny")
         g = torch.Generator().manual_seed(7)
@@ -162,19 +162,19 @@ class TestMMDiT(ModelBattery):
                     y_vec=r(b, cfg.vec_in_dim), cond=r(b, n_img, cfg.cond_channels))
 
     def save_and_load(self, model, tmp_path):
-        from models.mmdit import load_mmdit_checkpoint
+        from soraflow.models.mmdit import load_mmdit_checkpoint
 
         save_file(model.state_dict(), str(tmp_path / "Open_Sora_v2.safetensors"))
         return load_mmdit_checkpoint(self.make_model(seed=1), tmp_path / "Open_Sora_v2.safetensors")
 
     def apply_checkpointing(self, model):
-        from training.parallel.mmdit import apply_activation_checkpointing
+        from soraflow.training.parallel.mmdit import apply_activation_checkpointing
 
         apply_activation_checkpointing(model, (100, 100))
         return [*model.double_blocks, *model.single_blocks]
 
     def compile(self, model):
-        from training.parallel.mmdit import apply_compile
+        from soraflow.training.parallel.mmdit import apply_compile
 
         return apply_compile(model, backend="aot_eager")
 
@@ -185,7 +185,7 @@ class TestVideoDCAE(ModelBattery):
     bf16_rel_tol = 4e-2  # measured 1.4e-2 on the tiny config
 
     def make_model(self, seed=0):
-        from models.dc_ae import VideoDCAE
+        from soraflow.models.dc_ae import VideoDCAE
 
         torch.manual_seed(seed)
         return VideoDCAE.tiny()
@@ -199,13 +199,13 @@ class TestVideoDCAE(ModelBattery):
         return torch.cat([recon.flatten(), z.flatten()])
 
     def save_and_load(self, model, tmp_path):
-        from models.dc_ae import DCAEConfig, VideoDCAE
+        from soraflow.models.dc_ae import DCAEConfig, VideoDCAE
 
         save_file(model.state_dict(), str(tmp_path / "F32T4C128_AE.safetensors"))
         return VideoDCAE.from_pretrained(tmp_path / "F32T4C128_AE.safetensors", config=DCAEConfig.tiny())
 
     def apply_checkpointing(self, model):
-        from training.parallel.dc_ae import apply_activation_checkpointing, checkpoint_units
+        from soraflow.training.parallel.dc_ae import apply_activation_checkpointing, checkpoint_units
 
         apply_activation_checkpointing(model)
         return checkpoint_units(model)
@@ -225,7 +225,7 @@ class TestHunyuanVideoVAE(ModelBattery):
     bf16_rel_tol = 1e-1
 
     def make_model(self, seed=0):
-        from models.hunyuan_vae import HunyuanVideoVAE
+        from soraflow.models.hunyuan_vae import HunyuanVideoVAE
 
         torch.manual_seed(seed)
         return HunyuanVideoVAE.tiny()
@@ -242,13 +242,13 @@ class TestHunyuanVideoVAE(ModelBattery):
         return model.encode(inputs["video"], sample=False)
 
     def save_and_load(self, model, tmp_path):
-        from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
+        from soraflow.models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
 
         save_file(model.official_state_dict(), str(tmp_path / "hunyuan_vae.safetensors"))
         return HunyuanVideoVAE.from_pretrained(tmp_path, config=HunyuanVAEConfig.tiny())
 
     def apply_checkpointing(self, model):
-        from training.parallel.hunyuan_vae import apply_activation_checkpointing, checkpoint_units
+        from soraflow.training.parallel.hunyuan_vae import apply_activation_checkpointing, checkpoint_units
 
         apply_activation_checkpointing(model)
         return checkpoint_units(model)
@@ -268,7 +268,7 @@ NOT_COMPILED = ("never compiled: each caption is encoded once and cached (models
 
 @pytest.fixture(scope="module")
 def tiny_text(tmp_path_factory):
-    from models.text import make_tiny_text_encoders
+    from soraflow.models.text import make_tiny_text_encoders
 
     return make_tiny_text_encoders(tmp_path_factory.mktemp("battery_text"))
 
@@ -283,7 +283,7 @@ class _TextBattery(ModelBattery):
         self.dirs = tiny_text
 
     def make_model(self, seed=0, path=None, dtype=torch.float32):
-        from models.text import CLIPEmbedder, T5Embedder
+        from soraflow.models.text import CLIPEmbedder, T5Embedder
 
         if seed != 0:  # another init: the same architecture, re-seeded weights
             emb = self.make_model(0)

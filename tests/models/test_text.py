@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.text import (
+from soraflow.models.text import (
     DROPOUT_P,
     CLIPEmbedder,
     EmbeddingCache,

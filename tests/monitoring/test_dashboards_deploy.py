@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitoring.manifests import K8S_DIR, KUSTOMIZATION_DIR, kustomize_build, kustomize_command, load_manifests
+from soraflow.monitoring.manifests import K8S_DIR, KUSTOMIZATION_DIR, kustomize_build, kustomize_command, load_manifests
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "monitoring" / "dashboards").glob("*.json"))

@@ -9,8 +9,8 @@ import json
 import pytest
 import yaml
 
-from monitoring.manifests import PROMETHEUS_RULE, RULES_FILE, SCHEMA_FILE, load_manifests, render_prometheus_rule
-from monitoring.metrics import DEFAULT_TRAINER_PORT
+from soraflow.monitoring.manifests import PROMETHEUS_RULE, RULES_FILE, SCHEMA_FILE, load_manifests, render_prometheus_rule
+from soraflow.monitoring.metrics import DEFAULT_TRAINER_PORT
 
 import jsonschema  # noqa: E402  (declared in the test extra)
 
@@ -62,7 +62,7 @@ def test_schema_rejects_what_the_operator_would_drop_or_refuse(validator, manife
 
 def test_prometheus_rule_is_generated_from_the_rules_file(manifests):
     assert PROMETHEUS_RULE.read_text() == render_prometheus_rule(), (
-        "monitoring/k8s/prometheusrule.yaml is stale: run `python -m monitoring.manifests`")
+        "monitoring/k8s/prometheusrule.yaml is stale: run `python -m soraflow.monitoring.manifests`")
     rule = _by_name(manifests, "soraflow")
     assert rule["spec"]["groups"] == yaml.safe_load(RULES_FILE.read_text())["groups"]
 
@@ -77,7 +77,7 @@ def _matches(selector: dict, labels: dict) -> bool:
 
 
 def test_pod_monitor_selects_rank0_pod_of_the_launched_job(manifests):
-    from training.launch import LaunchSpec, kubernetes_dryrun
+    from soraflow.training.launch import LaunchSpec, kubernetes_dryrun
 
     job = kubernetes_dryrun(LaunchSpec(recipe="stage1-256px-h200x8", run_dir="/ckpt/run1", nnodes=2,
                                        nproc_per_node=8, gpus_per_node=8)).resource

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitoring.local import free_port, prometheus_config
+from soraflow.monitoring.local import free_port, prometheus_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMTOOL = shutil.which("promtool")
@@ -40,7 +40,7 @@ def test_generated_config_keeps_the_project_jobs_and_rules(tmp_path):
                     reason="needs Debian prometheus and prometheus-pushgateway: sudo make test-deps")
 def test_monitor_starts_both_servers_and_stops_on_ctrl_c(tmp_path):
     prom, pgw = free_port(), free_port()
-    cmd = [sys.executable, "-m", "cli", "monitor", "--data-dir", str(tmp_path / "mon"),
+    cmd = [sys.executable, "-m", "soraflow.cli", "monitor", "--data-dir", str(tmp_path / "mon"),
            "--prometheus-port", str(prom), "--pushgateway-port", str(pgw)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -13,7 +13,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring import metrics as m
+from soraflow.monitoring import metrics as m
 
 ROOT = Path(__file__).resolve().parents[2]
 MON = ROOT / "monitoring"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from monitoring.batch import filter_groups, push_groups
-from monitoring.local import LocalMonitoring, free_port
-from training.goodput import EVENTS_FILE, read_events, summarize_events
+from soraflow.monitoring.batch import filter_groups, push_groups
+from soraflow.monitoring.local import LocalMonitoring, free_port
+from soraflow.training.goodput import EVENTS_FILE, read_events, summarize_events
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "rules" / "soraflow.rules.yml"
@@ -76,7 +76,7 @@ def crashed_run(stack, tmp_path_factory):
     2. resumes at 2; kill -9 of rank 0 (the exporter's own process) after step 3; torchrun restarts it, it
        resumes from the step-2 checkpoint, redoes 3, finishes at 4 and re-serves on the same port.
     """
-    from training.data.fixtures import make_video_table
+    from soraflow.training.data.fixtures import make_video_table
 
     d = tmp_path_factory.mktemp("run")
     specs = [{"kind": "video", "num_frames": 24, "height": 64, "width": 64, "fps": 24, "text": f"clip {i}"}
@@ -88,7 +88,7 @@ def crashed_run(stack, tmp_path_factory):
     env.pop("SORAFLOW_CHAOS_KILL", None)
     t0 = time.monotonic()
     for max_steps, chaos in ((PHASE1_STEPS, None), (4, "0:3")):
-        cmd = [sys.executable, "-m", "cli", "train", "--recipe", "tiny-cpu-stage1", "--run-dir",
+        cmd = [sys.executable, "-m", "soraflow.cli", "train", "--recipe", "tiny-cpu-stage1", "--run-dir",
                str(run_dir), "--nproc", "1", "--max-restarts", "1", "--override", f"data.table={json.dumps(table)}",
                "--override", f"max_steps={max_steps}", "--override", f"checkpoint.ckpt_every={CKPT_EVERY}",
                "--override", "samples.every=0", "--override", f"metrics_port={stack.trainer_port}",
@@ -258,12 +258,12 @@ def test_batch_push_fires_filter_drop_rate_and_a_newer_run_ends_it(stack):
 def test_ingest_cli_pushes_its_counts(stack, tmp_path):
     """`soraflow ingest --pushgateway`: a 3 s video (kept) and a 1 s one (rejected: duration), counted by
     source; the pushed series reach Prometheus with the CLI's own numbers."""
-    from training.data.fixtures import make_video_table
+    from soraflow.training.data.fixtures import make_video_table
 
     make_video_table(tmp_path / "raw", [{"num_frames": 72, "fps": 24, "name": "long"},
                                         {"num_frames": 24, "fps": 24, "name": "short"}])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SORAFLOW_RUN_ID": "it-ingest"}
-    res = subprocess.run([sys.executable, "-m", "cli", "ingest", str(tmp_path / "raw"), "--out-dir",
+    res = subprocess.run([sys.executable, "-m", "soraflow.cli", "ingest", str(tmp_path / "raw"), "--out-dir",
                           str(tmp_path / "ingested"), "--no-progress", "--workers", "1", "--min-bpp", "0",
                           "--scene-threshold", "100",  # the fixture's frames change colour every frame: no cuts
                           "--pushgateway", stack.pushgateway_url.removeprefix("http://")],

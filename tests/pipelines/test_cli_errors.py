@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cli.main import main
+from soraflow.cli.main import main
 
 
 def test_usage_errors_exit_2_with_a_suggestion(capsys):
@@ -27,7 +27,7 @@ def test_expected_failures_exit_1_with_one_line(tmp_path, capsys):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    from components.ingest import IngestError
+    from soraflow.components.ingest import IngestError
 
     empty = tmp_path / "empty"
     empty.mkdir()

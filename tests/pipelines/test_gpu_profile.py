@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 
-from components.eval.learning import learning_checks
-from components.eval.pipeline_step import PRESET_BY_DIT_CONFIG, psnr_targets
-from cli.main import build_parser
-from pipelines.dag import GPU_RECIPES, TINY_RECIPES
-from pipelines.local_run import PROFILES, validate_run
-from training.config import ConfigError, resolve
-from training.goodput import mfu, step_time_breakdown
-from training.recipes import PSNR_TARGETS, get_recipe
+from soraflow.components.eval.learning import learning_checks
+from soraflow.components.eval.pipeline_step import PRESET_BY_DIT_CONFIG, psnr_targets
+from soraflow.cli.main import build_parser
+from soraflow.pipelines.dag import GPU_RECIPES, TINY_RECIPES
+from soraflow.pipelines.local_run import PROFILES, validate_run
+from soraflow.training.config import ConfigError, resolve
+from soraflow.training.goodput import mfu, step_time_breakdown
+from soraflow.training.recipes import PSNR_TARGETS, get_recipe
 
 
 def test_gpu_profile_names_a_recipe_for_every_step_and_each_validates():
@@ -56,9 +56,9 @@ def _params(module_factory) -> int:
 
 
 def test_gpu_models_are_the_sizes_the_docs_state():
-    from models.dc_ae import DCAEConfig, VideoDCAE
-    from models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
-    from models.mmdit import MMDiT, get_config
+    from soraflow.models.dc_ae import DCAEConfig, VideoDCAE
+    from soraflow.models.hunyuan_vae import HunyuanVAEConfig, HunyuanVideoVAE
+    from soraflow.models.mmdit import MMDiT, get_config
 
     c = get_config("gpu-demo")
     # per double block: 2 streams x (qkv 3d^2 + proj d^2 + MLP 8d^2 + modulation 6d^2) + biases/norms;
@@ -131,8 +131,8 @@ def test_dit_mfu_uses_the_documented_formula_on_a_small_config():
     and the formula agrees with torch's FLOP counter on the real forward (the rest is embedders/final layer)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from models.mmdit import MMDiT, get_config, mmdit_forward_flops
-    from models.packing import image_position_ids, text_position_ids
+    from soraflow.models.mmdit import MMDiT, get_config, mmdit_forward_flops
+    from soraflow.models.packing import image_position_ids, text_position_ids
 
     c = get_config("tiny").with_overrides(hidden_size=128, num_heads=4, axes_dim=(8, 12, 12), depth=2,
                                           depth_single_blocks=3, cond_embed=False)
@@ -159,7 +159,7 @@ def test_dit_mfu_uses_the_documented_formula_on_a_small_config():
 
 def test_autoencoder_flops_are_counted_per_multiply_add():
     """The AE stages' FLOPs come from torch's FLOP counter: a 3x3x3 convolution is 2·Cin·27 per output element."""
-    from training.stages import measured_forward_flops
+    from soraflow.training.stages import measured_forward_flops
 
     conv = torch.nn.Conv3d(4, 8, 3, padding=1)
     x = torch.randn(2, 4, 5, 6, 7)
@@ -169,10 +169,10 @@ def test_autoencoder_flops_are_counted_per_multiply_add():
 
 
 def test_loader_items_carry_their_decode_and_resize_seconds(tmp_path):
-    from training.data.dataset import VideoTextDataset
-    from training.data.fixtures import make_video_table
-    from training.data.loader import collate_skip
-    from training.trainer import _loader_timing
+    from soraflow.training.data.dataset import VideoTextDataset
+    from soraflow.training.data.fixtures import make_video_table
+    from soraflow.training.data.loader import collate_skip
+    from soraflow.training.trainer import _loader_timing
 
     table = make_video_table(tmp_path, [{"num_frames": 12, "height": 48, "width": 64, "fps": 24}] * 2)
     ds = VideoTextDataset(table)
@@ -192,8 +192,8 @@ def test_the_eval_finds_the_gpu_autoencoders_and_text_encoders(tmp_path):
     autoencoders with the tiny text encoders (nothing is downloaded on the GPU machine)."""
     from safetensors.torch import save_file
 
-    from inference.generate import PIPELINES
-    from models.hunyuan_vae.config import HunyuanVAEConfig, config_for_weights
+    from soraflow.inference.generate import PIPELINES
+    from soraflow.models.hunyuan_vae.config import HunyuanVAEConfig, config_for_weights
 
     path = tmp_path / "vae.safetensors"
     save_file({"x": torch.zeros(1)}, str(path), metadata={"config": "hunyuan-vae-half"})
@@ -207,7 +207,7 @@ def test_the_eval_finds_the_gpu_autoencoders_and_text_encoders(tmp_path):
 
 
 def test_run_takes_given_hunyuan_vae_weights_and_refuses_a_missing_file(tmp_path, capsys):
-    from cli.main import main
+    from soraflow.cli.main import main
 
     args = build_parser().parse_args(["run", "--profile", "gpu", "--hunyuan-vae", "w.safetensors"])
     assert args.hunyuan_vae == "w.safetensors"

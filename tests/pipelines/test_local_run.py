@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.train_stage.artifacts import model_file, stage_key, stage_run_dir, step_overrides
-from pipelines.local_run import PipelineRunError, run_pipeline_locally
+from soraflow.components.train_stage.artifacts import model_file, stage_key, stage_run_dir, step_overrides
+from soraflow.pipelines.local_run import PipelineRunError, run_pipeline_locally
 
 pytestmark = pytest.mark.slow
 STEPS = {s: {"max_steps": 2} for s in ("vae_train", "hunyuan_vae_train", "dit_stage1", "dit_stage2", "dit_stage3",
@@ -155,7 +155,7 @@ def test_eval_compares_both_models_on_the_same_prompts(run):
 
 @pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="needs Debian's chromium: sudo make test-deps")
 def test_the_report_where_the_run_says_to_open_it_shows_every_image(run):
-    from components.eval.browser import report_images
+    from soraflow.components.eval.browser import report_images
 
     doc = report_images(run.report_html)
     srcs = [i["src"] for i in doc["images"]]
@@ -189,7 +189,7 @@ def retrain(run, tmp_path_factory):
     `make demo` does), then a run that starts from that revision: data_pull -> split -> training -> eval."""
     import subprocess
 
-    from components.data import push, version
+    from soraflow.components.data import push, version
 
     base = tmp_path_factory.mktemp("retrain")
     repo, remote = base / "repo", base / "remote"

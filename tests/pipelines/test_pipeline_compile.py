@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.dag import compile_pipeline
-from pipelines.settings import ClusterSettings
+from soraflow.pipelines.dag import compile_pipeline
+from soraflow.pipelines.settings import ClusterSettings
 
 GOLDEN = Path(__file__).resolve().parents[2] / "pipelines" / "compiled" / "soraflow.yaml"
 DIGEST = "@sha256:" + "ab" * 32
@@ -116,9 +116,9 @@ def test_golden_compiled_pipeline_is_current(tmp_path):
 
 
 def test_default_recipes_exist_for_their_steps():
-    from pipelines.dag import CLUSTER_RECIPES, TINY_RECIPES
-    from pipelines.submit import recipe_params
-    from training.recipes import get_recipe
+    from soraflow.pipelines.dag import CLUSTER_RECIPES, TINY_RECIPES
+    from soraflow.pipelines.submit import recipe_params
+    from soraflow.training.recipes import get_recipe
 
     for table in (TINY_RECIPES, CLUSTER_RECIPES):
         for step, name in table.items():
@@ -131,7 +131,7 @@ def test_default_recipes_exist_for_their_steps():
 
 
 def test_compile_cli_renders_gitops_manifests(tmp_path):
-    from cli.main import main
+    from soraflow.cli.main import main
 
     assert main(["compile", "--out", str(tmp_path / "p.yaml"), "--k8s-manifests", str(tmp_path / "m")]) == 0
     docs = [yaml.safe_load(p.read_text()) for p in (tmp_path / "m").rglob("*.yaml") if p.name != "kustomization.yaml"]

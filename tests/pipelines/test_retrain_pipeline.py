@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.dag import compile_pipeline
-from pipelines.settings import ClusterSettings
-from pipelines.submit import required_inputs
+from soraflow.pipelines.dag import compile_pipeline
+from soraflow.pipelines.settings import ClusterSettings
+from soraflow.pipelines.submit import required_inputs
 
 GOLDEN = Path(__file__).resolve().parents[2] / "pipelines" / "compiled" / "soraflow-retrain.yaml"
 

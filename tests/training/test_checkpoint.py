@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.stateful import Stateful
 
-from training.checkpoint import COMMIT_MARKER, CheckpointError, CheckpointManager, ResumeMismatchError
+from soraflow.training.checkpoint import COMMIT_MARKER, CheckpointError, CheckpointManager, ResumeMismatchError
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
@@ -196,7 +196,7 @@ _KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time, torch, torch.distributed.checkpoint as dcp
     sys.path.insert(0, {repo!r})
-    from training.checkpoint import CheckpointManager
+    from soraflow.training.checkpoint import CheckpointManager
     root, flag = sys.argv[1], sys.argv[2]
 
     class Stuck(dcp.FileSystemWriter):

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from training.config import ConfigError, apply_overrides, from_dict, resolve, validate
-from training.recipes import RECIPES, get_recipe
-from training.strategies import OptimConfig, set_lr
+from soraflow.training.config import ConfigError, apply_overrides, from_dict, resolve, validate
+from soraflow.training.recipes import RECIPES, get_recipe
+from soraflow.training.strategies import OptimConfig, set_lr
 
 
 def test_unknown_key_names_the_nearest_one():
@@ -89,7 +89,7 @@ def test_set_lr_fills_tensor_and_float_lrs():
 
 
 def test_cli_rejects_a_typo_before_anything_starts(tmp_path, capsys):
-    from cli.main import main
+    from soraflow.cli.main import main
 
     run_dir = tmp_path / "run"
     for scheduler in ("local_cwd", "kubernetes-dryrun"):
@@ -103,7 +103,7 @@ def test_cli_rejects_a_typo_before_anything_starts(tmp_path, capsys):
 def test_dry_run_prints_plain_yaml(capsys):
     import yaml
 
-    from cli.main import main
+    from soraflow.cli.main import main
 
     assert main(["train", "--recipe", "stage1-256px-h200x8", "--nnodes", "2", "--nproc", "8",
                  "--gpus-per-node", "8", "--scheduler", "kubernetes-dryrun"]) == 0
@@ -118,7 +118,7 @@ def test_apply_overrides_sets_typed_values():
 
 
 def test_colossalai_settings_reach_the_strategy():
-    from training.trainer import strategy_kwargs
+    from soraflow.training.trainer import strategy_kwargs
 
     cfg = resolve("tiny-cpu-stage1", {"parallel.strategy": "colossalai", "parallel.plugin": "hybrid",
                                       "parallel.sp_size": 2, "optim.grad_clip": 0.5})
@@ -132,7 +132,7 @@ def test_colossalai_settings_reach_the_strategy():
 
 
 def test_missing_colossalai_names_the_real_install():
-    from training.strategies import ColossalAIStrategy
+    from soraflow.training.strategies import ColossalAIStrategy
 
     try:
         import colossalai  # noqa: F401

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from models.aspect import training_aspect_ratios
-from training.data import (BucketConfig, VariableVideoBatchSampler, VideoTextDataset, build_dataloader,
+from soraflow.models.aspect import training_aspect_ratios
+from soraflow.training.data import (BucketConfig, VariableVideoBatchSampler, VideoTextDataset, build_dataloader,
                            collate_skip, data_revision, make_caption, parse_index, resize_crop)
-from training.data.fixtures import decode_frame_index, make_video_table
+from soraflow.training.data.fixtures import decode_frame_index, make_video_table
 
 NAN = float("nan")
 
@@ -285,11 +285,11 @@ def test_caption_suffix(clips, tmp_path):
 def test_already_suffixed_captions_are_reported(clips, caplog):
     old = pd.read_csv(clips)
     old.loc[1, "text"] = old.loc[1, "text"] + " 24 FPS, 6 motion score."  # a table curated with the suffix
-    with caplog.at_level("WARNING", logger="training.data.dataset"):
+    with caplog.at_level("WARNING", logger="soraflow.training.data.dataset"):
         VideoTextDataset(old)
     assert "1 caption(s) already end with an FPS / motion-score suffix (first: row 1" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="training.data.dataset"):
+    with caplog.at_level("WARNING", logger="soraflow.training.data.dataset"):
         VideoTextDataset(clips)
     assert "suffix" not in caplog.text
 
@@ -332,7 +332,7 @@ BROKEN_CFG = {"64px": {1: (1.0, 2), 4: (1.0, 7)}}
 
 def test_broken_clips_are_skipped_with_reason_and_warning(broken_table, caplog):
     ds = VideoTextDataset(broken_table)
-    with caplog.at_level(logging.WARNING, logger="training.data.dataset"):
+    with caplog.at_level(logging.WARNING, logger="soraflow.training.data.dataset"):
         out = [ds[f"{i}-4-64-64"] for i in range(3, 7)]
     assert [o["reason"] for o in out] == ["unreadable", "empty_file", "unreadable", "missing_file"]
     assert all(o["skipped"] for o in out)

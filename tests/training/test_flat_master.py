@@ -8,7 +8,7 @@ import multiprocessing as mp
 import pytest
 import torch
 
-from training.flat_master import fused_adamw_
+from soraflow.training.flat_master import fused_adamw_
 
 
 def test_fused_adamw_is_torch_adamw_on_the_fp32_gradient():
@@ -34,7 +34,7 @@ def test_fused_adamw_is_torch_adamw_on_the_fp32_gradient():
 
 
 def _batches(cfg, steps):
-    from models.packing import image_position_ids, text_position_ids
+    from soraflow.models.packing import image_position_ids, text_position_ids
 
     g = torch.Generator().manual_seed(3)
     n = 2 * 2 * 2
@@ -50,8 +50,8 @@ def _train(strategy_name, steps, ckpt_dir=None, load_dir=None):
     """A few bf16 steps of the tiny MMDiT with clipping; optional DCP save at the end / load at the start."""
     import torch.distributed.checkpoint as dcp
 
-    from models.mmdit import MMDiT, get_config
-    from training.strategies import OptimConfig, build_strategy
+    from soraflow.models.mmdit import MMDiT, get_config
+    from soraflow.training.strategies import OptimConfig, build_strategy
 
     cfg = get_config("tiny")
     torch.manual_seed(0)
@@ -87,7 +87,7 @@ def _hand_reference(steps):
     master weights, clipped there, AdamW updates the masters, the bf16 copy is refreshed (round to nearest)."""
     import copy
 
-    from models.mmdit import MMDiT, get_config
+    from soraflow.models.mmdit import MMDiT, get_config
 
     cfg = get_config("tiny")
     torch.manual_seed(0)
@@ -203,7 +203,7 @@ def test_master_and_fsdp2_checkpoints_load_into_each_other(with_fsdp2):
 
 def test_parameters_without_a_gradient_are_left_alone():
     """torch's AdamW skips a parameter whose .grad is None (no update, no moment decay); so does FlatAdamW."""
-    from training.strategies import OptimConfig, build_strategy
+    from soraflow.training.strategies import OptimConfig, build_strategy
 
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
     strategy = build_strategy("master", param_dtype="bf16")

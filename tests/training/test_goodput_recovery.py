@@ -1,4 +1,4 @@
-"""GoodputTracker arithmetic and persistence, LossGuard, HangWatchdog, monitoring.metrics."""
+"""GoodputTracker arithmetic and persistence, LossGuard, HangWatchdog, soraflow.monitoring.metrics."""
 
 import http.server
 import json
@@ -16,15 +16,15 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring.metrics import (
+from soraflow.monitoring.metrics import (
     FORBIDDEN_LABELS,
     TrainingMetrics,
     push_batch_metrics,
     start_exporter,
     update_training_metrics,
 )
-from training.goodput import EVENTS_FILE, GoodputTracker, read_events, summarize_events
-from training.recovery import HANG_EXIT_CODE, HangWatchdog, LossGuard, LossVerdict
+from soraflow.training.goodput import EVENTS_FILE, GoodputTracker, read_events, summarize_events
+from soraflow.training.recovery import HANG_EXIT_CODE, HangWatchdog, LossGuard, LossVerdict
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,7 +123,7 @@ _KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, {repo!r})
-    from training.goodput import GoodputTracker
+    from soraflow.training.goodput import GoodputTracker
     tr = GoodputTracker(sys.argv[1], "run-k", "dit_stage1", "tiny-cpu", rank=0)
     i = 0
     while True:
@@ -192,7 +192,7 @@ _HANG_SCRIPT = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, {repo!r})
-    from training.recovery import HangWatchdog
+    from soraflow.training.recovery import HangWatchdog
     def on_hang(stalled):
         open(sys.argv[1], "w").write(str(stalled))
     wd = HangWatchdog(0.3, on_hang, poll_s=0.05).start()
@@ -323,7 +323,7 @@ def test_exporter_rank0_only_and_pushgateway(tmp_path):
 
 
 def test_trainer_facing_events(tmp_path):
-    from training.checkpoint import SaveResult
+    from soraflow.training.checkpoint import SaveResult
 
     clock = FakeClock(0.0)
     tr = GoodputTracker(str(tmp_path), "r", "dit_stage1", "tiny-cpu", rank=0, clock=clock, peak_flops=1e12)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from training.config import ConfigError, apply_overrides, validate
-from training.recipes import get_recipe
+from soraflow.training.config import ConfigError, apply_overrides, validate
+from soraflow.training.recipes import get_recipe
 
 
 def _clip(seed=0):
@@ -13,8 +13,8 @@ def _clip(seed=0):
 
 
 def test_init_posterior_logvar_sets_every_logvar_and_keeps_the_means():
-    from models.hunyuan_vae import HunyuanVideoVAE
-    from training.stages import init_posterior_logvar
+    from soraflow.models.hunyuan_vae import HunyuanVideoVAE
+    from soraflow.training.stages import init_posterior_logvar
 
     torch.manual_seed(0)
     ae = HunyuanVideoVAE.tiny()
@@ -38,7 +38,7 @@ def test_init_posterior_logvar_sets_every_logvar_and_keeps_the_means():
 
 
 def test_the_stage_applies_logvar_init_to_a_fresh_vae_only(tmp_path):
-    from training.stages import VAEStage
+    from soraflow.training.stages import VAEStage
 
     cfg = get_recipe("tiny-cpu-hunyuan-vae")
     assert cfg.vae.logvar_init is not None and cfg.vae.logvar_init < -4

@@ -9,7 +9,7 @@ import pytest
 from kubernetes.client import ApiClient
 from torchx.specs import AppState, AppStatus
 
-from training.launch import (DATA_MOUNT_ENV, DATA_PVC_ENV, LaunchSpec, _named_request, cluster_job_name,
+from soraflow.training.launch import (DATA_MOUNT_ENV, DATA_PVC_ENV, LaunchSpec, _named_request, cluster_job_name,
                              for_cluster, kubernetes_dryrun, run_kubernetes)
 
 SPEC = LaunchSpec(recipe="stage1-256px-h200x8", run_dir="/mnt/soraflow/runs/r1/dit_stage1", nnodes=2,
@@ -45,7 +45,7 @@ def test_training_pods_mount_the_pipeline_volume_and_are_sized_for_their_gpus():
 def test_named_request_leaves_no_random_id():
     from torchx.runner import get_runner
 
-    from training.launch import train_app
+    from soraflow.training.launch import train_app
 
     info = get_runner().dryrun(train_app(SPEC), "kubernetes",
                                cfg={"queue": "q", "namespace": "ns", "validate_spec": False})
@@ -143,7 +143,7 @@ def test_a_stopped_launcher_cancels_its_job():
 def test_local_workers_get_bounded_sleeping_threads(monkeypatch):
     import os
 
-    from training.launch import cpu_thread_env
+    from soraflow.training.launch import cpu_thread_env
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     assert cpu_thread_env(1, environ={}) == {"OMP_NUM_THREADS": "4", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -155,7 +155,7 @@ def test_local_workers_get_bounded_sleeping_threads(monkeypatch):
 
 
 def test_run_local_passes_the_thread_settings_to_torchrun(monkeypatch, tmp_path):
-    import training.launch as launch
+    import soraflow.training.launch as launch
 
     seen = {}
 

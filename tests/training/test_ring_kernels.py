@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.parallel import ring_kernels as rk
+from soraflow.training.parallel import ring_kernels as rk
 
 
 def _reference(q, k, v, kv_len):

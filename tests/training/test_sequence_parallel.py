@@ -13,12 +13,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from models.mmdit import MMDiT, get_config
-from models.mmdit import attention as attn_mod
-from training.parallel import ring_kernels as rk
-from training.parallel.mmdit import apply_activation_checkpointing, apply_compile, is_sequence_parallel
-from training.parallel.mmdit import apply_sequence_parallel as sequence_parallel
-from training.parallel.sequence import (
+from soraflow.models.mmdit import MMDiT, get_config
+from soraflow.models.mmdit import attention as attn_mod
+from soraflow.training.parallel import ring_kernels as rk
+from soraflow.training.parallel.mmdit import apply_activation_checkpointing, apply_compile, is_sequence_parallel
+from soraflow.training.parallel.mmdit import apply_sequence_parallel as sequence_parallel
+from soraflow.training.parallel.sequence import (
     gather_from_sp,
     ring_attention,
     split_for_sp,
@@ -232,7 +232,7 @@ def test_mmdit_under_sp_matches_single_process():
 
 
 def _compiled_worker(rank, backend, cases):
-    """SP with torch.compile'd blocks (`training.parallel.mmdit.apply_compile`, as the GPU path does): the distributed attention
+    """SP with torch.compile'd blocks (`soraflow.training.parallel.mmdit.apply_compile`, as the GPU path does): the distributed attention
     runs eagerly behind a graph break, the rest of each block compiled. Output and mean parameter gradients vs
     the eager single-process model: fp64 exact-level with aot_eager (AOT autograd, no codegen); inductor's
     generated C++ reorders fp64 reductions, so 1e-6 relative there."""

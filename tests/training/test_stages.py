@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training.data.fixtures import make_video_table
-from training.recipes import get_recipe
+from soraflow.training.data.fixtures import make_video_table
+from soraflow.training.recipes import get_recipe
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.usefixtures("isolated_soraflow_cache")
 
 
 def _trainer(table, run_dir, recipe="tiny-cpu-vae", **fields):
-    from training.config import apply_overrides
-    from training.trainer import Trainer
+    from soraflow.training.config import apply_overrides
+    from soraflow.training.trainer import Trainer
 
     cfg = get_recipe(recipe)
     cfg.run_dir, cfg.checkpoint.dir, cfg.data.table = str(run_dir), str(Path(run_dir) / "c"), table
@@ -52,7 +52,7 @@ def _manual_step(tr, video):
 
 
 def test_adaptive_weight_is_the_gradient_norm_ratio_at_the_last_conv(table, tmp_path):
-    from models.dc_ae import generator_loss, reconstruction_nll
+    from soraflow.models.dc_ae import generator_loss, reconstruction_nll
 
     tr = _trainer(table, tmp_path, **{"vae.disc_start": 0})
     x = _video()
@@ -119,8 +119,8 @@ def test_vae_resume_restores_discriminator_and_ema(table, tmp_path):
 
 
 def test_perceptual_and_alignment_terms_from_local_files(table, tmp_path):
-    from models.dc_ae import reconstruction_nll
-    from training.stages import latent_alignment_loss
+    from soraflow.models.dc_ae import reconstruction_nll
+    from soraflow.training.stages import latent_alignment_loss
 
     class Dist(torch.nn.Module):  # a stand-in perceptual network: per-frame mean squared difference
         def forward(self, x, y):
@@ -164,13 +164,13 @@ def test_vae_train_refuses_fsdp2_and_a_missing_perceptual_file(table, tmp_path):
 def test_shift_alpha_is_the_same_in_training_and_sampling(monkeypatch):
     """distill (patch 1, DC-AE latents): the α of a training batch is the α the sampler uses for that shape,
     not upstream's (H·W)//4 training value."""
-    import models.flow.sampler as sampler_mod
-    from models.dc_ae import VideoDCAE
-    from models.flow import sample, train_shift_alpha
-    from models.mmdit import MMDiT, get_config
-    from models.text.tiny import tiny_text_encoder_dirs
-    from models.text import TextConditioner
-    from training.objective import DiTObjective
+    import soraflow.models.flow.sampler as sampler_mod
+    from soraflow.models.dc_ae import VideoDCAE
+    from soraflow.models.flow import sample, train_shift_alpha
+    from soraflow.models.mmdit import MMDiT, get_config
+    from soraflow.models.text.tiny import tiny_text_encoder_dirs
+    from soraflow.models.text import TextConditioner
+    from soraflow.training.objective import DiTObjective
 
     torch.manual_seed(0)
     ae = VideoDCAE.tiny().eval()

@@ -13,8 +13,8 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from training.data.fixtures import make_video_table
-from training.recipes import get_recipe
+from soraflow.training.data.fixtures import make_video_table
+from soraflow.training.recipes import get_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("isolated_soraflow_cache")
 
 
 def _train_in_subprocess(table, run_dir, steps, ckpt_every=2, recipe="tiny-cpu-stage2", extra=()):
-    cmd = [sys.executable, "-m", "training.train", "--recipe", recipe, "--run-dir", str(run_dir),
+    cmd = [sys.executable, "-m", "soraflow.training.train", "--recipe", recipe, "--run-dir", str(run_dir),
            "--override", f"data.table={json.dumps(table)}", "--override", f"max_steps={steps}",
            "--override", f"checkpoint.ckpt_every={ckpt_every}", *extra]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300,
@@ -67,8 +67,8 @@ def _free_port():
 
 def _micro_batches(steps):
     """Two same-shape micro-batches per step (one per rank), fixed inputs and targets."""
-    from models.mmdit import get_config
-    from models.packing import image_position_ids, pack, text_position_ids
+    from soraflow.models.mmdit import get_config
+    from soraflow.models.packing import image_position_ids, pack, text_position_ids
 
     cfg = get_config("tiny")
     g = torch.Generator().manual_seed(0)
@@ -89,8 +89,8 @@ def _micro_batches(steps):
 def _strategy_losses(rank, world, strategy_name, port, steps, queue):
     import torch.distributed as dist
 
-    from models.mmdit import MMDiT, get_config
-    from training.strategies import OptimConfig, build_strategy
+    from soraflow.models.mmdit import MMDiT, get_config
+    from soraflow.training.strategies import OptimConfig, build_strategy
 
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -151,7 +151,7 @@ def test_worker_killed_mid_run_recovers_from_last_checkpoint(table, tmp_path):
     """kill -9 of rank 1 after step 7 (checkpoints every 3): torchrun restarts the group, the trainer resumes at
     step 6, finishes at 10, and the goodput log shows the restart, the lost work and the recovery."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cli", "train", "--recipe", "tiny-cpu-stage1", "--run-dir", str(run_dir),
+    cmd = [sys.executable, "-m", "soraflow.cli", "train", "--recipe", "tiny-cpu-stage1", "--run-dir", str(run_dir),
            "--nproc", "2", "--max-restarts", "1", "--override", f"data.table={json.dumps(table)}",
            "--override", "max_steps=10", "--override", "checkpoint.ckpt_every=3"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -174,7 +174,7 @@ def test_worker_killed_mid_run_recovers_from_last_checkpoint(table, tmp_path):
 
 
 def test_kubernetes_job_spec_dry_run():
-    from training.launch import LaunchSpec, kubernetes_dryrun
+    from soraflow.training.launch import LaunchSpec, kubernetes_dryrun
 
     req = kubernetes_dryrun(LaunchSpec(recipe="stage1-256px-h200x8", run_dir="/ckpt/run1", nnodes=4,
                                        nproc_per_node=8, gpus_per_node=8, cpu=100, mem_mb=1_500_000,
@@ -193,7 +193,7 @@ def test_kubernetes_job_spec_dry_run():
 
     argv = shlex.split((container.args or container.command)[-1])
     cfg = json.loads(argv[argv.index("--config-json") + 1])
-    assert argv[argv.index("-m", argv.index("torch.distributed.run")) + 1] == "training.train"
+    assert argv[argv.index("-m", argv.index("torch.distributed.run")) + 1] == "soraflow.training.train"
     assert cfg["name"] == "stage1-256px-h200x8" and cfg["run_dir"] == "/ckpt/run1"
     assert cfg["checkpoint"]["dir"] == "/ckpt/run1/checkpoints" and cfg["metrics_port"] == 9464
     assert container.image == "registry/soraflow-train-gpu@sha256:abc"
@@ -203,7 +203,7 @@ def test_kubernetes_job_spec_dry_run():
 
 
 def test_incompatible_stage_inputs_are_named(table, tmp_path):
-    from training.trainer import Trainer
+    from soraflow.training.trainer import Trainer
 
     cfg = get_recipe("tiny-cpu-stage1")
     cfg.data.table, cfg.run_dir, cfg.checkpoint.dir = table, str(tmp_path), str(tmp_path / "c")
@@ -213,7 +213,7 @@ def test_incompatible_stage_inputs_are_named(table, tmp_path):
 
 
 def test_one_process_strategy_keeps_the_recipes_precision():
-    from training.trainer import effective_strategy
+    from soraflow.training.trainer import effective_strategy
 
     assert effective_strategy("fsdp2", 8, "cuda") == "fsdp2"
     assert effective_strategy("fsdp2", 1, "cuda") == "master"  # one GPU: FSDP2's precision, no FSDP2 copies
@@ -225,7 +225,7 @@ def test_one_process_strategy_keeps_the_recipes_precision():
 def test_single_device_keeps_fp32_master_weights_and_gradients():
     """Before: a bf16 recipe run as one process cast the parameters to bf16 (no master weights), so AdamW steps
     below bf16's resolution were lost. Now parameters and gradients stay fp32; on CUDA the forward autocasts."""
-    from training.strategies import OptimConfig, build_strategy
+    from soraflow.training.strategies import OptimConfig, build_strategy
 
     strategy = build_strategy("single", param_dtype="bf16")
     model, opt = strategy.prepare(torch.nn.Linear(4, 4), torch.device("cpu"), OptimConfig(lr=1e-6))
@@ -254,8 +254,8 @@ def test_compiled_training_follows_the_eager_losses(table, tmp_path):
 def _rope_dtype_in_blocks(queue):
     import torch.distributed as dist
 
-    from models.mmdit import MMDiT, get_config
-    from training.strategies import FSDP2Strategy, OptimConfig
+    from soraflow.models.mmdit import MMDiT, get_config
+    from soraflow.training.strategies import FSDP2Strategy, OptimConfig
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     cfg = get_config("tiny")
@@ -263,7 +263,7 @@ def _rope_dtype_in_blocks(queue):
     seen = []
     model.double_blocks[0].register_forward_pre_hook(lambda m, args, kwargs: seen.append(args[3][0].dtype),
                                                      with_kwargs=True)
-    from models.packing import image_position_ids, text_position_ids
+    from soraflow.models.packing import image_position_ids, text_position_ids
 
     b, n = 1, 2 * 2 * 3
     model(img=torch.randn(b, n, cfg.in_channels), img_ids=image_position_ids(b, 2, 4, 6, 2),
@@ -288,8 +288,8 @@ def test_fsdp2_blocks_get_the_rope_tables_in_fp32():
 def _close_keeps_callers_group(table, run_dir, queue):
     import torch.distributed as dist
 
-    from training.config import apply_overrides
-    from training.trainer import Trainer
+    from soraflow.training.config import apply_overrides
+    from soraflow.training.trainer import Trainer
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     cfg = apply_overrides(get_recipe("tiny-cpu-stage1"), {"data.table": table, "run_dir": run_dir,
@@ -327,8 +327,8 @@ def test_fp8_recipe_flag_trains_and_exports_the_bf16_layout(table, tmp_path):
 def _guard_states(table, run_dir, stops, queue):
     """Train `run_dir` to each step of `stops` in turn (a new Trainer each time: a restart that resumes from the
     last checkpoint) and report the loss guard's state right after each resume and at the end of each leg."""
-    from training.config import apply_overrides
-    from training.trainer import Trainer
+    from soraflow.training.config import apply_overrides
+    from soraflow.training.trainer import Trainer
 
     out = []
     for stop in stops:

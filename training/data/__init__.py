@@ -2,7 +2,7 @@
 docs/architecture.md#data-loading): bucket assignment, the variable-shape batch
 sampler, the video/text dataset and the resumable DataLoader.
 
-Names are loaded on first use: the launchers and pipeline tasks read clip tables (`common.clip_table`)
+Names are loaded on first use: the launchers and pipeline tasks read clip tables (`soraflow.common.clip_table`)
 before a trainer starts, and importing the dataset and loader here would import torch in each of them."""
 
 import importlib
@@ -12,7 +12,7 @@ _WHERE = {
     "VideoTextDataset": "dataset", "make_caption": "dataset", "resize_crop": "dataset", "temporal_indices": "dataset",
     "BucketDataLoader": "loader", "build_dataloader": "loader", "collate_skip": "loader",
     "VariableVideoBatchSampler": "sampler", "data_revision": "sampler", "parse_index": "sampler",
-    "load_table": "common.clip_table",
+    "load_table": "soraflow.common.clip_table",
 }
 __all__ = list(_WHERE)
 

@@ -3,7 +3,7 @@
 
 `bucket_config = {res_name: {num_frames: (prob, batch_size) | ((p_keep, p_skip), batch_size)}}`, batch size per
 data-parallel rank (per SP group when SP is on). A bucket id is `(res_name, num_frames, ratio)`; its shape
-`(T, H, W)` comes from the training aspect-ratio table (`models.aspect.training_aspect_ratios`).
+`(T, H, W)` comes from the training aspect-ratio table (`soraflow.models.aspect.training_aspect_ratios`).
 
 Assignment of one row (deterministic in (seed, epoch, row index)):
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.aspect import height_over_width, num_pixels_from_name, training_aspect_ratios
+from soraflow.models.aspect import height_over_width, num_pixels_from_name, training_aspect_ratios
 
 __all__ = ["BucketId", "BucketConfig", "Assignment", "sampling_intervals", "APPROX_PIXELS"]
 
@@ -55,7 +55,7 @@ class BucketId:
 def sampling_intervals(fps, fps_max: int = 24) -> np.ndarray:
     """Frame interval per row from the fps rule (docs/models.md#motion-score-and-fps-in-captions, `map_target_fps`);
     missing / non-positive fps gives 1."""
-    from models.text.captions import map_target_fps  # here: models.text imports torch, config checks need not
+    from soraflow.models.text.captions import map_target_fps  # here: soraflow.models.text imports torch, config checks need not
 
     fps = np.asarray(fps, dtype=np.float64).reshape(-1)
     values, inverse = np.unique(fps, return_inverse=True)

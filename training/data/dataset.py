@@ -1,7 +1,7 @@
 """`VideoTextDataset`: clip table rows -> training samples (docs/models.md#dataset-files, #loading-and-transforms,
 #motion-score-and-fps-in-captions).
 
-`dataset["idx-T-H-W"]` decodes row `idx` through `common.video_io` (PyAV): a temporal window of
+`dataset["idx-T-H-W"]` decodes row `idx` through `soraflow.common.video_io` (PyAV): a temporal window of
 `T·interval` frames (interval from the fps rule) at a random start, frame indices
 `linspace(start, start + T·interval − 1, T)` (Open-Sora's `temporal_random_crop`), resized to cover H×W
 (bilinear for video, bicubic for images) and centre-cropped, as float [3, T, H, W] in [-1, 1]. Images
@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from common.video_io import VideoReadError, read_video_frames
-from models.text.captions import map_target_fps, training_caption
+from soraflow.common.video_io import VideoReadError, read_video_frames
+from soraflow.models.text.captions import map_target_fps, training_caption
 
 from .sampler import parse_index
-from common.clip_table import CACHED_COLUMNS, load_table
+from soraflow.common.clip_table import CACHED_COLUMNS, load_table
 
 __all__ = ["VideoTextDataset", "IMAGE_EXTENSIONS", "temporal_indices", "resize_crop", "make_caption",
            "SKIP_REASONS"]

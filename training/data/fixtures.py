@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.video_io import write_video
+from soraflow.common.video_io import write_video
 
 __all__ = ["frame_code", "decode_frame_index", "make_video_table", "KINDS"]
 

@@ -28,7 +28,7 @@ import pandas as pd
 from torch.utils.data import Sampler
 
 from .buckets import Assignment, BucketConfig, BucketId
-from common.clip_table import load_table
+from soraflow.common.clip_table import load_table
 
 __all__ = ["VariableVideoBatchSampler", "data_revision", "parse_index"]
 
@@ -81,7 +81,7 @@ class VariableVideoBatchSampler(Sampler[list[str]]):
     `len(sampler)` is the number of steps per epoch (the same on every rank). `state_dict()` holds the epoch and
     the global number of micro-batches consumed; a sampler that loads it yields exactly the remaining batches of
     an uninterrupted run. When the sampler feeds a DataLoader with workers, the loader (not the sampler) knows
-    how many batches the trainer really took: use `training.data.loader.BucketDataLoader.state_dict()`.
+    how many batches the trainer really took: use `soraflow.training.data.loader.BucketDataLoader.state_dict()`.
     """
 
     def __init__(self, table, bucket_config: dict | BucketConfig, *, rank: int = 0, world_size: int = 1,

@@ -4,8 +4,8 @@ project_in and project_out (the encoder's project_in, the first op, runs plainly
 
 from __future__ import annotations
 
-from models.dc_ae import VideoDCAE
-from training.parallel.checkpointing import (checkpoint_module, grad_enabled_and_input_requires_grad,
+from soraflow.models.dc_ae import VideoDCAE
+from soraflow.training.parallel.checkpointing import (checkpoint_module, grad_enabled_and_input_requires_grad,
                                              remove_checkpointing)
 
 

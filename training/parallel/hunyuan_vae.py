@@ -4,8 +4,8 @@ blocks, the parts diffusers' own gradient checkpointing recomputes."""
 
 from __future__ import annotations
 
-from models.hunyuan_vae import HunyuanVideoVAE
-from training.parallel.checkpointing import (checkpoint_module, grad_enabled_and_input_requires_grad,
+from soraflow.models.hunyuan_vae import HunyuanVideoVAE
+from soraflow.training.parallel.checkpointing import (checkpoint_module, grad_enabled_and_input_requires_grad,
                                              remove_checkpointing)
 
 

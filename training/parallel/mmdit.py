@@ -33,10 +33,10 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.mmdit import MMDiT
-from training.parallel import ring_kernels as rk
-from training.parallel.checkpointing import checkpoint_module, grad_enabled_in_training, remove_checkpointing
-from training.parallel.sequence import MODES, gather_from_sp, ring_attention, split_for_sp, ulysses_attention
+from soraflow.models.mmdit import MMDiT
+from soraflow.training.parallel import ring_kernels as rk
+from soraflow.training.parallel.checkpointing import checkpoint_module, grad_enabled_in_training, remove_checkpointing
+from soraflow.training.parallel.sequence import MODES, gather_from_sp, ring_attention, split_for_sp, ulysses_attention
 
 
 def _blocks(model: MMDiT) -> list[nn.Module]:

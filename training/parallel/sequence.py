@@ -10,7 +10,7 @@ the same loss from the full output; `gather_from_sp` backward keeps the local ch
 
 Attention modes:
 * "ulysses": one all-to-all turns q, k, v [B, H, L/sp, D] into [B, H/sp, L, D]; the ordinary attention kernel
-  (`models.mmdit.attention.attention`) runs on the full length over a head slice; one all-to-all turns it back.
+  (`soraflow.models.mmdit.attention.attention`) runs on the full length over a head slice; one all-to-all turns it back.
   Needs num_heads % sp == 0.
 * "ring": K/V blocks travel around the ring (isend/irecv, the next block in flight while the current one is
   computed); each block runs a fused attention kernel that returns the log-sum-exp (flash on CUDA bf16/fp16,
@@ -29,8 +29,8 @@ import math
 import torch
 import torch.distributed as dist
 
-from models.mmdit import attention as attn_mod
-from training.parallel import ring_kernels as rk
+from soraflow.models.mmdit import attention as attn_mod
+from soraflow.training.parallel import ring_kernels as rk
 
 MODES = ("ulysses", "ring")
 
@@ -126,7 +126,7 @@ def ulysses_attention(q, k, v, group=None, kv_len: int | None = None, attn_fn=No
     """Sequence-sharded attention by head all-to-all.
 
     q, k, v: [B, H, L/sp, D], this rank's contiguous chunk of the global sequence. Returns [B, L/sp, H*D] (the
-    contract of `models.mmdit.attention.attention`). Keys at global positions >= kv_len (padding at the end of
+    contract of `soraflow.models.mmdit.attention.attention`). Keys at global positions >= kv_len (padding at the end of
     the global sequence) are ignored. `attn_fn` is the local kernel (default `attention.attention`).
     """
     attn_fn = attn_mod.attention if attn_fn is None else attn_fn
