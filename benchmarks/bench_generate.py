@@ -12,7 +12,7 @@ text + 50 x (measured time per step) + decode + write; the record says which fig
 `--offload`: text encoders and autoencoder wait on the CPU and visit the GPU for their phase; the record has the
 peak memory of every phase (`peak_memory_by_phase_gb`).
 
-`--fp8`: after the bf16 run, the same pipeline's DiT is converted to e4m3 block linears (models/mmdit/fp8.py),
+`--fp8`: after the bf16 run, the same pipeline's DiT is converted to e4m3 block linears (training/parallel/fp8.py),
 warmed up again and run on the same prompt and seed; the record adds its times and the quality cost: relative
 error of the final latent vs bf16, PSNR of the decoded uint8 frames vs bf16 (per frame and over the video).
 

@@ -405,7 +405,7 @@ def _soraflow_train_row(args, variant, world_strategy, cfg, device, timer, x, ta
     torch.manual_seed(0)
     module = MMDiT(cfg)
     if fp8:
-        from soraflow.models.mmdit.fp8 import convert_to_fp8_training
+        from soraflow.training.parallel.fp8 import convert_to_fp8_training
 
         convert_to_fp8_training(module, fp8, fsdp_all_gather=name == "fsdp2", emulate=device.type != "cuda")
     if name == "fsdp2" and not torch.distributed.is_initialized():

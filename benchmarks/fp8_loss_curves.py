@@ -105,7 +105,7 @@ def train_curve(data, recipe: str, args, device) -> dict:
     torch.manual_seed(args.seed)
     module = MMDiT(cfg)
     if recipe:
-        from soraflow.models.mmdit.fp8 import convert_to_fp8_training
+        from soraflow.training.parallel.fp8 import convert_to_fp8_training
 
         convert_to_fp8_training(module, recipe, emulate=device.type != "cuda")
     name = effective_strategy("fsdp2", 1, device.type) if device.type == "cuda" else "master"

@@ -30,7 +30,7 @@ from soraflow.common.video_io import to_uint8_frames, write_video
 from soraflow.models.aspect import inference_size, training_aspect_ratios
 from soraflow.models.flow.sampler import drop_i2v_pad_frames, inference_latent_shape, sample
 from soraflow.models.mmdit import get_config
-from soraflow.models.mmdit.cuda_graph import CUDAGraphRunner
+from soraflow.inference.cuda_graph import CUDAGraphRunner
 from soraflow.models.mmdit.checkpoint import build_mmdit
 from soraflow.models.text import TextConditioner, inference_caption
 from soraflow.models.text.tiny import soraflow_cache_dir as _cache_dir, tiny_text_encoder_dirs
@@ -109,7 +109,7 @@ class GenerateOptions:
     # Text encoders and autoencoder(s) live on the CPU and visit the GPU only for their phase, so the GPU holds
     # the DiT alone while it samples; the t2i2v image model likewise.
     offload: bool = False
-    fp8: bool = False  # e4m3 weights/activations for the DiT's block linears (models/mmdit/fp8.py)
+    fp8: bool = False  # e4m3 weights/activations for the DiT's block linears (training/parallel/fp8.py)
     # Text-to-image-to-video (`docs/inference.md`): a FLUX-layout image model draws the first frame, then i2v_head.
     t2i2v: bool = False
     image_model: str | None = None  # preset ("flux1-dev", "tiny-flux") or a FLUX-layout file
@@ -280,7 +280,7 @@ def _prepare_dit(pipe: Pipeline, opts: GenerateOptions, device: torch.device):
     a CUDA graph. Converting a DiT that already ran compiled drops its compiled code and captured graphs."""
     dit = pipe.dit
     if opts.fp8 and not getattr(dit, "_soraflow_fp8", None):
-        from soraflow.models.mmdit.fp8 import quantize_fp8
+        from soraflow.training.parallel.fp8 import quantize_fp8
 
         if getattr(dit, "_soraflow_fast", False):
             import torch._dynamo

@@ -149,7 +149,7 @@ class Trainer:
             if cfg.model.fp8:
                 # Before the strategy wraps the model (FSDP2 shards the converted linears; their float8
                 # all-gather needs that order). The state-dict keys do not change.
-                from soraflow.models.mmdit.fp8 import convert_to_fp8_training
+                from soraflow.training.parallel.fp8 import convert_to_fp8_training
 
                 convert_to_fp8_training(module, cfg.model.fp8, fsdp_all_gather=strategy == "fsdp2",
                                         emulate=self.device.type != "cuda")

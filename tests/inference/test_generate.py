@@ -154,7 +154,7 @@ def test_speed_options_give_the_plain_video():
     import copy
 
     from soraflow.models.flow.sampler import sample, three_pass_velocity
-    from soraflow.models.mmdit.fp8 import quantize_fp8
+    from soraflow.training.parallel.fp8 import quantize_fp8
 
     model, case = _tiny_sampling_case()
     with torch.no_grad():

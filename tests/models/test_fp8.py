@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from soraflow.models.mmdit import MMDiT, get_config
-from soraflow.models.mmdit.fp8 import FP8Linear, e4m3_matmul_error_bound, fp8_linear_names, quantize_fp8
+from soraflow.training.parallel.fp8 import FP8Linear, e4m3_matmul_error_bound, fp8_linear_names, quantize_fp8
 
 E4M3 = torch.float8_e4m3fn
 

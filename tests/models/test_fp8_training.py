@@ -13,7 +13,7 @@ import torch
 torchao = pytest.importorskip("torchao", reason="FP8 training needs the [fp8] extra (torchao)")
 
 from soraflow.models.mmdit import MMDiT, get_config  # noqa: E402
-from soraflow.models.mmdit.fp8 import (FP8_TRAINING_RECIPES, convert_to_fp8_training, e4m3_matmul_error_bound,  # noqa: E402
+from soraflow.training.parallel.fp8 import (FP8_TRAINING_RECIPES, convert_to_fp8_training, e4m3_matmul_error_bound,  # noqa: E402
                               fp8_linear_names)
 from soraflow.models.packing import image_position_ids, text_position_ids  # noqa: E402
 
