@@ -236,10 +236,12 @@ def tiny_cpu_hunyuan_vae() -> TrainConfig:
     """The tiny HunyuanVideo-architecture VAE (4x8x8, 16 channels) that DiT stages 1-3 train on: L1 + KL, EMA,
     the latent standardisation folded in at export (so the DiT sees unit-variance latents).
 
-    The posterior starts nearly deterministic (logvar -6, std 0.05) under a KL weight that does not pull it
-    back (1e-6 per latent element): with the default init (std ~1) and KL 1e-4 the trained latents were ~3/4
-    noise and the decoder learnt to ignore them (docs/learning.md). It still reaches only ~15.5 dB held-out
-    in these 200 steps (a per-block PCA with 16 components reaches 23.3 dB): the 22 dB target is not met."""
+    Default posterior init and KL 1e-4: its trained latents are mostly posterior noise and the decoder learns
+    to ignore them (docs/learning.md). `vae.logvar_init=-6` with `vae.kl_weight=1e-6` fixes that (14.5 dB
+    held-out instead of 13.0 in these 200 steps), but the DiT stages trained on those more informative latents
+    then sample worse than their initialisation by the fd proxy in the demo's budget, so the demo keeps this
+    objective until the DiT schedules are retuned for it. Either way the 22 dB target is not met (a per-block
+    PCA with 16 components reaches 23.3 dB)."""
     return TrainConfig(
         name="tiny-cpu-hunyuan-vae", stage="hunyuan_vae_train",
         ae=AESpec("hunyuan", tiny=True, config="hunyuan-vae-tiny"),
@@ -247,7 +249,7 @@ def tiny_cpu_hunyuan_vae() -> TrainConfig:
         optim=OptimConfig(lr=2e-3, betas=(0.9, 0.98), eps=1e-8), parallel=ParallelSpec("ddp", "fp32"),
         # a checkpoint every 40 steps: a loss spike (lr 4e-3 spiked at step 96) rolls back instead of failing
         checkpoint=CheckpointSpec(ckpt_every=40, keep_n_latest=2),
-        vae=VAESpec(phase=1, ema_decay=0.95, standardise_batches=20, kl_weight=1e-6, logvar_init=-6.0),
+        vae=VAESpec(phase=1, ema_decay=0.95, standardise_batches=20),
         samples=SampleSpec(every=0), max_steps=200, log_every=20,
         heldout=HeldoutSpec(num_clips=6, num_frames=9, height=64, width=64, export_init=True),
     )

@@ -379,15 +379,21 @@ class Trainer:
 
     def _chaos_kill(self) -> None:
         """Fault injection for recovery tests: SORAFLOW_CHAOS_KILL="rank:step" SIGKILLs that rank once, right
-        after that step, when no marker says it already happened (the marker lives in the run folder)."""
+        after that step, when no marker says it already happened (the marker lives in the run folder).
+
+        Every rank first lets its in-flight async checkpoint commit, so a drill resumes from the newest
+        checkpoint before the kill step. (A real crash can also lose a save still in flight; resume then takes
+        the newest committed one, one interval older, which made the drill's outcome depend on timing.)"""
         spec = os.environ.get("SORAFLOW_CHAOS_KILL")
         if not spec:
             return
         rank, step = (int(x) for x in spec.split(":"))
         marker = self.run_dir / f".chaos-killed-rank{rank}-step{step}"
-        if self.rank == rank and self.step == step and not marker.exists():
-            marker.touch()
-            os.kill(os.getpid(), 9)
+        if self.step == step and not marker.exists():
+            self.ckpt.wait()
+            if self.rank == rank:
+                marker.touch()
+                os.kill(os.getpid(), 9)
 
     def save_checkpoint(self) -> None:
         with self.goodput.badput("checkpoint_save") as timer:
