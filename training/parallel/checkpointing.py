@@ -75,3 +75,12 @@ def grad_enabled_and_input_requires_grad(module: nn.Module, args: tuple) -> bool
     import torch
 
     return torch.is_grad_enabled() and bool(args) and torch.is_tensor(args[0]) and args[0].requires_grad
+
+
+def set_activation_checkpointing(units, enabled: bool = True) -> None:
+    """Recompute each of `units` in backward when its input carries a gradient (`enabled=False` undoes it)."""
+    for unit in units:
+        if enabled:
+            checkpoint_module(unit, grad_enabled_and_input_requires_grad)
+        else:
+            remove_checkpointing(unit)

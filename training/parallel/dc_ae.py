@@ -5,8 +5,7 @@ project_in and project_out (the encoder's project_in, the first op, runs plainly
 from __future__ import annotations
 
 from soraflow.models.dc_ae import VideoDCAE
-from soraflow.training.parallel.checkpointing import (checkpoint_module, grad_enabled_and_input_requires_grad,
-                                             remove_checkpointing)
+from soraflow.training.parallel.checkpointing import set_activation_checkpointing
 
 
 def checkpoint_units(ae: VideoDCAE) -> list:
@@ -16,9 +15,5 @@ def checkpoint_units(ae: VideoDCAE) -> list:
 
 def apply_activation_checkpointing(ae: VideoDCAE, enabled: bool = True) -> VideoDCAE:
     """Recompute every unit in backward when its input carries a gradient (`enabled=False` undoes it)."""
-    for unit in checkpoint_units(ae):
-        if enabled:
-            checkpoint_module(unit, grad_enabled_and_input_requires_grad)
-        else:
-            remove_checkpointing(unit)
+    set_activation_checkpointing(checkpoint_units(ae), enabled)
     return ae

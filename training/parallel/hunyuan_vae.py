@@ -5,8 +5,7 @@ blocks, the parts diffusers' own gradient checkpointing recomputes."""
 from __future__ import annotations
 
 from soraflow.models.hunyuan_vae import HunyuanVideoVAE
-from soraflow.training.parallel.checkpointing import (checkpoint_module, grad_enabled_and_input_requires_grad,
-                                             remove_checkpointing)
+from soraflow.training.parallel.checkpointing import set_activation_checkpointing
 
 
 def checkpoint_units(vae: HunyuanVideoVAE) -> list:
@@ -16,9 +15,5 @@ def checkpoint_units(vae: HunyuanVideoVAE) -> list:
 
 def apply_activation_checkpointing(vae: HunyuanVideoVAE, enabled: bool = True) -> HunyuanVideoVAE:
     """Recompute every unit in backward when its input carries a gradient (`enabled=False` undoes it)."""
-    for unit in checkpoint_units(vae):
-        if enabled:
-            checkpoint_module(unit, grad_enabled_and_input_requires_grad)
-        else:
-            remove_checkpointing(unit)
+    set_activation_checkpointing(checkpoint_units(vae), enabled)
     return vae
